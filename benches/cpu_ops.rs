@@ -1,0 +1,66 @@
+//! Criterion benches of the CPU backend's heavy ops at SmolLM2-135M shapes.
+//! matmul reports weight bytes (the decode bound), attention reports FLOPs.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use pimoe::backend::cpu::{gemm, CpuBackend, CpuWeight};
+use pimoe::backend::{AttnPlan, AttnShape, Backend};
+use pimoe::model::safetensors::HostData;
+use pimoe::sampling::Rng;
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.next_f32() - 0.5).collect()
+}
+
+fn matmul(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu_matmul_bf16");
+    // (n, k): qkv, gate_up, down, lm_head of SmolLM2-135M
+    for &(n, k) in &[(960, 576), (3072, 576), (576, 1536), (49152, 576)] {
+        let w = CpuWeight {
+            rows: n,
+            cols: k,
+            data: HostData::Bf16(rand_vec(n * k, 1).iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()),
+        };
+        for &m in &[1usize, 16] {
+            let x = rand_vec(m * k, 2);
+            let mut out = vec![0f32; m * n];
+            g.throughput(Throughput::Bytes((n * k * 2) as u64));
+            g.bench_with_input(BenchmarkId::new(format!("{n}x{k}"), format!("m{m}")), &m, |bch, &m| {
+                bch.iter(|| gemm::matmul(&mut out, &x, &w, None, m))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cpu_attention");
+    let shape = AttnShape { num_heads: 9, num_kv_heads: 3, head_dim: 64 };
+    let (bs, kv) = (16usize, 3 * 64);
+    let b = CpuBackend;
+    // (query tokens, context): one decode token over a long context, a prefill chunk
+    for &(n, ctx) in &[(1usize, 512usize), (1, 2048), (64, 512)] {
+        let blocks = ctx.div_ceil(bs);
+        let k_cache = rand_vec(blocks * bs * kv, 3);
+        let v_cache = rand_vec(blocks * bs * kv, 4);
+        let qkv = rand_vec(n * (9 + 6) * 64, 5);
+        let plan = AttnPlan {
+            positions: (0..n as u32).map(|i| (ctx - n) as u32 + i).collect(),
+            token_seq: vec![0; n],
+            slots: vec![0; n],
+            block_tables: (0..blocks as u32).collect(),
+            max_blocks: blocks,
+            block_size: bs,
+        };
+        let mut out = vec![0f32; n * 9 * 64];
+        // q.k and p.v: 2 * 2 * head_dim flops per (query head, context position)
+        g.throughput(Throughput::Elements((n * 9 * ctx * 4 * 64) as u64));
+        g.bench_function(format!("n{n}_ctx{ctx}"), |bch| {
+            bch.iter(|| b.attention(&mut out, &qkv, &k_cache, &v_cache, &plan, shape))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, matmul, attention);
+criterion_main!(benches);

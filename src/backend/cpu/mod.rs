@@ -1,0 +1,137 @@
+//! The CPU backend: the readable reference for every op (plain loops over f32,
+//! rayon across rows) and a usable engine on its own. One file per op family,
+//! named like the CUDA kernel files.
+
+pub mod attention;
+pub mod embed;
+pub mod gemm;
+pub mod mlp;
+pub mod rmsnorm;
+pub mod rope;
+pub mod simd;
+
+use crate::backend::{AttnPlan, AttnShape, Backend};
+use crate::error::{Error, Result};
+use crate::model::safetensors::{HostData, HostTensor};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+/// A parameter tensor as a (rows, cols) matrix; vectors are (1, len) and always f32.
+/// bf16 matrices stay bf16 and are widened inside the dot products.
+#[derive(Clone, Debug)]
+pub struct CpuWeight {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: HostData,
+}
+
+impl CpuWeight {
+    /// The values of a vector weight (norm scale, bias).
+    pub fn as_f32(&self) -> &[f32] {
+        match &self.data {
+            HostData::F32(v) => v,
+            HostData::Bf16(_) => unreachable!("vector weights are widened to f32 at upload"),
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Weight = CpuWeight;
+    type Tensor = Vec<f32>;
+    type Index = Vec<u32>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn step<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        // From a worker thread, the ops' parallel loops split work with the other
+        // workers directly; measured on 2 cores it removes most context switches.
+        rayon::scope(|_| f())
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<CpuWeight> {
+        let (rows, cols) = match t.shape.as_slice() {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            s => return Err(Error::tensor(&t.name, format!("expected 1 or 2 dimensions, got {s:?}"))),
+        };
+        let data = match (&t.data, rows) {
+            (HostData::Bf16(_), 1) => HostData::F32(t.to_f32()),
+            (data, _) => data.clone(),
+        };
+        Ok(CpuWeight { rows, cols, data })
+    }
+
+    fn tensor(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+
+    fn index(&self, data: &[u32]) -> Vec<u32> {
+        data.to_vec()
+    }
+
+    fn to_host(&self, t: &Vec<f32>) -> Vec<f32> {
+        t.clone()
+    }
+
+    fn embed(&self, out: &mut Vec<f32>, table: &CpuWeight, ids: &Vec<u32>, dim: usize) {
+        embed::embed(out, table, ids, dim)
+    }
+
+    fn rmsnorm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &CpuWeight, dim: usize, eps: f32) {
+        rmsnorm::rmsnorm(out, x, w.as_f32(), dim, eps)
+    }
+
+    fn add_rmsnorm(
+        &self,
+        out: &mut Vec<f32>,
+        residual: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &CpuWeight,
+        dim: usize,
+        eps: f32,
+    ) {
+        rmsnorm::add_rmsnorm(out, residual, x, w.as_f32(), dim, eps)
+    }
+
+    fn matmul(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &CpuWeight, bias: Option<&CpuWeight>, m: usize) {
+        gemm::matmul(out, x, w, bias, m)
+    }
+
+    fn rope(&self, qkv: &mut Vec<f32>, positions: &Vec<u32>, shape: AttnShape, theta: f32) {
+        rope::rope(qkv, positions, shape, theta)
+    }
+
+    fn kv_write(
+        &self,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        plan: &AttnPlan<Vec<u32>>,
+        shape: AttnShape,
+    ) {
+        attention::kv_write(k_cache, v_cache, qkv, plan, shape)
+    }
+
+    fn attention(
+        &self,
+        out: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        plan: &AttnPlan<Vec<u32>>,
+        shape: AttnShape,
+    ) {
+        attention::attention(out, qkv, k_cache, v_cache, plan, shape)
+    }
+
+    fn swiglu(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, inter: usize) {
+        mlp::swiglu(out, gate_up, inter)
+    }
+
+    fn gather_rows(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: &Vec<u32>, dim: usize) {
+        embed::gather_rows(out, x, rows, dim)
+    }
+}

@@ -1,0 +1,116 @@
+//! The ops the model needs, as a trait: the transformer in `llm` is written once
+//! against it, and each backend (CPU reference now, CUDA next) implements it.
+//!
+//! Shapes are passed explicitly, llm.c style; every tensor argument carries a shape
+//! comment. Activations are f32; weights keep their file dtype (bf16 or f32).
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::model::safetensors::HostTensor;
+
+/// Where the attention of one step reads and writes the paged KV cache.
+/// Flat index arrays, planned on the host (flashinfer's plan/run split).
+pub struct AttnPlan<I> {
+    /// (n_tokens) absolute position of each token; it attends to positions 0..=pos.
+    pub positions: I,
+    /// (n_tokens) which sequence of the step each token belongs to.
+    pub token_seq: I,
+    /// (n_tokens) cache slot (block * block_size + offset) where its k/v go.
+    pub slots: I,
+    /// (n_seqs, max_blocks) each sequence's block table, padded.
+    pub block_tables: I,
+    pub max_blocks: usize,
+    pub block_size: usize,
+}
+
+/// Head layout of one attention layer.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+pub trait Backend: Send + Sync {
+    /// Model parameters: a matrix (rows, cols) or a vector.
+    type Weight: Send + Sync;
+    /// f32 activations.
+    type Tensor: Send + Sync;
+    /// u32 index arrays (token ids, positions, slots).
+    type Index: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    /// Runs one whole step (`f` calls many ops). The CPU backend uses it to move the
+    /// step onto a worker thread once, instead of handing every op from the caller's
+    /// thread to the pool and sleeping until it is done.
+    fn step<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+    fn upload(&self, t: &HostTensor) -> Result<Self::Weight>;
+    /// A zero-filled f32 tensor of `len` elements.
+    fn tensor(&self, len: usize) -> Self::Tensor;
+    fn index(&self, data: &[u32]) -> Self::Index;
+    fn to_host(&self, t: &Self::Tensor) -> Vec<f32>;
+
+    /// out (n, dim) = table[ids] ; table (vocab, dim)
+    fn embed(&self, out: &mut Self::Tensor, table: &Self::Weight, ids: &Self::Index, dim: usize);
+
+    /// out (n, dim) = rmsnorm(x) * w ; x (n, dim), w (dim)
+    fn rmsnorm(&self, out: &mut Self::Tensor, x: &Self::Tensor, w: &Self::Weight, dim: usize, eps: f32);
+
+    /// residual += x, then out = rmsnorm(residual) * w ; all (n, dim)
+    fn add_rmsnorm(
+        &self,
+        out: &mut Self::Tensor,
+        residual: &mut Self::Tensor,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        dim: usize,
+        eps: f32,
+    );
+
+    /// out (m, n) = x (m, k) @ w (n, k)^T + bias (n)
+    fn matmul(
+        &self,
+        out: &mut Self::Tensor,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        m: usize,
+    );
+
+    /// Rotary embedding, Hugging Face rotate-half form, in place on the q and k parts
+    /// of qkv (n, (hq + 2 hk) * head_dim); v is left alone.
+    fn rope(&self, qkv: &mut Self::Tensor, positions: &Self::Index, shape: AttnShape, theta: f32);
+
+    /// Writes the k and v parts of qkv (n, (hq + 2 hk) * head_dim) into the cache at
+    /// plan.slots; k_cache, v_cache (num_blocks * block_size, hk * head_dim).
+    fn kv_write(
+        &self,
+        k_cache: &mut Self::Tensor,
+        v_cache: &mut Self::Tensor,
+        qkv: &Self::Tensor,
+        plan: &AttnPlan<Self::Index>,
+        shape: AttnShape,
+    );
+
+    /// Causal grouped-query attention of the q part of qkv over the paged cache.
+    /// out (n, hq * head_dim)
+    fn attention(
+        &self,
+        out: &mut Self::Tensor,
+        qkv: &Self::Tensor,
+        k_cache: &Self::Tensor,
+        v_cache: &Self::Tensor,
+        plan: &AttnPlan<Self::Index>,
+        shape: AttnShape,
+    );
+
+    /// out (n, inter) = silu(gate) * up ; gate_up (n, 2 * inter), gate first.
+    fn swiglu(&self, out: &mut Self::Tensor, gate_up: &Self::Tensor, inter: usize);
+
+    /// out (rows.len(), dim) = x[rows] ; x (n, dim)
+    fn gather_rows(&self, out: &mut Self::Tensor, x: &Self::Tensor, rows: &Self::Index, dim: usize);
+}

@@ -1,0 +1,165 @@
+//! Measurements that report against a ceiling taken in the same run: decode
+//! throughput as a fraction of this machine's memory read bandwidth.
+
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::llm::{Logits, SeqChunk};
+use crate::sampling::argmax;
+
+#[derive(Debug, Serialize)]
+pub struct DecodeReport {
+    pub bench: &'static str,
+    pub device: String,
+    pub threads: usize,
+    pub commit: String,
+    pub date: String,
+    pub model: String,
+    pub backend: &'static str,
+    pub batch: usize,
+    pub decode_tokens: usize,
+    pub repeats: usize,
+    /// Median over repeats.
+    pub decode_tok_per_s: f64,
+    pub ms_per_token: f64,
+    /// Parameter bytes streamed per decode token.
+    pub weight_bytes_per_token: usize,
+    /// weight_bytes_per_token * decode_tok_per_s
+    pub achieved_bytes_per_s: f64,
+    /// Ceiling: all-thread read bandwidth over a buffer far larger than the caches.
+    pub memory_read_bytes_per_s: f64,
+    pub ratio_to_memory_bandwidth: f64,
+}
+
+/// Decodes `tokens` greedy tokens at batch 1 after a short prompt, `repeats` times,
+/// and measures the memory bandwidth in the same run.
+pub fn decode_bench<B: Backend>(engine: &Engine<B>, tokens: usize, repeats: usize) -> Result<DecodeReport> {
+    let llm = &engine.llm;
+    let b = &engine.backend;
+    let prompt = engine.tokenizer.encode("The capital of France is")?;
+    let total = prompt.len() + tokens;
+    if total > llm.config.max_position_embeddings {
+        return Err(Error::Request(format!("{total} tokens exceed the model's context")));
+    }
+    let bandwidth = memory_read_bandwidth();
+    let mut rates = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let mut cache = llm.new_cache(b, total);
+        let mut table = Vec::new();
+        cache.reserve(&mut table, total)?;
+        let step = [SeqChunk { tokens: &prompt, start: 0, block_table: &table, logits: Logits::Last }];
+        let mut tok = argmax(&llm.forward(b, &mut cache, &step)?);
+        let t = Instant::now();
+        for i in 0..tokens {
+            let step =
+                [SeqChunk { tokens: &[tok], start: prompt.len() + i, block_table: &table, logits: Logits::Last }];
+            tok = argmax(&llm.forward(b, &mut cache, &step)?);
+        }
+        rates.push(tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    let rate = rates[rates.len() / 2];
+    let achieved = llm.weight_bytes as f64 * rate;
+    Ok(DecodeReport {
+        bench: "decode",
+        device: cpu_name(),
+        threads: rayon::current_num_threads(),
+        commit: git_commit(),
+        date: utc_now(),
+        model: format!("{:?} {} layers, hidden {}", llm.config.arch, llm.config.num_layers, llm.config.hidden_size),
+        backend: b.name(),
+        batch: 1,
+        decode_tokens: tokens,
+        repeats: rates.len(),
+        decode_tok_per_s: rate,
+        ms_per_token: 1e3 / rate,
+        weight_bytes_per_token: llm.weight_bytes,
+        achieved_bytes_per_s: achieved,
+        memory_read_bytes_per_s: bandwidth,
+        ratio_to_memory_bandwidth: achieved / bandwidth,
+    })
+}
+
+/// Best of several passes of a parallel sum over 512 MiB: the rate at which all
+/// threads together can stream memory, the ceiling for batch-1 decode.
+pub fn memory_read_bandwidth() -> f64 {
+    let n = 128 << 20; // f32s
+    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i % 7) as f32).collect();
+    let chunk = n / rayon::current_num_threads().max(1) / 16;
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s: f32 = buf.par_chunks(chunk).map(sum8).sum();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / secs);
+    }
+    best
+}
+
+/// Eight independent partial sums, so the loop is bound by loads, not adds.
+fn sum8(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum()
+}
+
+/// Writes via a temporary file and a rename, so a reader never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// ISO 8601 UTC timestamp; days-to-civil after Howard Hinnant's
+/// "chrono-Compatible Low-Level Date Algorithms".
+pub fn utc_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}

@@ -1,0 +1,286 @@
+//! The decoder-only transformer (Llama / Qwen2), written once against `Backend`.
+//!
+//! `forward` takes one flat batch of tokens from several sequences, each at its own
+//! position: prefill chunks, single decode tokens and injected (extend) spans all go
+//! through the same call. That is the interface the scheduler drives.
+
+use std::path::Path;
+
+use crate::backend::{AttnPlan, AttnShape, Backend};
+use crate::error::{Error, Result};
+use crate::kv::{KvCache, BLOCK_SIZE};
+use crate::model::safetensors::{HostData, HostTensor, SafetensorFiles};
+use crate::model::ModelConfig;
+
+struct Layer<W> {
+    input_norm: W,
+    /// q, k and v projections stacked: ((hq + 2 hk) * head_dim, hidden)
+    qkv: W,
+    qkv_bias: Option<W>,
+    o: W,
+    post_norm: W,
+    /// gate and up stacked: (2 * inter, hidden)
+    gate_up: W,
+    down: W,
+}
+
+pub struct Llm<B: Backend> {
+    pub config: ModelConfig,
+    embed: B::Weight,
+    layers: Vec<Layer<B::Weight>>,
+    norm: B::Weight,
+    /// None when tied to the embedding.
+    lm_head: Option<B::Weight>,
+    /// Bytes of parameters read for one decode token (all matrices, embedding row aside).
+    pub weight_bytes: usize,
+}
+
+/// Which logits a sequence of the step wants back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+/// One sequence's part of a step.
+pub struct SeqChunk<'a> {
+    pub tokens: &'a [u32],
+    /// Position of tokens[0]; the cache already holds positions 0..start.
+    pub start: usize,
+    /// Covers start + tokens.len() positions (see `KvCache::reserve`).
+    pub block_table: &'a [u32],
+    pub logits: Logits,
+}
+
+impl<B: Backend> Llm<B> {
+    /// Loads config.json and the safetensors of `dir`, checking every tensor.
+    pub fn load(backend: &B, dir: &Path) -> Result<Self> {
+        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let files = SafetensorFiles::open_dir(dir)?;
+        Self::from_files(backend, config, &files)
+    }
+
+    pub fn from_files(backend: &B, config: ModelConfig, files: &SafetensorFiles) -> Result<Self> {
+        let c = &config;
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (q, kv) = (c.num_heads * d, c.num_kv_heads * d);
+        let bytes = std::cell::Cell::new(0usize);
+        let load = |name: &str, shape: &[usize]| -> Result<HostTensor> {
+            let t = files.load(name, shape)?;
+            bytes.set(bytes.get() + t.bytes());
+            Ok(t)
+        };
+        let up = |t: HostTensor| backend.upload(&t);
+
+        let embed = load("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed_bytes = embed.bytes();
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let qkv = stack(&[
+                load(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
+                load(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
+                load(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+            ]);
+            let qkv_bias = if c.qkv_bias {
+                Some(up(stack(&[
+                    load(&format!("{p}.self_attn.q_proj.bias"), &[q])?,
+                    load(&format!("{p}.self_attn.k_proj.bias"), &[kv])?,
+                    load(&format!("{p}.self_attn.v_proj.bias"), &[kv])?,
+                ]))?)
+            } else {
+                None
+            };
+            let gate_up = stack(&[
+                load(&format!("{p}.mlp.gate_proj.weight"), &[c.intermediate_size, h])?,
+                load(&format!("{p}.mlp.up_proj.weight"), &[c.intermediate_size, h])?,
+            ]);
+            layers.push(Layer {
+                input_norm: up(load(&format!("{p}.input_layernorm.weight"), &[h])?)?,
+                qkv: up(qkv)?,
+                qkv_bias,
+                o: up(load(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?)?,
+                post_norm: up(load(&format!("{p}.post_attention_layernorm.weight"), &[h])?)?,
+                gate_up: up(gate_up)?,
+                down: up(load(&format!("{p}.mlp.down_proj.weight"), &[h, c.intermediate_size])?)?,
+            });
+        }
+        let norm = up(load("model.norm.weight", &[h])?)?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(up(load("lm_head.weight", &[c.vocab_size, h])?)?)
+        };
+        let embed = up(embed)?;
+        // Decode reads every matrix once per token; the embedding only one row,
+        // unless it doubles as the lm_head.
+        let weight_bytes = if c.tie_word_embeddings { bytes.get() } else { bytes.get() - embed_bytes };
+        Ok(Llm { config, embed, layers, norm, lm_head, weight_bytes })
+    }
+
+    pub fn shape(&self) -> AttnShape {
+        AttnShape {
+            num_heads: self.config.num_heads,
+            num_kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// A KV cache with room for `tokens` positions in total.
+    pub fn new_cache(&self, backend: &B, tokens: usize) -> KvCache<B> {
+        let c = &self.config;
+        KvCache::new(backend, c.num_layers, c.num_kv_heads * c.head_dim, tokens.div_ceil(BLOCK_SIZE))
+    }
+
+    /// Runs one step and returns the requested logits rows, flat (rows, vocab), in
+    /// the order of `chunks` (all rows of an `All` chunk, one of a `Last` chunk).
+    pub fn forward(&self, b: &B, cache: &mut KvCache<B>, chunks: &[SeqChunk]) -> Result<Vec<f32>> {
+        let plan = self.plan(b, chunks)?;
+        Ok(b.step(|| self.run(b, cache, &plan)))
+    }
+
+    fn run(&self, b: &B, cache: &mut KvCache<B>, plan: &StepPlan<B::Index>) -> Vec<f32> {
+        let c = &self.config;
+        let n = plan.ids.len();
+        let (h, inter) = (c.hidden_size, c.intermediate_size);
+        let shape = self.shape();
+        let qkv_dim = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+        let q_dim = c.num_heads * c.head_dim;
+
+        let ids = b.index(&plan.ids);
+        let mut x = b.tensor(n * h); // (n, h) residual stream
+        let mut xn = b.tensor(n * h); // (n, h) normed input of a sublayer
+        let mut qkv = b.tensor(n * qkv_dim);
+        let mut att = b.tensor(n * q_dim);
+        let mut proj = b.tensor(n * h); // (n, h) output of o_proj / down_proj
+        let mut gate_up = b.tensor(n * 2 * inter);
+        let mut act = b.tensor(n * inter);
+
+        b.embed(&mut x, &self.embed, &ids, h);
+        for (l, layer) in self.layers.iter().enumerate() {
+            if l == 0 {
+                b.rmsnorm(&mut xn, &x, &layer.input_norm, h, c.rms_norm_eps);
+            } else {
+                b.add_rmsnorm(&mut xn, &mut x, &proj, &layer.input_norm, h, c.rms_norm_eps);
+            }
+            b.matmul(&mut qkv, &xn, &layer.qkv, layer.qkv_bias.as_ref(), n);
+            b.rope(&mut qkv, &plan.attn.positions, shape, c.rope_theta);
+            let (kc, vc) = &mut cache.layers[l];
+            b.kv_write(kc, vc, &qkv, &plan.attn, shape);
+            b.attention(&mut att, &qkv, kc, vc, &plan.attn, shape);
+            b.matmul(&mut proj, &att, &layer.o, None, n);
+
+            b.add_rmsnorm(&mut xn, &mut x, &proj, &layer.post_norm, h, c.rms_norm_eps);
+            b.matmul(&mut gate_up, &xn, &layer.gate_up, None, n);
+            b.swiglu(&mut act, &gate_up, inter);
+            b.matmul(&mut proj, &act, &layer.down, None, n);
+        }
+
+        let rows = plan.logit_rows.len();
+        if rows == 0 {
+            return Vec::new();
+        }
+        // Only the rows whose logits are wanted go through the final norm and lm_head.
+        let mut last = b.tensor(rows * h);
+        let mut last_n = b.tensor(rows * h);
+        let mut sel = b.tensor(rows * h);
+        b.gather_rows(&mut sel, &proj, &b.index(&plan.logit_rows), h);
+        b.gather_rows(&mut last, &x, &b.index(&plan.logit_rows), h);
+        b.add_rmsnorm(&mut last_n, &mut last, &sel, &self.norm, h, c.rms_norm_eps);
+        let mut logits = b.tensor(rows * c.vocab_size);
+        b.matmul(&mut logits, &last_n, self.lm_head.as_ref().unwrap_or(&self.embed), None, rows);
+        b.to_host(&logits)
+    }
+
+    fn plan(&self, b: &B, chunks: &[SeqChunk]) -> Result<StepPlan<B::Index>> {
+        let c = &self.config;
+        let max_blocks = chunks.iter().map(|s| s.block_table.len()).max().unwrap_or(0);
+        let mut ids = Vec::new();
+        let (mut positions, mut token_seq, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        let mut tables = vec![0u32; chunks.len() * max_blocks];
+        let mut logit_rows = Vec::new();
+        for (s, chunk) in chunks.iter().enumerate() {
+            let end = chunk.start + chunk.tokens.len();
+            if chunk.tokens.is_empty() {
+                return Err(Error::Request(format!("sequence {s} of the step has no tokens")));
+            }
+            if end > c.max_position_embeddings {
+                return Err(Error::Request(format!(
+                    "sequence {s} reaches position {end}, beyond the model's context of {} tokens",
+                    c.max_position_embeddings
+                )));
+            }
+            if chunk.block_table.len() * BLOCK_SIZE < end {
+                return Err(Error::Request(format!(
+                    "sequence {s}: block table covers {} positions, the step needs {end}",
+                    chunk.block_table.len() * BLOCK_SIZE
+                )));
+            }
+            if let Some(&bad) = chunk.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(Error::Request(format!(
+                    "token id {bad} is outside the model's vocabulary of {}",
+                    c.vocab_size
+                )));
+            }
+            tables[s * max_blocks..s * max_blocks + chunk.block_table.len()]
+                .copy_from_slice(chunk.block_table);
+            for (i, &tok) in chunk.tokens.iter().enumerate() {
+                let pos = chunk.start + i;
+                let keep = match chunk.logits {
+                    Logits::All => true,
+                    Logits::Last => i + 1 == chunk.tokens.len(),
+                    Logits::None => false,
+                };
+                if keep {
+                    logit_rows.push(ids.len() as u32);
+                }
+                ids.push(tok);
+                positions.push(pos as u32);
+                token_seq.push(s as u32);
+                slots.push(chunk.block_table[pos / BLOCK_SIZE] * BLOCK_SIZE as u32 + (pos % BLOCK_SIZE) as u32);
+            }
+        }
+        Ok(StepPlan {
+            ids,
+            logit_rows,
+            attn: AttnPlan {
+                positions: b.index(&positions),
+                token_seq: b.index(&token_seq),
+                slots: b.index(&slots),
+                block_tables: b.index(&tables),
+                max_blocks,
+                block_size: BLOCK_SIZE,
+            },
+        })
+    }
+}
+
+struct StepPlan<I> {
+    ids: Vec<u32>,
+    logit_rows: Vec<u32>,
+    attn: AttnPlan<I>,
+}
+
+/// Concatenates tensors along their first dimension (q/k/v, gate/up). bf16 stays
+/// bf16; any other mix is widened to f32.
+fn stack(parts: &[HostTensor]) -> HostTensor {
+    let name = parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" + ");
+    let mut shape = parts[0].shape.clone();
+    shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+    let all_bf16 = parts.iter().all(|p| matches!(p.data, HostData::Bf16(_)));
+    let data = if all_bf16 {
+        HostData::Bf16(
+            parts
+                .iter()
+                .flat_map(|p| match &p.data {
+                    HostData::Bf16(v) => v.iter().copied(),
+                    HostData::F32(_) => unreachable!("checked all_bf16"),
+                })
+                .collect(),
+        )
+    } else {
+        HostData::F32(parts.iter().flat_map(HostTensor::to_f32).collect())
+    };
+    HostTensor { name, shape, data }
+}

@@ -1,0 +1,192 @@
+//! The `pimoe` command line: parses arguments and calls the library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use pimoe::backend::cpu::CpuBackend;
+use pimoe::device::{self, Device, DeviceChoice};
+use pimoe::model::{fetch, import, ModelConfig};
+use pimoe::sampling::SamplingParams;
+use pimoe::{Engine, Prompt, Request};
+
+#[derive(Parser)]
+#[command(name = "pimoe", version, about = "PiMoE inference runtime")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate {
+        /// Model directory (config.json, safetensors, tokenizer.json). Default:
+        /// SmolLM2-135M-Instruct, fetched and imported on first use.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt in the ChatML chat format as a user message.
+        #[arg(long)]
+        chat: bool,
+        /// System message (implies --chat).
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// 0 = no top-k cut.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Print a model's architecture, parameter count and size.
+    Info {
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Convert a llama-architecture GGUF into a Hugging Face model directory (bf16).
+    ImportGguf { gguf: PathBuf, out_dir: PathBuf },
+    /// Fetch and import the default model (SmolLM2-135M-Instruct) if it is missing.
+    Fetch,
+    /// Measure decode speed at batch 1 against this machine's memory bandwidth.
+    Bench {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Tokens to decode per repeat.
+        #[arg(long, default_value_t = 64)]
+        tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the JSON report here (it is always printed to stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn model_dir(arg: Option<PathBuf>) -> pimoe::Result<PathBuf> {
+    match arg {
+        Some(d) => Ok(d),
+        None => fetch::ensure_default_model(true),
+    }
+}
+
+fn load_engine(model: Option<PathBuf>, choice: DeviceChoice) -> anyhow::Result<Engine<CpuBackend>> {
+    let (dev, note) = device::select(choice)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let dir = model_dir(model)?;
+    match dev {
+        Device::Cpu => Ok(Engine::load(CpuBackend, &dir)?),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            device,
+        } => {
+            let engine = load_engine(model, device)?;
+            let prompt = if chat || system.is_some() {
+                Prompt::Chat { system, user: prompt }
+            } else {
+                Prompt::Raw(prompt)
+            };
+            let req = Request {
+                prompt,
+                max_tokens,
+                sampling: SamplingParams { temperature, top_k, top_p, seed },
+            };
+            let mut stdout = std::io::stdout();
+            let g = engine.generate(&req, |piece| {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            })?;
+            println!();
+            eprintln!(
+                "prefill: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | finish: {:?}",
+                g.prompt_tokens,
+                g.prefill_tok_per_s(),
+                g.tokens.len(),
+                g.decode_tok_per_s(),
+                g.finish
+            );
+        }
+        Cmd::Info { model } => info(&model_dir(model)?)?,
+        Cmd::ImportGguf { gguf, out_dir } => {
+            let s = import::import_gguf(&gguf, &out_dir, true)?;
+            eprintln!("{s}");
+        }
+        Cmd::Fetch => {
+            let dir = fetch::ensure_default_model(true)?;
+            println!("{}", dir.display());
+        }
+        Cmd::Bench { model, tokens, repeats, json, device } => {
+            let engine = load_engine(model, device)?;
+            let report = pimoe::bench::decode_bench(&engine, tokens, repeats)?;
+            let text = serde_json::to_string_pretty(&report)?;
+            println!("{text}");
+            if let Some(path) = json {
+                pimoe::bench::write_atomic(&path, text.as_bytes())?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn info(dir: &Path) -> anyhow::Result<()> {
+    let c = ModelConfig::load(&dir.join("config.json"))?;
+    let files = pimoe::model::safetensors::SafetensorFiles::open_dir(dir)?;
+    let params = c.num_params();
+    println!("model:        {}", dir.display());
+    println!("architecture: {}", c.arch.hf_name());
+    println!(
+        "layers {} | hidden {} | intermediate {} | heads {} (kv {}, head_dim {}) | vocab {} | context {}",
+        c.num_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.vocab_size,
+        c.max_position_embeddings
+    );
+    println!("tied lm_head: {} | qkv bias: {}", c.tie_word_embeddings, c.qkv_bias);
+    println!("parameters:   {params} ({:.1} M)", params as f64 / 1e6);
+    let bytes = files.tensor_bytes();
+    println!("weights:      {bytes} bytes ({:.1} MiB)", bytes as f64 / (1 << 20) as f64);
+    Ok(())
+}

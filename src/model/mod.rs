@@ -1,0 +1,10 @@
+//! Everything that reads or writes model files: config.json, safetensors, GGUF, tokenizer.
+
+pub mod config;
+pub mod fetch;
+pub mod safetensors;
+pub mod tokenizer;
+pub mod gguf;
+pub mod import;
+
+pub use config::{Arch, ModelConfig};

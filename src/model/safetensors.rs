@@ -1,0 +1,168 @@
+//! Memory-mapped safetensors: one file or a sharded `model.safetensors.index.json`.
+//!
+//! Tensors are looked up by name and checked against the shape the model expects
+//! before any data is touched, so a wrong file fails with the tensor's name.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// Host-side tensor data owned by the loader. bf16 matrices stay bf16 on every
+/// backend; f16 is widened to f32 at load because nothing computes in f16.
+#[derive(Clone, Debug)]
+pub enum HostData {
+    F32(Vec<f32>),
+    /// Raw bf16 bits.
+    Bf16(Vec<u16>),
+}
+
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: HostData,
+}
+
+impl HostTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            HostData::F32(v) => v.len() * 4,
+            HostData::Bf16(v) => v.len() * 2,
+        }
+    }
+    /// The values as f32 (bf16 widened exactly).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            HostData::F32(v) => v.clone(),
+            HostData::Bf16(v) => v.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect(),
+        }
+    }
+}
+
+/// The mapped files of one model and where each tensor lives.
+pub struct SafetensorFiles {
+    maps: Vec<(PathBuf, Mmap)>,
+    /// tensor name -> index into `maps`
+    index: HashMap<String, usize>,
+}
+
+impl SafetensorFiles {
+    /// Opens `dir/model.safetensors`, or the shards listed in
+    /// `dir/model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index_path.exists() {
+            shard_files(&index_path)?
+        } else {
+            return Err(Error::format(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in this directory",
+            ));
+        };
+        let mut maps = Vec::with_capacity(files.len());
+        let mut index = HashMap::new();
+        for (i, path) in files.into_iter().enumerate() {
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: the map is read-only; a model file modified underneath a running
+            // process is outside what we can defend against, as for any mmap reader.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e}")))?;
+            for name in st.names() {
+                index.insert(name.to_string(), i);
+            }
+            maps.push((path, map));
+        }
+        Ok(SafetensorFiles { maps, index })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// Loads `name`, checking its shape; f16 is widened to f32.
+    pub fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::tensor(name, "missing from the safetensors file(s)"))?;
+        let (path, map) = &self.maps[i];
+        let st = SafeTensors::deserialize(map)
+            .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+        let view = st.tensor(name).map_err(|e| Error::tensor(name, e.to_string()))?;
+        if view.shape() != shape {
+            return Err(Error::tensor(
+                name,
+                format!("has shape {:?}, the config implies {:?}", view.shape(), shape),
+            ));
+        }
+        let bytes = view.data();
+        let data = match view.dtype() {
+            Dtype::F32 => HostData::F32(
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            ),
+            Dtype::BF16 => HostData::Bf16(
+                bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect(),
+            ),
+            Dtype::F16 => HostData::F32(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                    .collect(),
+            ),
+            other => {
+                return Err(Error::tensor(
+                    name,
+                    format!("has dtype {other:?}; supported are F32, F16 and BF16"),
+                ))
+            }
+        };
+        Ok(HostTensor { name: name.to_string(), shape: shape.to_vec(), data })
+    }
+
+    /// Bytes of tensor data over all files.
+    pub fn tensor_bytes(&self) -> usize {
+        self.maps
+            .iter()
+            .filter_map(|(_, map)| SafeTensors::deserialize(map).ok())
+            .map(|st| st.tensors().iter().map(|(_, v)| v.data().len()).sum::<usize>())
+            .sum()
+    }
+}
+
+fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(index_path, format!("not valid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::format(index_path, "missing object `weight_map`"))?;
+    let dir = index_path.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::format(index_path, format!("weight_map entry for `{tensor}` is not a file name"))
+        })?;
+        let p = dir.join(file);
+        if !files.contains(&p) {
+            files.push(p);
+        }
+    }
+    Ok(files)
+}

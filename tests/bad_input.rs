@@ -1,0 +1,154 @@
+//! Bad input gets an error that names what is wrong; nothing panics.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::copy_fixture;
+use pimoe::backend::cpu::CpuBackend;
+use pimoe::llm::Llm;
+use pimoe::model::ModelConfig;
+use pimoe::sampling::SamplingParams;
+use pimoe::{Engine, Prompt, Request};
+use safetensors::{Dtype, SafeTensors};
+
+fn load_err(dir: &std::path::Path) -> String {
+    match Llm::load(&CpuBackend, dir) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Rewrites model.safetensors, letting `edit` change one tensor's (dtype, shape, bytes).
+fn rewrite(dir: &std::path::Path, edit: impl Fn(&str, &mut (Dtype, Vec<usize>, Vec<u8>))) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = HashMap::new();
+    for (name, v) in st.tensors() {
+        let mut t = (v.dtype(), v.shape().to_vec(), v.data().to_vec());
+        edit(&name, &mut t);
+        tensors.insert(name, t);
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+#[test]
+fn truncated_safetensors_is_named() {
+    let dir = copy_fixture("tiny-llama", "truncated");
+    let path = dir.join("model.safetensors");
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+}
+
+#[test]
+fn wrong_shape_names_the_tensor() {
+    let dir = copy_fixture("tiny-llama", "wrong-shape");
+    rewrite(&dir, |name, t| {
+        if name == "model.layers.1.self_attn.k_proj.weight" {
+            t.1 = vec![t.1[1], t.1[0]];
+        }
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("model.layers.1.self_attn.k_proj.weight") && e.contains("shape"), "{e}");
+}
+
+#[test]
+fn wrong_dtype_names_the_tensor() {
+    let dir = copy_fixture("tiny-llama", "wrong-dtype");
+    rewrite(&dir, |name, t| {
+        if name == "model.norm.weight" {
+            t.0 = Dtype::I32;
+        }
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("model.norm.weight") && e.contains("I32"), "{e}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = copy_fixture("tiny-qwen2", "missing-tensor");
+    rewrite(&dir, |_, _| {});
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != "model.layers.2.self_attn.v_proj.bias").collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.layers.2.self_attn.v_proj.bias") && e.contains("missing"), "{e}");
+}
+
+fn config_err(edit: impl Fn(&mut serde_json::Map<String, serde_json::Value>)) -> String {
+    let text = std::fs::read_to_string(common::fixtures().join("tiny-llama/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(v.as_object_mut().unwrap());
+    match ModelConfig::parse(&v.to_string(), std::path::Path::new("x/config.json")) {
+        Ok(_) => panic!("config should be rejected"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_configs_name_the_field() {
+    let e = config_err(|c| {
+        c.remove("hidden_size");
+    });
+    assert!(e.contains("x/config.json") && e.contains("missing field `hidden_size`"), "{e}");
+    let e = config_err(|c| {
+        c.insert("num_attention_heads".into(), "four".into());
+    });
+    assert!(e.contains("`num_attention_heads` must be a non-negative integer"), "{e}");
+    let e = config_err(|c| {
+        c.insert("architectures".into(), serde_json::json!(["MistralForCausalLM"]));
+    });
+    assert!(e.contains("architecture `MistralForCausalLM` is not supported"), "{e}");
+    let e = config_err(|c| {
+        c.insert("rope_scaling".into(), serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
+    });
+    assert!(e.contains("rope type `yarn` is not supported"), "{e}");
+    let e = config_err(|c| {
+        c.insert("rope_parameters".into(), serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5}));
+    });
+    assert!(e.contains("rope type `llama3` is not supported"), "{e}");
+    let e = config_err(|c| {
+        c.insert("num_key_value_heads".into(), 3.into());
+    });
+    assert!(e.contains("not a multiple of num_key_value_heads"), "{e}");
+    assert!(config_err(|c| {
+        c.insert("hidden_act".into(), "gelu".into());
+    })
+    .contains("hidden_act `gelu`"));
+}
+
+#[test]
+fn missing_files_are_named() {
+    let dir = copy_fixture("tiny-llama", "no-tokenizer");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let e = Engine::load(CpuBackend, &dir).err().unwrap().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("not found"), "{e}");
+    let e = Engine::load(CpuBackend, &dir.join("nope")).err().unwrap().to_string();
+    assert!(e.contains("nope") && e.contains("not found"), "{e}");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("no model.safetensors"), "{e}");
+}
+
+#[test]
+fn prompt_longer_than_context_is_an_error() {
+    let engine = Engine::load(CpuBackend, &common::fixtures().join("tiny-llama")).unwrap();
+    let req = Request {
+        prompt: Prompt::Raw("the dog runs and the cat sleeps. ".repeat(40)),
+        max_tokens: 4,
+        sampling: SamplingParams::default(),
+    };
+    let e = engine.generate(&req, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("context window is 128 tokens"), "{e}");
+    let bad = Request { prompt: Prompt::Raw("hi".into()), max_tokens: 4, sampling: SamplingParams { top_p: 2.0, ..Default::default() } };
+    assert!(engine.generate(&bad, |_| {}).unwrap_err().to_string().contains("top-p"));
+}

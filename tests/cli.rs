@@ -1,0 +1,95 @@
+//! The `pimoe` binary end to end on the fixture model: output, timings, and clean
+//! errors (an `error:` line and a failure exit code, never a panic).
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{fixtures, scratch_dir};
+
+fn pimoe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pimoe")).args(args).output().expect("run pimoe")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Fails with a message naming `needle` and no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "should fail: {err}");
+    assert!(err.lines().any(|l| l.starts_with("error: ")), "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn generate_streams_text_and_reports_speed() {
+    let model = fixtures().join("tiny-llama");
+    let out = pimoe(&[
+        "generate", "--model", model.to_str().unwrap(), "--prompt", "The dog", "--max-tokens", "12", "--device", "auto",
+    ]);
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{se}");
+    assert!(!so.trim().is_empty(), "no text generated");
+    assert!(se.contains("device: cpu ("), "auto must say why it uses the CPU: {se}");
+    assert!(se.contains("prefill: ") && se.contains("decode: 12 tokens") && se.contains("tok/s"), "{se}");
+}
+
+#[test]
+fn chat_and_sampling_options_work() {
+    let model = fixtures().join("tiny-qwen2");
+    let m = model.to_str().unwrap();
+    let args = |seed: &str| {
+        vec![
+            "generate", "--model", m, "--prompt", "Hello", "--system", "Be brief.", "--temperature", "0.9",
+            "--top-p", "0.9", "--top-k", "40", "--seed", seed, "--max-tokens", "10", "--device", "cpu",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let run = |seed: &str| {
+        let a = args(seed);
+        let out = pimoe(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(run("3"), run("3"), "a seed reproduces its text");
+}
+
+#[test]
+fn info_prints_architecture_and_size() {
+    let out = pimoe(&["info", "--model", fixtures().join("tiny-qwen2").to_str().unwrap()]);
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(so.contains("Qwen2ForCausalLM") && so.contains("qkv bias: true"), "{so}");
+    // hidden 96, inter 192, 3 layers, 6 heads / 2 kv of 16, vocab 360, tied:
+    // 360*96 + 3*(96*96 + 2*96*32 + 96*96 + 160 + 3*96*192 + 2*96) + 96
+    assert!(so.contains("parameters:   275328 "), "{so}");
+    assert!(so.contains("weights:      1101312 bytes"), "{so}");
+}
+
+#[test]
+fn errors_are_clean() {
+    assert_clean_failure(&pimoe(&["generate", "--model", "/no/such/model", "--prompt", "x"]), "/no/such/model");
+    let model = fixtures().join("tiny-llama");
+    assert_clean_failure(
+        &pimoe(&["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--device", "cuda"]),
+        "--device cuda",
+    );
+    assert_clean_failure(
+        &pimoe(&["generate", "--model", model.to_str().unwrap(), "--prompt", &"word ".repeat(300), "--device", "cpu"]),
+        "context window",
+    );
+
+    let dir = scratch_dir("cli-gguf");
+    let bad = dir.join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let out_dir = dir.join("out");
+    assert_clean_failure(&pimoe(&["import-gguf", bad.to_str().unwrap(), out_dir.to_str().unwrap()]), "bad.gguf");
+    assert!(!out_dir.exists(), "nothing half-written");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "only bad.gguf remains: {leftovers:?}");
+}

@@ -1,0 +1,66 @@
+//! Shared test helpers: the tolerance policy, written once, and seeded inputs.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// Relative error thresholds by precision (DESIGN.md).
+pub const F32_TOL: f64 = 1e-5;
+pub const BF16_TOL: f64 = 1e-2;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// ||out - ref|| / ||ref||, in f64.
+pub fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "length mismatch");
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        num += (o as f64 - r as f64).powi(2);
+        den += (r as f64).powi(2);
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Asserts rel_err < tol; on failure prints max/mean error and the first mismatches.
+pub fn assert_close(what: &str, out: &[f32], reference: &[f32], tol: f64) {
+    let err = rel_err(out, reference);
+    if err < tol && out.iter().all(|v| v.is_finite()) {
+        return;
+    }
+    let diffs: Vec<f64> = out.iter().zip(reference).map(|(&o, &r)| (o as f64 - r as f64).abs()).collect();
+    let max = diffs.iter().cloned().fold(0.0, f64::max);
+    let mean = diffs.iter().sum::<f64>() / diffs.len().max(1) as f64;
+    let first: Vec<String> = diffs
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| **d > tol * (reference[*i].abs() as f64).max(1e-6) || !out[*i].is_finite())
+        .take(8)
+        .map(|(i, _)| format!("[{i}] got {} want {}", out[i], reference[i]))
+        .collect();
+    panic!("{what}: rel err {err:.3e} >= {tol:.1e} (max abs {max:.3e}, mean abs {mean:.3e}); first: {first:?}");
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (never zeros as test data).
+pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = pimoe::sampling::Rng::new(seed);
+    (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+}
+
+/// A fresh, empty directory under cargo's per-target scratch space.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of a fixture model directory that a test may damage.
+pub fn copy_fixture(model: &str, name: &str) -> PathBuf {
+    let dst = scratch_dir(name);
+    for e in std::fs::read_dir(fixtures().join(model)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}

@@ -1,0 +1,171 @@
+//! Golden tests: tiny random-weight Llama and Qwen2 models made by transformers
+//! (tests/fixtures/make_fixtures.py), with the logits and greedy tokens it computed.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_close, fixtures, rel_err};
+use pimoe::backend::cpu::CpuBackend;
+use pimoe::llm::{Llm, Logits, SeqChunk};
+use pimoe::sampling::argmax;
+use serde_json::Value;
+
+/// Our f32 CPU logits against transformers' f32 logits.
+const GOLDEN_TOL: f64 = 1e-4;
+
+struct Golden {
+    input_ids: Vec<u32>,
+    logits: Vec<f32>,
+    prompt: Vec<u32>,
+    greedy: Vec<u32>,
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn golden(dir: &Path) -> Golden {
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    Golden {
+        input_ids: ids(&g["input_ids"]),
+        logits: g["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+            .collect(),
+        prompt: ids(&g["greedy_prompt_ids"]),
+        greedy: ids(&g["greedy_new_ids"]),
+    }
+}
+
+fn greedy(llm: &Llm<CpuBackend>, prompt: &[u32], n: usize) -> Vec<u32> {
+    let b = CpuBackend;
+    let mut cache = llm.new_cache(&b, prompt.len() + n);
+    let mut table = Vec::new();
+    cache.reserve(&mut table, prompt.len() + n).unwrap();
+    let step = [SeqChunk { tokens: prompt, start: 0, block_table: &table, logits: Logits::Last }];
+    let mut tok = argmax(&llm.forward(&b, &mut cache, &step).unwrap());
+    let mut out = vec![tok];
+    while out.len() < n {
+        let pos = prompt.len() + out.len() - 1;
+        let step = [SeqChunk { tokens: &[tok], start: pos, block_table: &table, logits: Logits::Last }];
+        tok = argmax(&llm.forward(&b, &mut cache, &step).unwrap());
+        out.push(tok);
+    }
+    out
+}
+
+fn check_model(name: &str) {
+    let dir = fixtures().join(name);
+    let g = golden(&dir);
+    let llm = Llm::load(&CpuBackend, &dir).unwrap();
+    let vocab = llm.config.vocab_size;
+
+    let b = CpuBackend;
+    let mut cache = llm.new_cache(&b, g.input_ids.len());
+    let mut table = Vec::new();
+    cache.reserve(&mut table, g.input_ids.len()).unwrap();
+    let step = [SeqChunk { tokens: &g.input_ids, start: 0, block_table: &table, logits: Logits::All }];
+    let logits = llm.forward(&b, &mut cache, &step).unwrap();
+    assert_eq!(logits.len(), g.input_ids.len() * vocab);
+    for (p, (ours, theirs)) in logits.chunks(vocab).zip(g.logits.chunks(vocab)).enumerate() {
+        assert_close(&format!("{name} logits at position {p}"), ours, theirs, GOLDEN_TOL);
+    }
+    let err = rel_err(&logits, &g.logits);
+    println!("{name}: all-position logits rel err {err:.2e}");
+
+    assert_eq!(greedy(&llm, &g.prompt, g.greedy.len()), g.greedy, "{name}: greedy continuation");
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    check_model("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    check_model("tiny-qwen2");
+}
+
+/// Several sequences at different positions in one flat step (a prefill chunk, a
+/// decode token, a second chunk of an earlier prompt) give the same logits as
+/// running each on its own.
+#[test]
+fn mixed_batch_equals_separate_runs() {
+    let dir = fixtures().join("tiny-qwen2");
+    let g = golden(&dir);
+    let llm = Llm::load(&CpuBackend, &dir).unwrap();
+    let b = CpuBackend;
+    let vocab = llm.config.vocab_size;
+    let ids = &g.input_ids;
+    let mut cache = llm.new_cache(&b, 4 * ids.len());
+
+    // Sequence A: the whole input in one prefill; the reference.
+    let mut ta = Vec::new();
+    cache.reserve(&mut ta, ids.len()).unwrap();
+    let reference =
+        llm.forward(&b, &mut cache, &[SeqChunk { tokens: ids, start: 0, block_table: &ta, logits: Logits::All }]).unwrap();
+
+    // B: first 9 tokens now; C: first 20 tokens now (crosses a block boundary).
+    let (mut tb, mut tc) = (Vec::new(), Vec::new());
+    cache.reserve(&mut tb, ids.len()).unwrap();
+    cache.reserve(&mut tc, ids.len()).unwrap();
+    llm.forward(
+        &b,
+        &mut cache,
+        &[
+            SeqChunk { tokens: &ids[..9], start: 0, block_table: &tb, logits: Logits::None },
+            SeqChunk { tokens: &ids[..20], start: 0, block_table: &tc, logits: Logits::None },
+        ],
+    )
+    .unwrap();
+    // One step: B continues with a chunk, C decodes one token.
+    let out = llm
+        .forward(
+            &b,
+            &mut cache,
+            &[
+                SeqChunk { tokens: &ids[9..], start: 9, block_table: &tb, logits: Logits::All },
+                SeqChunk { tokens: &ids[20..21], start: 20, block_table: &tc, logits: Logits::Last },
+            ],
+        )
+        .unwrap();
+    let nb = ids.len() - 9;
+    assert_eq!(out.len(), (nb + 1) * vocab);
+    assert_close("chunked prefill", &out[..nb * vocab], &reference[9 * vocab..], 1e-5);
+    assert_close("decode in a mixed step", &out[nb * vocab..], &reference[20 * vocab..21 * vocab], 1e-5);
+}
+
+#[test]
+fn forward_rejects_bad_steps() {
+    let dir = fixtures().join("tiny-llama");
+    let llm = Llm::load(&CpuBackend, &dir).unwrap();
+    let b = CpuBackend;
+    let mut cache = llm.new_cache(&b, 256);
+    let mut table = Vec::new();
+    cache.reserve(&mut table, 16).unwrap();
+    let bad_token = [llm.config.vocab_size as u32];
+    let e = llm
+        .forward(&b, &mut cache, &[SeqChunk { tokens: &bad_token, start: 0, block_table: &table, logits: Logits::Last }])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("outside the model's vocabulary"), "{e}");
+    let e = llm
+        .forward(&b, &mut cache, &[SeqChunk { tokens: &[1, 2], start: 15, block_table: &table, logits: Logits::Last }])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("block table covers 16 positions"), "{e}");
+    let mut big = Vec::new();
+    cache.reserve(&mut big, 200).unwrap();
+    let e = llm
+        .forward(&b, &mut cache, &[SeqChunk { tokens: &[1], start: 128, block_table: &big, logits: Logits::Last }])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("beyond the model's context of 128"), "{e}");
+    // a cache that cannot hold the request says so
+    let mut huge = Vec::new();
+    let e = cache.reserve(&mut huge, 100_000).unwrap_err().to_string();
+    assert!(e.contains("KV cache full"), "{e}");
+}

@@ -1,0 +1,205 @@
+//! The CPU backend's ops against naive f64 references at awkward sizes.
+
+mod common;
+
+use common::{assert_close, rand_vec, BF16_TOL, F32_TOL};
+use pimoe::backend::cpu::{gemm, simd, CpuBackend, CpuWeight};
+use pimoe::backend::{AttnPlan, AttnShape, Backend};
+use pimoe::model::safetensors::{HostData, HostTensor};
+use pimoe::sampling::{argmax, sample_from, Sampler, SamplingParams};
+
+fn bf16_bits(x: &[f32]) -> Vec<u16> {
+    x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()
+}
+
+fn naive_matmul(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k).map(|p| x[i * k + p] as f64 * w[j * k + p] as f64).sum();
+            out[i * n + j] = (s + bias.map_or(0.0, |b| b[j] as f64)) as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn dot_kernels_match_naive_at_awkward_lengths() {
+    for &k in &[1, 7, 8, 31, 33, 64, 576, 4095] {
+        let w = rand_vec(k, 1 + k as u64);
+        let xs: Vec<Vec<f32>> = (0..4).map(|r| rand_vec(k, 100 + r + k as u64)).collect();
+        let want: Vec<f32> = xs
+            .iter()
+            .map(|x| w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32)
+            .collect();
+        let got1: Vec<f32> = xs.iter().map(|x| simd::dot(&w, x)).collect();
+        let got4 = simd::dot4(&w, [&xs[0], &xs[1], &xs[2], &xs[3]]);
+        assert_close(&format!("dot k={k}"), &got1, &want, F32_TOL);
+        assert_close(&format!("dot4 k={k}"), &got4, &want, F32_TOL);
+    }
+}
+
+#[test]
+fn matmul_f32_and_bf16_match_naive() {
+    // (m, n, k): decode, a batch that is not a multiple of 4, prefill, real sizes.
+    for &(m, n, k) in &[(1, 1, 1), (1, 33, 31), (3, 31, 33), (5, 576, 64), (17, 96, 576), (1, 1536, 576)] {
+        let x = rand_vec(m * k, 7);
+        let w = rand_vec(n * k, 8);
+        let bias = rand_vec(n, 9);
+        let mut out = vec![f32::NAN; m * n];
+        let wf = CpuWeight { rows: n, cols: k, data: HostData::F32(w.clone()) };
+        let bw = CpuWeight { rows: 1, cols: n, data: HostData::F32(bias.clone()) };
+        gemm::matmul(&mut out, &x, &wf, Some(&bw), m);
+        assert_close(&format!("matmul f32 {m}x{n}x{k}"), &out, &naive_matmul(&x, &w, Some(&bias), m, n, k), F32_TOL);
+
+        // bf16 weights: compared with the reference on the same (rounded) weights,
+        // so the only error left is the f32 accumulation.
+        let wb = bf16_bits(&w);
+        let wr: Vec<f32> = wb.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect();
+        let wbw = CpuWeight { rows: n, cols: k, data: HostData::Bf16(wb) };
+        out.fill(f32::NAN);
+        gemm::matmul(&mut out, &x, &wbw, None, m);
+        assert_close(&format!("matmul bf16 {m}x{n}x{k}"), &out, &naive_matmul(&x, &wr, None, m, n, k), F32_TOL);
+        // and against the unrounded weights, within the bf16 budget
+        assert_close(&format!("matmul bf16 vs f32 {m}x{n}x{k}"), &out, &naive_matmul(&x, &w, None, m, n, k), BF16_TOL);
+    }
+}
+
+#[test]
+fn upload_keeps_bf16_matrices_and_widens_vectors() {
+    let b = CpuBackend;
+    let m = HostTensor { name: "m".into(), shape: vec![2, 3], data: HostData::Bf16(bf16_bits(&[1.0; 6])) };
+    let v = HostTensor { name: "v".into(), shape: vec![3], data: HostData::Bf16(bf16_bits(&[0.5, 1.5, -2.0])) };
+    assert!(matches!(b.upload(&m).unwrap().data, HostData::Bf16(_)));
+    assert_eq!(b.upload(&v).unwrap().as_f32(), &[0.5, 1.5, -2.0]);
+    let bad = HostTensor { name: "t3".into(), shape: vec![1, 2, 3], data: HostData::F32(vec![0.0; 6]) };
+    let err = b.upload(&bad).unwrap_err().to_string();
+    assert!(err.contains("t3"), "{err}");
+}
+
+#[test]
+fn rmsnorm_and_swiglu_match_naive() {
+    let b = CpuBackend;
+    for &dim in &[1, 31, 576, 896] {
+        let n = 3;
+        let x = rand_vec(n * dim, 3);
+        let r0 = rand_vec(n * dim, 4);
+        let w = CpuWeight { rows: 1, cols: dim, data: HostData::F32(rand_vec(dim, 5)) };
+        let mut want = vec![0f32; n * dim];
+        for t in 0..n {
+            let row: Vec<f64> = (0..dim).map(|i| r0[t * dim + i] as f64 + x[t * dim + i] as f64).collect();
+            let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / dim as f64 + 1e-5).sqrt();
+            for i in 0..dim {
+                want[t * dim + i] = (row[i] * inv * w.as_f32()[i] as f64) as f32;
+            }
+        }
+        let mut residual = r0.clone();
+        let mut out = vec![f32::NAN; n * dim];
+        b.add_rmsnorm(&mut out, &mut residual, &x, &w, dim, 1e-5);
+        assert_close(&format!("add_rmsnorm dim={dim}"), &out, &want, F32_TOL);
+        let sum: Vec<f32> = r0.iter().zip(&x).map(|(a, b)| a + b).collect();
+        assert_close("residual", &residual, &sum, F32_TOL);
+    }
+    let inter = 33;
+    let gu = rand_vec(2 * 2 * inter, 6);
+    let mut out = vec![f32::NAN; 2 * inter];
+    b.swiglu(&mut out, &gu, inter);
+    let want: Vec<f32> = (0..2 * inter)
+        .map(|i| {
+            let (t, j) = (i / inter, i % inter);
+            let g = gu[t * 2 * inter + j] as f64;
+            (g / (1.0 + (-g).exp()) * gu[t * 2 * inter + inter + j] as f64) as f32
+        })
+        .collect();
+    assert_close("swiglu", &out, &want, F32_TOL);
+}
+
+/// Attention over a paged cache whose blocks are scattered equals dense causal
+/// attention computed directly from q, k, v.
+#[test]
+fn paged_attention_matches_dense_causal_reference() {
+    let b = CpuBackend;
+    for &(hq, hk, d, len) in &[(3, 1, 64, 33), (7, 1, 128, 20), (4, 2, 16, 1), (9, 3, 64, 40)] {
+        let shape = AttnShape { num_heads: hq, num_kv_heads: hk, head_dim: d };
+        let row = (hq + 2 * hk) * d;
+        let qkv = rand_vec(len * row, 11 + len as u64);
+        let bs = 16;
+        let nblocks = len.div_ceil(bs);
+        // Scattered, descending block ids.
+        let table: Vec<u32> = (0..nblocks as u32).map(|i| 2 * (nblocks as u32 - i)).collect();
+        let cache_len = (2 * nblocks + 1) * bs * hk * d;
+        let (mut kc, mut vc) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
+        let plan = AttnPlan {
+            positions: (0..len as u32).collect(),
+            token_seq: vec![0; len],
+            slots: (0..len).map(|p| table[p / bs] * bs as u32 + (p % bs) as u32).collect(),
+            block_tables: table.clone(),
+            max_blocks: nblocks,
+            block_size: bs,
+        };
+        b.kv_write(&mut kc, &mut vc, &qkv, &plan, shape);
+        let mut out = vec![f32::NAN; len * hq * d];
+        b.attention(&mut out, &qkv, &kc, &vc, &plan, shape);
+
+        let mut want = vec![0f32; len * hq * d];
+        for t in 0..len {
+            for h in 0..hq {
+                let g = h / (hq / hk);
+                let q = &qkv[t * row + h * d..][..d];
+                let s: Vec<f64> = (0..=t)
+                    .map(|j| {
+                        let k = &qkv[j * row + hq * d + g * d..][..d];
+                        q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt()
+                    })
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..d {
+                    let acc: f64 = (0..=t).map(|j| e[j] / z * qkv[j * row + (hq + hk) * d + g * d + i] as f64).sum();
+                    want[(t * hq + h) * d + i] = acc as f32;
+                }
+            }
+        }
+        assert_close(&format!("attention hq={hq} hk={hk} d={d} len={len}"), &out, &want, F32_TOL);
+    }
+}
+
+#[test]
+fn rope_rotates_pairs_half_apart() {
+    let b = CpuBackend;
+    let shape = AttnShape { num_heads: 1, num_kv_heads: 1, head_dim: 4 };
+    // q = (1, 0, 0, 0) at position 1 with theta = 1: inv_freq = (1, 1): angle 1 on pair (0, 2).
+    let mut qkv = vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 9.0, 9.0, 9.0, 9.0];
+    b.rope(&mut qkv, &vec![1], shape, 1.0);
+    let (c, s) = (1f32.cos(), 1f32.sin());
+    assert_close("rope q", &qkv[..4], &[c, 0.0, s, 0.0], F32_TOL);
+    assert_close("rope k", &qkv[4..8], &[0.0, c, 0.0, s], F32_TOL);
+    assert_eq!(&qkv[8..], &[9.0; 4], "v must not be rotated");
+}
+
+#[test]
+fn sampling_is_reproducible_and_respects_cuts() {
+    let logits = rand_vec(1000, 42);
+    let greedy = argmax(&logits);
+    let p = SamplingParams { temperature: 0.8, top_k: 50, top_p: 0.9, seed: 7 };
+    let run = |p: &SamplingParams| {
+        let mut s = Sampler::new(p.clone()).unwrap();
+        (0..64).map(|_| s.sample(&logits)).collect::<Vec<u32>>()
+    };
+    let a = run(&p);
+    assert_eq!(a, run(&p), "same seed, same tokens");
+    assert_ne!(a, run(&SamplingParams { seed: 8, ..p.clone() }), "another seed, other tokens");
+    // every token is within the top 50
+    let mut order: Vec<u32> = (0..1000).collect();
+    order.sort_by(|&i, &j| logits[j as usize].total_cmp(&logits[i as usize]));
+    assert!(a.iter().all(|t| order[..50].contains(t)));
+    // top-k 1 and a tiny top-p are greedy whatever the draw
+    for u in [0.0, 0.5, 0.999] {
+        assert_eq!(sample_from(&logits, &SamplingParams { top_k: 1, ..p.clone() }, u), greedy);
+        assert_eq!(sample_from(&logits, &SamplingParams { top_k: 0, top_p: 1e-6, ..p.clone() }, u), greedy);
+    }
+    assert_eq!(Sampler::new(SamplingParams { temperature: 0.0, ..p.clone() }).unwrap().sample(&logits), greedy);
+    assert!(Sampler::new(SamplingParams { top_p: 0.0, ..p.clone() }).is_err());
+    assert!(Sampler::new(SamplingParams { temperature: -1.0, ..p }).is_err());
+}
