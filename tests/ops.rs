@@ -203,3 +203,26 @@ fn sampling_is_reproducible_and_respects_cuts() {
     assert!(Sampler::new(SamplingParams { top_p: 0.0, ..p.clone() }).is_err());
     assert!(Sampler::new(SamplingParams { temperature: -1.0, ..p }).is_err());
 }
+
+/// Every kernels/*.cu is embedded (build.rs), with PTX whenever nvcc was found.
+#[test]
+fn every_kernel_file_is_embedded() {
+    use pimoe::backend::kernels::{KERNELS, PTX_ARCH};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+    assert_eq!(names, files);
+    for k in KERNELS {
+        assert!(!k.source.is_empty(), "{}", k.name);
+        assert_eq!(k.ptx.is_some(), PTX_ARCH.is_some(), "{}", k.name);
+    }
+    if PTX_ARCH.is_none() {
+        println!("no nvcc at build time: {} kernel files embedded as source only", KERNELS.len());
+    }
+}

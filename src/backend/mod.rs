@@ -5,6 +5,7 @@
 //! comment. Activations are f32; weights keep their file dtype (bf16 or f32).
 
 pub mod cpu;
+pub mod kernels;
 
 use crate::error::Result;
 use crate::model::safetensors::HostTensor;
