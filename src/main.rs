@@ -154,8 +154,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", dir.display());
         }
         Cmd::Bench { model, tokens, repeats, json, device } => {
-            let engine = load_engine(model, device)?;
-            let report = pimoe::bench::decode_bench(&engine, tokens, repeats)?;
+            let dir = model_dir(model)?;
+            let engine = load_engine(Some(dir.clone()), device)?;
+            let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+            let report = pimoe::bench::decode_bench(&engine, &name, tokens, repeats)?;
             let text = serde_json::to_string_pretty(&report)?;
             println!("{text}");
             if let Some(path) = json {

@@ -27,6 +27,8 @@ pub struct DecodeReport {
     pub repeats: usize,
     /// Median over repeats.
     pub decode_tok_per_s: f64,
+    /// Every repeat, to show the spread (this machine's speed varies run to run).
+    pub decode_tok_per_s_each: Vec<f64>,
     pub ms_per_token: f64,
     /// Parameter bytes streamed per decode token.
     pub weight_bytes_per_token: usize,
@@ -39,7 +41,12 @@ pub struct DecodeReport {
 
 /// Decodes `tokens` greedy tokens at batch 1 after a short prompt, `repeats` times,
 /// and measures the memory bandwidth in the same run.
-pub fn decode_bench<B: Backend>(engine: &Engine<B>, tokens: usize, repeats: usize) -> Result<DecodeReport> {
+pub fn decode_bench<B: Backend>(
+    engine: &Engine<B>,
+    model: &str,
+    tokens: usize,
+    repeats: usize,
+) -> Result<DecodeReport> {
     let llm = &engine.llm;
     let b = &engine.backend;
     let prompt = engine.tokenizer.encode("The capital of France is")?;
@@ -63,8 +70,9 @@ pub fn decode_bench<B: Backend>(engine: &Engine<B>, tokens: usize, repeats: usiz
         }
         rates.push(tokens as f64 / t.elapsed().as_secs_f64());
     }
-    rates.sort_by(f64::total_cmp);
-    let rate = rates[rates.len() / 2];
+    let mut sorted = rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    let rate = sorted[sorted.len() / 2];
     let achieved = llm.weight_bytes as f64 * rate;
     Ok(DecodeReport {
         bench: "decode",
@@ -72,12 +80,13 @@ pub fn decode_bench<B: Backend>(engine: &Engine<B>, tokens: usize, repeats: usiz
         threads: rayon::current_num_threads(),
         commit: git_commit(),
         date: utc_now(),
-        model: format!("{:?} {} layers, hidden {}", llm.config.arch, llm.config.num_layers, llm.config.hidden_size),
+        model: model.to_string(),
         backend: b.name(),
         batch: 1,
         decode_tokens: tokens,
-        repeats: rates.len(),
+        repeats: sorted.len(),
         decode_tok_per_s: rate,
+        decode_tok_per_s_each: rates,
         ms_per_token: 1e3 / rate,
         weight_bytes_per_token: llm.weight_bytes,
         achieved_bytes_per_s: achieved,
