@@ -19,7 +19,9 @@ fn matmul(c: &mut Criterion) {
         let w = CpuWeight {
             rows: n,
             cols: k,
-            data: HostData::Bf16(rand_vec(n * k, 1).iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()),
+            data: HostData::Bf16(
+                rand_vec(n * k, 1).iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect(),
+            ),
         };
         for &m in &[1usize, 16] {
             let x = rand_vec(m * k, 2);
@@ -39,7 +41,7 @@ fn attention(c: &mut Criterion) {
     let (bs, kv) = (16usize, 3 * 64);
     let b = CpuBackend;
     // (query tokens, context): one decode token over a long context, a prefill chunk
-    for &(n, ctx) in &[(1usize, 512usize), (1, 2048), (64, 512)] {
+    for &(n, ctx) in &[(1usize, 64usize), (1, 512), (1, 2048), (64, 512)] {
         let blocks = ctx.div_ceil(bs);
         let k_cache = rand_vec(blocks * bs * kv, 3);
         let v_cache = rand_vec(blocks * bs * kv, 4);

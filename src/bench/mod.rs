@@ -25,10 +25,8 @@ pub struct DecodeReport {
     pub batch: usize,
     pub decode_tokens: usize,
     pub repeats: usize,
-    /// Median over repeats.
+    /// Medians over repeats.
     pub decode_tok_per_s: f64,
-    /// Every repeat, to show the spread (this machine's speed varies run to run).
-    pub decode_tok_per_s_each: Vec<f64>,
     pub ms_per_token: f64,
     /// Parameter bytes streamed per decode token.
     pub weight_bytes_per_token: usize,
@@ -36,11 +34,22 @@ pub struct DecodeReport {
     pub achieved_bytes_per_s: f64,
     /// Ceiling: all-thread read bandwidth over a buffer far larger than the caches.
     pub memory_read_bytes_per_s: f64,
+    /// Median of the per-repeat ratios (each against the bandwidth measured just before it).
     pub ratio_to_memory_bandwidth: f64,
+    /// Every repeat, to show the spread (this machine's speed varies run to run).
+    pub decode_tok_per_s_each: Vec<f64>,
+    pub memory_read_bytes_per_s_each: Vec<f64>,
+    pub ratio_each: Vec<f64>,
+}
+
+fn median(x: &[f64]) -> f64 {
+    let mut s = x.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
 }
 
 /// Decodes `tokens` greedy tokens at batch 1 after a short prompt, `repeats` times,
-/// and measures the memory bandwidth in the same run.
+/// each right after a measurement of the memory bandwidth.
 pub fn decode_bench<B: Backend>(
     engine: &Engine<B>,
     model: &str,
@@ -54,9 +63,12 @@ pub fn decode_bench<B: Backend>(
     if total > llm.config.max_position_embeddings {
         return Err(Error::Request(format!("{total} tokens exceed the model's context")));
     }
-    let bandwidth = memory_read_bandwidth();
-    let mut rates = Vec::new();
+    // The ceiling is measured right before each repeat: on a shared machine the
+    // bandwidth moves by tens of percent within minutes, so a ratio is only
+    // meaningful between two numbers taken close together.
+    let (mut rates, mut bandwidths, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeats.max(1) {
+        let bw = memory_read_bandwidth();
         let mut cache = llm.new_cache(b, total);
         let mut table = Vec::new();
         cache.reserve(&mut table, total)?;
@@ -64,16 +76,20 @@ pub fn decode_bench<B: Backend>(
         let mut tok = argmax(&llm.forward(b, &mut cache, &step)?);
         let t = Instant::now();
         for i in 0..tokens {
-            let step =
-                [SeqChunk { tokens: &[tok], start: prompt.len() + i, block_table: &table, logits: Logits::Last }];
+            let step = [SeqChunk {
+                tokens: &[tok],
+                start: prompt.len() + i,
+                block_table: &table,
+                logits: Logits::Last,
+            }];
             tok = argmax(&llm.forward(b, &mut cache, &step)?);
         }
-        rates.push(tokens as f64 / t.elapsed().as_secs_f64());
+        let rate = tokens as f64 / t.elapsed().as_secs_f64();
+        rates.push(rate);
+        bandwidths.push(bw);
+        ratios.push(llm.weight_bytes as f64 * rate / bw);
     }
-    let mut sorted = rates.clone();
-    sorted.sort_by(f64::total_cmp);
-    let rate = sorted[sorted.len() / 2];
-    let achieved = llm.weight_bytes as f64 * rate;
+    let rate = median(&rates);
     Ok(DecodeReport {
         bench: "decode",
         device: cpu_name(),
@@ -84,18 +100,20 @@ pub fn decode_bench<B: Backend>(
         backend: b.name(),
         batch: 1,
         decode_tokens: tokens,
-        repeats: sorted.len(),
+        repeats: rates.len(),
         decode_tok_per_s: rate,
-        decode_tok_per_s_each: rates,
         ms_per_token: 1e3 / rate,
         weight_bytes_per_token: llm.weight_bytes,
-        achieved_bytes_per_s: achieved,
-        memory_read_bytes_per_s: bandwidth,
-        ratio_to_memory_bandwidth: achieved / bandwidth,
+        achieved_bytes_per_s: llm.weight_bytes as f64 * rate,
+        memory_read_bytes_per_s: median(&bandwidths),
+        ratio_to_memory_bandwidth: median(&ratios),
+        decode_tok_per_s_each: rates,
+        memory_read_bytes_per_s_each: bandwidths,
+        ratio_each: ratios,
     })
 }
 
-/// Best of several passes of a parallel sum over 512 MiB: the rate at which all
+/// Best of five passes of a parallel sum over 512 MiB: the rate at which all
 /// threads together can stream memory, the ceiling for batch-1 decode.
 pub fn memory_read_bandwidth() -> f64 {
     let n = 128 << 20; // f32s

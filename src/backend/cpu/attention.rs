@@ -30,7 +30,9 @@ pub fn kv_write(
     }
 }
 
-/// out (n, hq * head_dim); one rayon task per (token, query head).
+const MIN_TASK_WORK: usize = 1 << 16;
+
+/// out (n, hq * head_dim); rayon tasks over (token, query head) pairs.
 pub fn attention(
     out: &mut [f32],
     qkv: &[f32],
@@ -47,29 +49,36 @@ pub fn attention(
     let scale = 1.0 / (d as f32).sqrt();
     let bs = plan.block_size;
 
-    out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
-        let (t, h) = (i / hq, i % hq);
-        let q = &qkv[t * row + h * d..t * row + (h + 1) * d];
-        let kvh = h / group;
-        let ctx = plan.positions[t] as usize + 1;
-        let table = &plan.block_tables[plan.token_seq[t] as usize * plan.max_blocks..];
-        let at = |j: usize| (table[j / bs] as usize * bs + j % bs) * kv + kvh * d;
+    // A (token, head) pair over a short context is a few microseconds of work, less
+    // than handing it to another thread costs: group pairs up to ~64k multiply-adds.
+    let longest = plan.positions.iter().max().map_or(1, |&p| p as usize + 1);
+    let min_pairs = (MIN_TASK_WORK / (2 * longest * d)).max(1);
+    out.par_chunks_mut(d).enumerate().with_min_len(min_pairs).for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, (i, o)| {
+            let (t, h) = (i / hq, i % hq);
+            let q = &qkv[t * row + h * d..t * row + (h + 1) * d];
+            let kvh = h / group;
+            let ctx = plan.positions[t] as usize + 1;
+            let table = &plan.block_tables[plan.token_seq[t] as usize * plan.max_blocks..];
+            let at = |j: usize| (table[j / bs] as usize * bs + j % bs) * kv + kvh * d;
 
-        scores.clear();
-        scores.extend((0..ctx).map(|j| dot(q, &k_cache[at(j)..at(j) + d]) * scale));
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        o.fill(0.0);
-        for (j, p) in scores.iter().enumerate() {
-            let v = &v_cache[at(j)..at(j) + d];
-            let p = p / sum;
-            for (oi, vi) in o.iter_mut().zip(v) {
-                *oi += p * vi;
+            scores.clear();
+            scores.extend((0..ctx).map(|j| dot(q, &k_cache[at(j)..at(j) + d]) * scale));
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
             }
-        }
-    });
+            o.fill(0.0);
+            for (j, p) in scores.iter().enumerate() {
+                let v = &v_cache[at(j)..at(j) + d];
+                let p = p / sum;
+                for (oi, vi) in o.iter_mut().zip(v) {
+                    *oi += p * vi;
+                }
+            }
+        },
+    );
 }
