@@ -34,12 +34,8 @@ fn main() {
             Some(p) => format!("Some(include_str!({:?}))", p),
             None => "None".into(),
         };
-        writeln!(
-            table,
-            "    Kernel {{ name: {stem:?}, source: include_str!({:?}), ptx: {ptx_expr} }},",
-            abs
-        )
-        .unwrap();
+        writeln!(table, "    Kernel {{ name: {stem:?}, source: include_str!({:?}), ptx: {ptx_expr} }},", abs)
+            .unwrap();
     }
     table.push(']');
 

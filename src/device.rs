@@ -22,10 +22,9 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>)> {
     match choice {
         DeviceChoice::Cpu => Ok((Device::Cpu, None)),
         DeviceChoice::Auto => Ok((Device::Cpu, Some(format!("device: cpu ({})", cuda_status())))),
-        DeviceChoice::Cuda => Err(Error::Device(format!(
-            "--device cuda: {}; use --device cpu or auto",
-            cuda_status()
-        ))),
+        DeviceChoice::Cuda => {
+            Err(Error::Device(format!("--device cuda: {}; use --device cpu or auto", cuda_status())))
+        }
     }
 }
 

@@ -70,7 +70,10 @@ impl<B: Backend> Engine<B> {
     /// Loads `dir` (config.json, safetensors, tokenizer.json).
     pub fn load(backend: B, dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found")));
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            ));
         }
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let llm = Llm::load(&backend, dir)?;
@@ -107,14 +110,8 @@ impl<B: Backend> Engine<B> {
         }
         let mut sampler = Sampler::new(req.sampling.clone())?;
         let budget = req.max_tokens.min(ctx - ids.len());
-        let stops: Vec<u32> = self
-            .llm
-            .config
-            .eos_token_ids
-            .iter()
-            .chain(self.tokenizer.stop_ids())
-            .copied()
-            .collect();
+        let stops: Vec<u32> =
+            self.llm.config.eos_token_ids.iter().chain(self.tokenizer.stop_ids()).copied().collect();
 
         let b = &self.backend;
         let mut cache = self.llm.new_cache(b, ids.len() + budget);

@@ -10,11 +10,11 @@ pub mod model;
 
 pub use error::{Error, Result};
 pub mod backend;
+pub mod device;
+pub mod engine;
 pub mod kv;
 pub mod llm;
 pub mod sampling;
-pub mod device;
-pub mod engine;
 
 pub use engine::{Engine, Finish, Generation, Prompt, Request};
 pub mod bench;

@@ -124,11 +124,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Prompt::Raw(prompt)
             };
-            let req = Request {
-                prompt,
-                max_tokens,
-                sampling: SamplingParams { temperature, top_k, top_p, seed },
-            };
+            let req =
+                Request { prompt, max_tokens, sampling: SamplingParams { temperature, top_k, top_p, seed } };
             let mut stdout = std::io::stdout();
             let g = engine.generate(&req, |piece| {
                 let _ = stdout.write_all(piece.as_bytes());
@@ -156,7 +153,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { model, tokens, repeats, json, device } => {
             let dir = model_dir(model)?;
             let engine = load_engine(Some(dir.clone()), device)?;
-            let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+            let name =
+                dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
             let report = pimoe::bench::decode_bench(&engine, &name, tokens, repeats)?;
             let text = serde_json::to_string_pretty(&report)?;
             println!("{text}");

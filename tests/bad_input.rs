@@ -78,7 +78,8 @@ fn missing_tensor_is_named() {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let views: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != "model.layers.2.self_attn.v_proj.bias").collect();
+    let views: Vec<_> =
+        st.tensors().into_iter().filter(|(n, _)| n != "model.layers.2.self_attn.v_proj.bias").collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("model.layers.2.self_attn.v_proj.bias") && e.contains("missing"), "{e}");
@@ -149,6 +150,10 @@ fn prompt_longer_than_context_is_an_error() {
     };
     let e = engine.generate(&req, |_| {}).unwrap_err().to_string();
     assert!(e.contains("context window is 128 tokens"), "{e}");
-    let bad = Request { prompt: Prompt::Raw("hi".into()), max_tokens: 4, sampling: SamplingParams { top_p: 2.0, ..Default::default() } };
+    let bad = Request {
+        prompt: Prompt::Raw("hi".into()),
+        max_tokens: 4,
+        sampling: SamplingParams { top_p: 2.0, ..Default::default() },
+    };
     assert!(engine.generate(&bad, |_| {}).unwrap_err().to_string().contains("top-p"));
 }

@@ -28,7 +28,15 @@ fn assert_clean_failure(out: &Output, needle: &str) {
 fn generate_streams_text_and_reports_speed() {
     let model = fixtures().join("tiny-llama");
     let out = pimoe(&[
-        "generate", "--model", model.to_str().unwrap(), "--prompt", "The dog", "--max-tokens", "12", "--device", "auto",
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "The dog",
+        "--max-tokens",
+        "12",
+        "--device",
+        "auto",
     ]);
     let (so, se) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{se}");
@@ -43,8 +51,25 @@ fn chat_and_sampling_options_work() {
     let m = model.to_str().unwrap();
     let args = |seed: &str| {
         vec![
-            "generate", "--model", m, "--prompt", "Hello", "--system", "Be brief.", "--temperature", "0.9",
-            "--top-p", "0.9", "--top-k", "40", "--seed", seed, "--max-tokens", "10", "--device", "cpu",
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "Hello",
+            "--system",
+            "Be brief.",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.9",
+            "--top-k",
+            "40",
+            "--seed",
+            seed,
+            "--max-tokens",
+            "10",
+            "--device",
+            "cpu",
         ]
         .into_iter()
         .map(String::from)
@@ -73,14 +98,25 @@ fn info_prints_architecture_and_size() {
 
 #[test]
 fn errors_are_clean() {
-    assert_clean_failure(&pimoe(&["generate", "--model", "/no/such/model", "--prompt", "x"]), "/no/such/model");
+    assert_clean_failure(
+        &pimoe(&["generate", "--model", "/no/such/model", "--prompt", "x"]),
+        "/no/such/model",
+    );
     let model = fixtures().join("tiny-llama");
     assert_clean_failure(
         &pimoe(&["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--device", "cuda"]),
         "--device cuda",
     );
     assert_clean_failure(
-        &pimoe(&["generate", "--model", model.to_str().unwrap(), "--prompt", &"word ".repeat(300), "--device", "cpu"]),
+        &pimoe(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            &"word ".repeat(300),
+            "--device",
+            "cpu",
+        ]),
         "context window",
     );
 
@@ -88,7 +124,10 @@ fn errors_are_clean() {
     let bad = dir.join("bad.gguf");
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00garbage").unwrap();
     let out_dir = dir.join("out");
-    assert_clean_failure(&pimoe(&["import-gguf", bad.to_str().unwrap(), out_dir.to_str().unwrap()]), "bad.gguf");
+    assert_clean_failure(
+        &pimoe(&["import-gguf", bad.to_str().unwrap(), out_dir.to_str().unwrap()]),
+        "bad.gguf",
+    );
     assert!(!out_dir.exists(), "nothing half-written");
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "only bad.gguf remains: {leftovers:?}");

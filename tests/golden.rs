@@ -105,8 +105,9 @@ fn mixed_batch_equals_separate_runs() {
     // Sequence A: the whole input in one prefill; the reference.
     let mut ta = Vec::new();
     cache.reserve(&mut ta, ids.len()).unwrap();
-    let reference =
-        llm.forward(&b, &mut cache, &[SeqChunk { tokens: ids, start: 0, block_table: &ta, logits: Logits::All }]).unwrap();
+    let reference = llm
+        .forward(&b, &mut cache, &[SeqChunk { tokens: ids, start: 0, block_table: &ta, logits: Logits::All }])
+        .unwrap();
 
     // B: first 9 tokens now; C: first 20 tokens now (crosses a block boundary).
     let (mut tb, mut tc) = (Vec::new(), Vec::new());
@@ -148,19 +149,31 @@ fn forward_rejects_bad_steps() {
     cache.reserve(&mut table, 16).unwrap();
     let bad_token = [llm.config.vocab_size as u32];
     let e = llm
-        .forward(&b, &mut cache, &[SeqChunk { tokens: &bad_token, start: 0, block_table: &table, logits: Logits::Last }])
+        .forward(
+            &b,
+            &mut cache,
+            &[SeqChunk { tokens: &bad_token, start: 0, block_table: &table, logits: Logits::Last }],
+        )
         .unwrap_err()
         .to_string();
     assert!(e.contains("outside the model's vocabulary"), "{e}");
     let e = llm
-        .forward(&b, &mut cache, &[SeqChunk { tokens: &[1, 2], start: 15, block_table: &table, logits: Logits::Last }])
+        .forward(
+            &b,
+            &mut cache,
+            &[SeqChunk { tokens: &[1, 2], start: 15, block_table: &table, logits: Logits::Last }],
+        )
         .unwrap_err()
         .to_string();
     assert!(e.contains("block table covers 16 positions"), "{e}");
     let mut big = Vec::new();
     cache.reserve(&mut big, 200).unwrap();
     let e = llm
-        .forward(&b, &mut cache, &[SeqChunk { tokens: &[1], start: 128, block_table: &big, logits: Logits::Last }])
+        .forward(
+            &b,
+            &mut cache,
+            &[SeqChunk { tokens: &[1], start: 128, block_table: &big, logits: Logits::Last }],
+        )
         .unwrap_err()
         .to_string();
     assert!(e.contains("beyond the model's context of 128"), "{e}");

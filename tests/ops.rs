@@ -50,7 +50,12 @@ fn matmul_f32_and_bf16_match_naive() {
         let wf = CpuWeight { rows: n, cols: k, data: HostData::F32(w.clone()) };
         let bw = CpuWeight { rows: 1, cols: n, data: HostData::F32(bias.clone()) };
         gemm::matmul(&mut out, &x, &wf, Some(&bw), m);
-        assert_close(&format!("matmul f32 {m}x{n}x{k}"), &out, &naive_matmul(&x, &w, Some(&bias), m, n, k), F32_TOL);
+        assert_close(
+            &format!("matmul f32 {m}x{n}x{k}"),
+            &out,
+            &naive_matmul(&x, &w, Some(&bias), m, n, k),
+            F32_TOL,
+        );
 
         // bf16 weights: compared with the reference on the same (rounded) weights,
         // so the only error left is the f32 accumulation.
@@ -59,9 +64,19 @@ fn matmul_f32_and_bf16_match_naive() {
         let wbw = CpuWeight { rows: n, cols: k, data: HostData::Bf16(wb) };
         out.fill(f32::NAN);
         gemm::matmul(&mut out, &x, &wbw, None, m);
-        assert_close(&format!("matmul bf16 {m}x{n}x{k}"), &out, &naive_matmul(&x, &wr, None, m, n, k), F32_TOL);
+        assert_close(
+            &format!("matmul bf16 {m}x{n}x{k}"),
+            &out,
+            &naive_matmul(&x, &wr, None, m, n, k),
+            F32_TOL,
+        );
         // and against the unrounded weights, within the bf16 budget
-        assert_close(&format!("matmul bf16 vs f32 {m}x{n}x{k}"), &out, &naive_matmul(&x, &w, None, m, n, k), BF16_TOL);
+        assert_close(
+            &format!("matmul bf16 vs f32 {m}x{n}x{k}"),
+            &out,
+            &naive_matmul(&x, &w, None, m, n, k),
+            BF16_TOL,
+        );
     }
 }
 
@@ -69,7 +84,8 @@ fn matmul_f32_and_bf16_match_naive() {
 fn upload_keeps_bf16_matrices_and_widens_vectors() {
     let b = CpuBackend;
     let m = HostTensor { name: "m".into(), shape: vec![2, 3], data: HostData::Bf16(bf16_bits(&[1.0; 6])) };
-    let v = HostTensor { name: "v".into(), shape: vec![3], data: HostData::Bf16(bf16_bits(&[0.5, 1.5, -2.0])) };
+    let v =
+        HostTensor { name: "v".into(), shape: vec![3], data: HostData::Bf16(bf16_bits(&[0.5, 1.5, -2.0])) };
     assert!(matches!(b.upload(&m).unwrap().data, HostData::Bf16(_)));
     assert_eq!(b.upload(&v).unwrap().as_f32(), &[0.5, 1.5, -2.0]);
     let bad = HostTensor { name: "t3".into(), shape: vec![1, 2, 3], data: HostData::F32(vec![0.0; 6]) };
@@ -156,7 +172,8 @@ fn paged_attention_matches_dense_causal_reference() {
                 let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for i in 0..d {
-                    let acc: f64 = (0..=t).map(|j| e[j] / z * qkv[j * row + (hq + hk) * d + g * d + i] as f64).sum();
+                    let acc: f64 =
+                        (0..=t).map(|j| e[j] / z * qkv[j * row + (hq + hk) * d + g * d + i] as f64).sum();
                     want[(t * hq + h) * d + i] = acc as f32;
                 }
             }
@@ -199,7 +216,10 @@ fn sampling_is_reproducible_and_respects_cuts() {
         assert_eq!(sample_from(&logits, &SamplingParams { top_k: 1, ..p.clone() }, u), greedy);
         assert_eq!(sample_from(&logits, &SamplingParams { top_k: 0, top_p: 1e-6, ..p.clone() }, u), greedy);
     }
-    assert_eq!(Sampler::new(SamplingParams { temperature: 0.0, ..p.clone() }).unwrap().sample(&logits), greedy);
+    assert_eq!(
+        Sampler::new(SamplingParams { temperature: 0.0, ..p.clone() }).unwrap().sample(&logits),
+        greedy
+    );
     assert!(Sampler::new(SamplingParams { top_p: 0.0, ..p.clone() }).is_err());
     assert!(Sampler::new(SamplingParams { temperature: -1.0, ..p }).is_err());
 }

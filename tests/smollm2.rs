@@ -24,7 +24,8 @@ fn engine() -> &'static Engine<CpuBackend> {
 }
 
 fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2_reference.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2_reference.json")).unwrap())
+        .unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -70,7 +71,11 @@ fn first_step_logits_match_transformers() {
         cache.reserve(&mut table, prompt.len()).unwrap();
         let logits = e
             .llm
-            .forward(b, &mut cache, &[SeqChunk { tokens: &prompt, start: 0, block_table: &table, logits: Logits::Last }])
+            .forward(
+                b,
+                &mut cache,
+                &[SeqChunk { tokens: &prompt, start: 0, block_table: &table, logits: Logits::Last }],
+            )
             .unwrap();
         let top: Vec<(usize, f32)> = r["last_position_top20"]
             .as_array()

@@ -107,11 +107,8 @@ impl<B: Backend> Llm<B> {
             });
         }
         let norm = up(load("model.norm.weight", &[h])?)?;
-        let lm_head = if c.tie_word_embeddings {
-            None
-        } else {
-            Some(up(load("lm_head.weight", &[c.vocab_size, h])?)?)
-        };
+        let lm_head =
+            if c.tie_word_embeddings { None } else { Some(up(load("lm_head.weight", &[c.vocab_size, h])?)?) };
         let embed = up(embed)?;
         // Decode reads every matrix once per token; the embedding only one row,
         // unless it doubles as the lm_head.
@@ -238,7 +235,9 @@ impl<B: Backend> Llm<B> {
                 ids.push(tok);
                 positions.push(pos as u32);
                 token_seq.push(s as u32);
-                slots.push(chunk.block_table[pos / BLOCK_SIZE] * BLOCK_SIZE as u32 + (pos % BLOCK_SIZE) as u32);
+                slots.push(
+                    chunk.block_table[pos / BLOCK_SIZE] * BLOCK_SIZE as u32 + (pos % BLOCK_SIZE) as u32,
+                );
             }
         }
         Ok(StepPlan {

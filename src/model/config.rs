@@ -54,11 +54,9 @@ impl ModelConfig {
 
     /// `path` is only used to name the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| Error::format(path, "expected a JSON object"))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+        let obj = value.as_object().ok_or_else(|| Error::format(path, "expected a JSON object"))?;
         let f = Fields { obj, path: path.to_path_buf() };
 
         let archs = f.req("architectures")?;
@@ -82,19 +80,18 @@ impl ModelConfig {
         let rope_params = obj.get("rope_parameters").filter(|v| !v.is_null());
         for (field, rs) in [("rope_scaling", obj.get("rope_scaling")), ("rope_parameters", rope_params)] {
             let Some(rs) = rs.filter(|v| !v.is_null()) else { continue };
-            let kind = rs
-                .get("rope_type")
-                .or_else(|| rs.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("<unnamed>");
+            let kind =
+                rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("<unnamed>");
             if kind != "default" {
-                return Err(f.err(format!("{field}: rope type `{kind}` is not supported (only default rope)")));
+                return Err(
+                    f.err(format!("{field}: rope type `{kind}` is not supported (only default rope)"))
+                );
             }
         }
         let rope_theta = match rope_params.and_then(|p| p.get("rope_theta")) {
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| f.err(format!("field `rope_parameters.rope_theta` must be a number, got {v}")))?,
+            Some(v) => v.as_f64().ok_or_else(|| {
+                f.err(format!("field `rope_parameters.rope_theta` must be a number, got {v}"))
+            })?,
             None => f.opt_f64("rope_theta")?.unwrap_or(10000.0),
         };
         if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
@@ -230,10 +227,7 @@ impl Fields<'_> {
         Error::Config { path: self.path.clone(), msg: msg.into() }
     }
     fn req(&self, name: &str) -> Result<&Value> {
-        self.obj
-            .get(name)
-            .filter(|v| !v.is_null())
-            .ok_or_else(|| self.err(format!("missing field `{name}`")))
+        self.obj.get(name).filter(|v| !v.is_null()).ok_or_else(|| self.err(format!("missing field `{name}`")))
     }
     fn usize(&self, name: &str) -> Result<usize> {
         let v = self.req(name)?;
@@ -271,10 +265,7 @@ impl Fields<'_> {
         let bad = || self.err(format!("field `{name}` must be a token id or a list of token ids"));
         match self.obj.get(name) {
             None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| v.as_u64().map(|x| x as u32).ok_or_else(bad))
-                .collect(),
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().map(|x| x as u32).ok_or_else(bad)).collect(),
             Some(v) => v.as_u64().map(|x| vec![x as u32]).ok_or_else(bad),
         }
     }

@@ -2,9 +2,9 @@
 
 pub mod config;
 pub mod fetch;
-pub mod safetensors;
-pub mod tokenizer;
 pub mod gguf;
 pub mod import;
+pub mod safetensors;
+pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig};

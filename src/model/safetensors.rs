@@ -116,9 +116,9 @@ impl SafetensorFiles {
             Dtype::F32 => HostData::F32(
                 bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             ),
-            Dtype::BF16 => HostData::Bf16(
-                bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect(),
-            ),
+            Dtype::BF16 => {
+                HostData::Bf16(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+            }
             Dtype::F16 => HostData::F32(
                 bytes
                     .chunks_exact(2)
@@ -147,8 +147,8 @@ impl SafetensorFiles {
 
 fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::format(index_path, format!("not valid JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(index_path, format!("not valid JSON: {e}")))?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())

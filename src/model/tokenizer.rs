@@ -24,10 +24,7 @@ impl Tokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        let stop_ids = ["<|im_end|>", "<|endoftext|>"]
-            .iter()
-            .filter_map(|t| inner.token_to_id(t))
-            .collect();
+        let stop_ids = ["<|im_end|>", "<|endoftext|>"].iter().filter_map(|t| inner.token_to_id(t)).collect();
         Ok(Tokenizer { inner, stop_ids })
     }
 
@@ -43,9 +40,7 @@ impl Tokenizer {
 
     /// Decodes ids to text, keeping special tokens out of the output.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer(format!("cannot decode ids: {e}")))
+        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer(format!("cannot decode ids: {e}")))
     }
 
     pub fn vocab_size(&self) -> usize {

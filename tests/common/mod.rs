@@ -38,7 +38,9 @@ pub fn assert_close(what: &str, out: &[f32], reference: &[f32], tol: f64) {
         .take(8)
         .map(|(i, _)| format!("[{i}] got {} want {}", out[i], reference[i]))
         .collect();
-    panic!("{what}: rel err {err:.3e} >= {tol:.1e} (max abs {max:.3e}, mean abs {mean:.3e}); first: {first:?}");
+    panic!(
+        "{what}: rel err {err:.3e} >= {tol:.1e} (max abs {max:.3e}, mean abs {mean:.3e}); first: {first:?}"
+    );
 }
 
 /// Deterministic pseudo-random values in [-1, 1) (never zeros as test data).

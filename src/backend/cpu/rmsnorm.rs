@@ -10,15 +10,14 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], dim: usize, eps: f32) {
 /// residual += x ; out = rmsnorm(residual) * w. Fused so the residual stream is
 /// read once per layer half.
 pub fn add_rmsnorm(out: &mut [f32], residual: &mut [f32], x: &[f32], w: &[f32], dim: usize, eps: f32) {
-    out.par_chunks_mut(dim)
-        .zip(residual.par_chunks_mut(dim))
-        .zip(x.par_chunks(dim))
-        .for_each(|((o, r), xr)| {
+    out.par_chunks_mut(dim).zip(residual.par_chunks_mut(dim)).zip(x.par_chunks(dim)).for_each(
+        |((o, r), xr)| {
             for (ri, xi) in r.iter_mut().zip(xr) {
                 *ri += xi;
             }
             norm_row(o, r, w, eps);
-        });
+        },
+    );
 }
 
 fn norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {

@@ -12,8 +12,7 @@ pub fn rope(qkv: &mut [f32], positions: &[u32], shape: AttnShape, theta: f32) {
     let row = (shape.num_heads + 2 * shape.num_kv_heads) * d;
     let rotated_heads = shape.num_heads + shape.num_kv_heads;
     // inv_freq in f32 exactly as transformers computes it, so angles agree bit for bit.
-    let inv_freq: Vec<f32> =
-        (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect();
+    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect();
     qkv.par_chunks_mut(row).zip(positions.par_iter()).for_each(|(r, &pos)| {
         let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
             .iter()
