@@ -182,3 +182,47 @@ fn forward_rejects_bad_steps() {
     let e = cache.reserve(&mut huge, 100_000).unwrap_err().to_string();
     assert!(e.contains("KV cache full"), "{e}");
 }
+
+/// A checkpoint split into shards with model.safetensors.index.json loads to the
+/// same model as the single file.
+#[test]
+fn sharded_checkpoint_equals_single_file() {
+    use safetensors::SafeTensors;
+    let dir = common::copy_fixture("tiny-llama", "sharded");
+    let single = dir.join("model.safetensors");
+    let bytes = std::fs::read(&single).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: Vec<_> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    std::fs::remove_file(&single).unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let g = golden(&fixtures().join("tiny-llama"));
+    let llm = Llm::load(&CpuBackend, &dir).unwrap();
+    assert_eq!(greedy(&llm, &g.prompt, g.greedy.len()), g.greedy);
+}
+
+/// Generation that runs into the context window stops there and says so.
+#[test]
+fn generation_stops_at_the_context_window() {
+    use pimoe::sampling::SamplingParams;
+    use pimoe::{Engine, Finish, Prompt, Request};
+    let engine = Engine::load(CpuBackend, &fixtures().join("tiny-llama")).unwrap();
+    let prompt = Prompt::Raw("the dog runs. ".repeat(12));
+    let n = engine.prompt_ids(&prompt).unwrap().len();
+    assert!(n < 128, "prompt of {n} tokens must fit the 128-token context");
+    let req = Request { prompt, max_tokens: 1000, sampling: SamplingParams::default() };
+    let g = engine.generate(&req, |_| {}).unwrap();
+    assert_eq!(g.finish, Finish::Context, "{:?}", g.tokens);
+    assert_eq!(n + g.tokens.len(), 128);
+}

@@ -12,6 +12,9 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 
+#[cfg(target_endian = "big")]
+compile_error!("the safetensors loader copies little-endian data as is");
+
 /// Host-side tensor data owned by the loader. bf16 matrices stay bf16 on every
 /// backend; f16 is widened to f32 at load because nothing computes in f16.
 #[derive(Clone, Debug)]
@@ -112,17 +115,16 @@ impl SafetensorFiles {
             ));
         }
         let bytes = view.data();
+        // safetensors is little-endian like every host we build for (see the
+        // compile_error below), so loading is a copy; pod_collect_to_vec copies
+        // through an aligned buffer because tensor offsets need not be aligned.
         let data = match view.dtype() {
-            Dtype::F32 => HostData::F32(
-                bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            ),
-            Dtype::BF16 => {
-                HostData::Bf16(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
-            }
+            Dtype::F32 => HostData::F32(bytemuck::pod_collect_to_vec(bytes)),
+            Dtype::BF16 => HostData::Bf16(bytemuck::pod_collect_to_vec(bytes)),
             Dtype::F16 => HostData::F32(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                bytemuck::pod_collect_to_vec::<u8, u16>(bytes)
+                    .into_iter()
+                    .map(|b| half::f16::from_bits(b).to_f32())
                     .collect(),
             ),
             other => {
