@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_close, fixtures, rel_err};
+use common::{assert_close, fixtures, rel_err, F32_TOL};
 use pimoe::backend::cpu::CpuBackend;
 use pimoe::llm::{Llm, Logits, SeqChunk};
 use pimoe::sampling::argmax;
@@ -225,4 +225,69 @@ fn generation_stops_at_the_context_window() {
     let g = engine.generate(&req, |_| {}).unwrap();
     assert_eq!(g.finish, Finish::Context, "{:?}", g.tokens);
     assert_eq!(n + g.tokens.len(), 128);
+}
+
+/// The same model stored in f16 and in bf16 computes what the f32 model with the
+/// same (rounded) weights computes: the only difference left is accumulation order.
+#[test]
+fn f16_and_bf16_checkpoints_load() {
+    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+    let g = golden(&fixtures().join("tiny-llama"));
+    let logits_of = |dir: &Path| {
+        let llm = Llm::load(&CpuBackend, dir).unwrap();
+        let b = CpuBackend;
+        let mut cache = llm.new_cache(&b, g.input_ids.len());
+        let mut table = Vec::new();
+        cache.reserve(&mut table, g.input_ids.len()).unwrap();
+        let step = [SeqChunk { tokens: &g.input_ids, start: 0, block_table: &table, logits: Logits::All }];
+        llm.forward(&b, &mut cache, &step).unwrap()
+    };
+    // Rewrites the fixture's f32 tensors as `dtype` (after `round`), or as f32 holding
+    // the rounded values when `as_f32`.
+    let write = |dtype: Dtype, as_f32: bool| {
+        let dir = common::copy_fixture("tiny-llama", &format!("{dtype:?}-{as_f32}"));
+        let path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let converted: Vec<(String, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, v)| {
+                let f: Vec<f32> = bytemuck::pod_collect_to_vec(v.data());
+                let (bits, back): (Vec<u16>, Vec<f32>) = f
+                    .iter()
+                    .map(|&x| match dtype {
+                        Dtype::F16 => (half::f16::from_f32(x).to_bits(), half::f16::from_f32(x).to_f32()),
+                        _ => (half::bf16::from_f32(x).to_bits(), half::bf16::from_f32(x).to_f32()),
+                    })
+                    .unzip();
+                let data = if as_f32 {
+                    bytemuck::cast_slice(&back).to_vec()
+                } else {
+                    bytemuck::cast_slice(&bits).to_vec()
+                };
+                (name, v.shape().to_vec(), data)
+            })
+            .collect();
+        let file_dtype = if as_f32 { Dtype::F32 } else { dtype };
+        let views: Vec<_> = converted
+            .iter()
+            .map(|(n, s, b)| (n.clone(), TensorView::new(file_dtype, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        dir
+    };
+    for dtype in [Dtype::F16, Dtype::BF16] {
+        let ours = logits_of(&write(dtype, false));
+        let rounded_f32 = logits_of(&write(dtype, true));
+        assert_close(
+            &format!("{dtype:?} checkpoint vs f32 of the same values"),
+            &ours,
+            &rounded_f32,
+            F32_TOL,
+        );
+        // and the rounding itself moves the logits by what the format allows
+        println!("{dtype:?}: rel err vs the unrounded model {:.2e}", rel_err(&ours, &g.logits));
+        assert!(rel_err(&ours, &g.logits) < 3e-2);
+    }
 }
