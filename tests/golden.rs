@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_close, fixtures, rel_err, F32_TOL};
+use common::{assert_close, fixtures, fresh_logits, rel_err, F32_TOL};
 use pimoe::backend::cpu::CpuBackend;
 use pimoe::llm::{Llm, Logits, SeqChunk};
 use pimoe::sampling::argmax;
@@ -63,12 +63,7 @@ fn check_model(name: &str) {
     let llm = Llm::load(&CpuBackend, &dir).unwrap();
     let vocab = llm.config.vocab_size;
 
-    let b = CpuBackend;
-    let mut cache = llm.new_cache(&b, g.input_ids.len());
-    let mut table = Vec::new();
-    cache.reserve(&mut table, g.input_ids.len()).unwrap();
-    let step = [SeqChunk { tokens: &g.input_ids, start: 0, block_table: &table, logits: Logits::All }];
-    let logits = llm.forward(&b, &mut cache, &step).unwrap();
+    let logits = fresh_logits(&llm, &g.input_ids, Logits::All);
     assert_eq!(logits.len(), g.input_ids.len() * vocab);
     for (p, (ours, theirs)) in logits.chunks(vocab).zip(g.logits.chunks(vocab)).enumerate() {
         assert_close(&format!("{name} logits at position {p}"), ours, theirs, GOLDEN_TOL);
@@ -233,15 +228,8 @@ fn generation_stops_at_the_context_window() {
 fn f16_and_bf16_checkpoints_load() {
     use safetensors::{tensor::TensorView, Dtype, SafeTensors};
     let g = golden(&fixtures().join("tiny-llama"));
-    let logits_of = |dir: &Path| {
-        let llm = Llm::load(&CpuBackend, dir).unwrap();
-        let b = CpuBackend;
-        let mut cache = llm.new_cache(&b, g.input_ids.len());
-        let mut table = Vec::new();
-        cache.reserve(&mut table, g.input_ids.len()).unwrap();
-        let step = [SeqChunk { tokens: &g.input_ids, start: 0, block_table: &table, logits: Logits::All }];
-        llm.forward(&b, &mut cache, &step).unwrap()
-    };
+    let logits_of =
+        |dir: &Path| fresh_logits(&Llm::load(&CpuBackend, dir).unwrap(), &g.input_ids, Logits::All);
     // Rewrites the fixture's f32 tensors as `dtype` (after `round`), or as f32 holding
     // the rounded values when `as_f32`.
     let write = |dtype: Dtype, as_f32: bool| {

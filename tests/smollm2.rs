@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use common::{fixtures, rel_err};
 use pimoe::backend::cpu::CpuBackend;
-use pimoe::llm::{Logits, SeqChunk};
+use pimoe::llm::Logits;
 use pimoe::model::fetch::ensure_default_model;
 use pimoe::model::tokenizer::{chatml, Message};
 use pimoe::sampling::SamplingParams;
@@ -65,18 +65,7 @@ fn first_step_logits_match_transformers() {
     for case in ["plain_prompt", "chat_prompt"] {
         let r = &reference()[case];
         let prompt = ids(&r["prompt_ids"]);
-        let b = &e.backend;
-        let mut cache = e.llm.new_cache(b, prompt.len());
-        let mut table = Vec::new();
-        cache.reserve(&mut table, prompt.len()).unwrap();
-        let logits = e
-            .llm
-            .forward(
-                b,
-                &mut cache,
-                &[SeqChunk { tokens: &prompt, start: 0, block_table: &table, logits: Logits::Last }],
-            )
-            .unwrap();
+        let logits = common::fresh_logits(&e.llm, &prompt, Logits::Last);
         let top: Vec<(usize, f32)> = r["last_position_top20"]
             .as_array()
             .unwrap()

@@ -66,3 +66,17 @@ pub fn copy_fixture(model: &str, name: &str) -> PathBuf {
     }
     dst
 }
+
+/// Logits of one sequence run from position 0 on a fresh cache.
+pub fn fresh_logits(
+    llm: &pimoe::llm::Llm<pimoe::backend::cpu::CpuBackend>,
+    tokens: &[u32],
+    which: pimoe::llm::Logits,
+) -> Vec<f32> {
+    let b = pimoe::backend::cpu::CpuBackend;
+    let mut cache = llm.new_cache(&b, tokens.len());
+    let mut table = Vec::new();
+    cache.reserve(&mut table, tokens.len()).unwrap();
+    let step = [pimoe::llm::SeqChunk { tokens, start: 0, block_table: &table, logits: which }];
+    llm.forward(&b, &mut cache, &step).unwrap()
+}
