@@ -111,3 +111,23 @@ fn chat_answer_names_paris_and_stops() {
     assert!(g.text.contains("Paris"), "{:?}", g.text);
     assert_eq!(g.finish, pimoe::Finish::Stop, "stops at <|im_end|>: {:?}", g.text);
 }
+
+/// Byte-level tokens split UTF-8 characters; the stream never shows half of one and
+/// its pieces add up to the full text.
+#[test]
+fn streaming_decode_keeps_characters_whole() {
+    use pimoe::model::tokenizer::StreamDecoder;
+    let tok = &engine().tokenizer;
+    for case in reference()["tokenizer_cases"].as_array().unwrap() {
+        let ids = ids(&case["ids"]);
+        let mut stream = StreamDecoder::default();
+        let mut out = String::new();
+        for &id in &ids {
+            if let Some(piece) = stream.push(tok, id).unwrap() {
+                assert!(!piece.contains('\u{FFFD}'), "{piece:?}");
+                out.push_str(&piece);
+            }
+        }
+        assert_eq!(out, tok.decode(&ids).unwrap(), "case {}", case["name"]);
+    }
+}

@@ -94,11 +94,14 @@ impl StreamDecoder {
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
         let text = tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
+        if text.ends_with('\u{FFFD}') {
             return Ok(None);
         }
-        let piece = text.get(self.emitted..).map(str::to_string);
-        self.emitted = text.len();
+        // Held back (not lost) if the decoded prefix ever shifts under `emitted`.
+        let piece = text.get(self.emitted..).filter(|p| !p.is_empty()).map(str::to_string);
+        if piece.is_some() {
+            self.emitted = text.len();
+        }
         Ok(piece)
     }
 }
