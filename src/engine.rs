@@ -69,6 +69,14 @@ impl Generation {
 impl<B: Backend> Engine<B> {
     /// Loads `dir` (config.json, safetensors, tokenizer.json).
     pub fn load(backend: B, dir: &Path) -> Result<Self> {
+        if dir.is_file() {
+            let hint = if dir.extension().is_some_and(|e| e == "gguf") {
+                "; convert a GGUF first with `pimoe import-gguf FILE.gguf OUTDIR`"
+            } else {
+                ""
+            };
+            return Err(Error::format(dir, format!("is a file, not a model directory{hint}")));
+        }
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,

@@ -135,6 +135,9 @@ fn missing_files_are_named() {
     assert!(e.contains("tokenizer.json") && e.contains("not found"), "{e}");
     let e = Engine::load(CpuBackend, &dir.join("nope")).err().unwrap().to_string();
     assert!(e.contains("nope") && e.contains("not found"), "{e}");
+    std::fs::write(dir.join("m.gguf"), b"GGUF").unwrap();
+    let e = Engine::load(CpuBackend, &dir.join("m.gguf")).err().unwrap().to_string();
+    assert!(e.contains("m.gguf: is a file, not a model directory") && e.contains("import-gguf"), "{e}");
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("no model.safetensors"), "{e}");
