@@ -5,16 +5,15 @@
 //! router / experts. This crate currently holds the model loading, the CPU reference
 //! backend and the batched forward pass that the scheduler will drive.
 
-pub mod error;
-pub mod model;
-
-pub use error::{Error, Result};
 pub mod backend;
+pub mod bench;
 pub mod device;
 pub mod engine;
+pub mod error;
 pub mod kv;
 pub mod llm;
+pub mod model;
 pub mod sampling;
 
 pub use engine::{Engine, Finish, Generation, Prompt, Request};
-pub mod bench;
+pub use error::{Error, Result};

@@ -8,7 +8,6 @@ use std::path::Path;
 use common::{assert_close, fixtures, fresh_logits, rel_err, F32_TOL};
 use pimoe::backend::cpu::CpuBackend;
 use pimoe::llm::{Llm, Logits, SeqChunk};
-use pimoe::sampling::argmax;
 use serde_json::Value;
 
 /// Our f32 CPU logits against transformers' f32 logits.
@@ -41,20 +40,7 @@ fn golden(dir: &Path) -> Golden {
 }
 
 fn greedy(llm: &Llm<CpuBackend>, prompt: &[u32], n: usize) -> Vec<u32> {
-    let b = CpuBackend;
-    let mut cache = llm.new_cache(&b, prompt.len() + n);
-    let mut table = Vec::new();
-    cache.reserve(&mut table, prompt.len() + n).unwrap();
-    let step = [SeqChunk { tokens: prompt, start: 0, block_table: &table, logits: Logits::Last }];
-    let mut tok = argmax(&llm.forward(&b, &mut cache, &step).unwrap());
-    let mut out = vec![tok];
-    while out.len() < n {
-        let pos = prompt.len() + out.len() - 1;
-        let step = [SeqChunk { tokens: &[tok], start: pos, block_table: &table, logits: Logits::Last }];
-        tok = argmax(&llm.forward(&b, &mut cache, &step).unwrap());
-        out.push(tok);
-    }
-    out
+    llm.greedy(&CpuBackend, prompt, n).unwrap().0
 }
 
 fn check_model(name: &str) {

@@ -10,8 +10,6 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::llm::{Logits, SeqChunk};
-use crate::sampling::argmax;
 
 #[derive(Debug, Serialize)]
 pub struct DecodeReport {
@@ -59,7 +57,7 @@ pub fn decode_bench<B: Backend>(
     let llm = &engine.llm;
     let b = &engine.backend;
     let prompt = engine.tokenizer.encode("The capital of France is")?;
-    let total = prompt.len() + tokens;
+    let total = prompt.len() + tokens + 1;
     if total > llm.config.max_position_embeddings {
         return Err(Error::Request(format!("{total} tokens exceed the model's context")));
     }
@@ -69,22 +67,9 @@ pub fn decode_bench<B: Backend>(
     let (mut rates, mut bandwidths, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeats.max(1) {
         let bw = memory_read_bandwidth();
-        let mut cache = llm.new_cache(b, total);
-        let mut table = Vec::new();
-        cache.reserve(&mut table, total)?;
-        let step = [SeqChunk { tokens: &prompt, start: 0, block_table: &table, logits: Logits::Last }];
-        let mut tok = argmax(&llm.forward(b, &mut cache, &step)?);
-        let t = Instant::now();
-        for i in 0..tokens {
-            let step = [SeqChunk {
-                tokens: &[tok],
-                start: prompt.len() + i,
-                block_table: &table,
-                logits: Logits::Last,
-            }];
-            tok = argmax(&llm.forward(b, &mut cache, &step)?);
-        }
-        let rate = tokens as f64 / t.elapsed().as_secs_f64();
+        // One token comes out of the prefill, then `tokens` timed decode steps.
+        let (_, secs) = llm.greedy(b, &prompt, tokens + 1)?;
+        let rate = tokens as f64 / secs;
         rates.push(rate);
         bandwidths.push(bw);
         ratios.push(llm.weight_bytes as f64 * rate / bw);

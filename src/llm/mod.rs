@@ -5,12 +5,14 @@
 //! through the same call. That is the interface the scheduler drives.
 
 use std::path::Path;
+use std::time::Instant;
 
 use crate::backend::{AttnPlan, AttnShape, Backend};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_SIZE};
 use crate::model::safetensors::{HostData, HostTensor, SafetensorFiles};
 use crate::model::ModelConfig;
+use crate::sampling::argmax;
 
 struct Layer<W> {
     input_norm: W,
@@ -128,6 +130,25 @@ impl<B: Backend> Llm<B> {
     pub fn new_cache(&self, backend: &B, tokens: usize) -> KvCache<B> {
         let c = &self.config;
         KvCache::new(backend, c.num_layers, c.num_kv_heads * c.head_dim, tokens.div_ceil(BLOCK_SIZE))
+    }
+
+    /// Exactly `n` greedy tokens after `prompt` on a fresh cache, with no stop tokens:
+    /// the plain decode loop that tests and benchmarks compare against. Also returns
+    /// the seconds spent in the decode steps (everything after the prefill).
+    pub fn greedy(&self, b: &B, prompt: &[u32], n: usize) -> Result<(Vec<u32>, f64)> {
+        let mut cache = self.new_cache(b, prompt.len() + n);
+        let mut table = Vec::new();
+        cache.reserve(&mut table, prompt.len() + n)?;
+        let step = [SeqChunk { tokens: prompt, start: 0, block_table: &table, logits: Logits::Last }];
+        let mut out = vec![argmax(&self.forward(b, &mut cache, &step)?)];
+        let t = Instant::now();
+        while out.len() < n {
+            let tok = [out[out.len() - 1]];
+            let start = prompt.len() + out.len() - 1;
+            let step = [SeqChunk { tokens: &tok, start, block_table: &table, logits: Logits::Last }];
+            out.push(argmax(&self.forward(b, &mut cache, &step)?));
+        }
+        Ok((out, t.elapsed().as_secs_f64()))
     }
 
     /// Runs one step and returns the requested logits rows, flat (rows, vocab), in

@@ -116,7 +116,7 @@ impl SafetensorFiles {
         }
         let bytes = view.data();
         // safetensors is little-endian like every host we build for (see the
-        // compile_error below), so loading is a copy; pod_collect_to_vec copies
+        // compile_error at the top), so loading is a copy; pod_collect_to_vec copies
         // through an aligned buffer because tensor offsets need not be aligned.
         let data = match view.dtype() {
             Dtype::F32 => HostData::F32(bytemuck::pod_collect_to_vec(bytes)),
