@@ -45,7 +45,8 @@ pub fn dot4<W: WeightElem>(w: &[W], x: [&[f32]; 4]) -> [f32; 4] {
     x.map(|r| portable_dot(w, r))
 }
 
-/// Eight partial sums so the compiler can keep them in one vector register.
+/// Eight partial sums so the compiler can keep them in one vector register. (Its
+/// order differs from the AVX2 path's, but every row of a batch takes the same path.)
 fn portable_dot<W: WeightElem>(w: &[W], x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let n8 = w.len() / 8 * 8;
@@ -95,25 +96,26 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Four independent accumulators hide the FMA latency on a single row.
+    /// Two accumulators, even and odd 8-lane chunks, then the scalar tail: the same
+    /// order of additions as each row of `dot4`, so a token's result does not depend
+    /// on how many tokens share its batch. Two chains already outrun what one core
+    /// can stream (4 vs ~2.5 floats per cycle).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot<W: WeightElem>(w: &[W], x: &[f32]) -> f32 {
         let n = w.len();
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let mut a = [_mm256_setzero_ps(); 4];
+        let mut a = [_mm256_setzero_ps(); 2];
         let mut i = 0;
-        while i + 32 <= n {
-            for (j, acc) in a.iter_mut().enumerate() {
-                let o = i + 8 * j;
-                *acc = _mm256_fmadd_ps(load8(wp.add(o)), _mm256_loadu_ps(xp.add(o)), *acc);
-            }
-            i += 32;
+        while i + 16 <= n {
+            a[0] = _mm256_fmadd_ps(load8(wp.add(i)), _mm256_loadu_ps(xp.add(i)), a[0]);
+            a[1] = _mm256_fmadd_ps(load8(wp.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a[1]);
+            i += 16;
         }
-        while i + 8 <= n {
+        if i + 8 <= n {
             a[0] = _mm256_fmadd_ps(load8(wp.add(i)), _mm256_loadu_ps(xp.add(i)), a[0]);
             i += 8;
         }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+        let mut s = hsum(_mm256_add_ps(a[0], a[1]));
         while i < n {
             s += w[i].to_f32() * x[i];
             i += 1;
@@ -121,21 +123,30 @@ mod x86 {
         s
     }
 
+    /// Four rows against one weight row, each row summed exactly as `dot` sums it.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot4<W: WeightElem>(w: &[W], x: [&[f32]; 4]) -> [f32; 4] {
         let n = w.len();
         let wp = w.as_ptr();
         let xp = x.map(|r| r.as_ptr());
-        let mut a = [_mm256_setzero_ps(); 4];
+        let mut a = [[_mm256_setzero_ps(); 2]; 4];
         let mut i = 0;
-        while i + 8 <= n {
-            let wv = load8(wp.add(i));
+        while i + 16 <= n {
+            let (w0, w1) = (load8(wp.add(i)), load8(wp.add(i + 8)));
             for r in 0..4 {
-                a[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[r].add(i)), a[r]);
+                a[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[r].add(i)), a[r][0]);
+                a[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp[r].add(i + 8)), a[r][1]);
+            }
+            i += 16;
+        }
+        if i + 8 <= n {
+            let w0 = load8(wp.add(i));
+            for r in 0..4 {
+                a[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp[r].add(i)), a[r][0]);
             }
             i += 8;
         }
-        let mut s = [hsum(a[0]), hsum(a[1]), hsum(a[2]), hsum(a[3])];
+        let mut s = a.map(|ar| hsum(_mm256_add_ps(ar[0], ar[1])));
         while i < n {
             let wi = w[i].to_f32();
             for r in 0..4 {
