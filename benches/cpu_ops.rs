@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pimoe::backend::cpu::{gemm, CpuBackend, CpuWeight};
-use pimoe::backend::{AttnPlan, AttnShape, Backend};
+use pimoe::backend::{AttnPlan, AttnShape, Backend, SeqSpan};
 use pimoe::model::safetensors::HostData;
 use pimoe::sampling::Rng;
 
@@ -53,6 +53,7 @@ fn attention(c: &mut Criterion) {
             block_tables: (0..blocks as u32).collect(),
             max_blocks: blocks,
             block_size: bs,
+            seqs: vec![SeqSpan { first: 0, len: n as u32, start: (ctx - n) as u32 }],
         };
         let mut out = vec![0f32; n * 9 * 64];
         // q.k and p.v: 2 * 2 * head_dim flops per (query head, context position)

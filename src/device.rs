@@ -1,7 +1,9 @@
-//! Which backend runs a request. Only the CPU backend exists in this build; the
-//! CUDA backend comes next. Probing never panics: cudarc would panic on first use
-//! when libcuda is missing, so we ask whether the library loads before anything else.
+//! Which backend runs a request. Probing never panics: cudarc would panic on its
+//! first call when libcuda is missing, so the CUDA backend asks whether the library
+//! loads before anything else (`cuda::driver_present`).
 
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -12,27 +14,34 @@ pub enum DeviceChoice {
     Cuda,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
+/// An opened backend. The engine is generic over its backend, so callers match on
+/// this once and run the same generic code for either arm.
+pub enum Opened {
+    Cpu(CpuBackend),
+    Cuda(Box<CudaBackend>),
 }
 
-/// Resolves a choice to a device, with a one-line note when `auto` fell back.
-pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>)> {
+/// Opens the chosen device, with a one-line note when `auto` fell back to the CPU.
+pub fn open(choice: DeviceChoice) -> Result<(Opened, Option<String>)> {
     match choice {
-        DeviceChoice::Cpu => Ok((Device::Cpu, None)),
-        DeviceChoice::Auto => Ok((Device::Cpu, Some(format!("device: cpu ({})", cuda_status())))),
-        DeviceChoice::Cuda => {
-            Err(Error::Device(format!("--device cuda: {}; use --device cpu or auto", cuda_status())))
-        }
+        DeviceChoice::Cpu => Ok((Opened::Cpu(CpuBackend), None)),
+        DeviceChoice::Auto => match CudaBackend::new(0) {
+            Ok(b) => {
+                let note = format!("device: cuda ({})", b.device_name);
+                Ok((Opened::Cuda(Box::new(b)), Some(note)))
+            }
+            Err(e) => Ok((Opened::Cpu(CpuBackend), Some(format!("device: cpu ({})", reason(&e))))),
+        },
+        DeviceChoice::Cuda => match CudaBackend::new(0) {
+            Ok(b) => Ok((Opened::Cuda(Box::new(b)), None)),
+            Err(e) => Err(Error::Device(format!("--device cuda: {}; use --device cpu or auto", reason(&e)))),
+        },
     }
 }
 
-fn cuda_status() -> &'static str {
-    // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
-    if unsafe { cudarc::driver::sys::is_culib_present() } {
-        "a CUDA driver is installed, but this build has no CUDA backend yet"
-    } else {
-        "no CUDA driver found (libcuda could not be loaded)"
+fn reason(e: &Error) -> String {
+    match e {
+        Error::Device(msg) => msg.clone(),
+        other => other.to_string(),
     }
 }

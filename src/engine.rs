@@ -3,13 +3,16 @@
 //! the same way with many sequences per step.
 
 use std::path::Path;
-use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::llm::{Llm, Logits, SeqChunk};
-use crate::model::tokenizer::{Message, StreamDecoder, Tokenizer};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::kv::BLOCK_SIZE;
+use crate::llm::Llm;
+use crate::model::tokenizer::{Message, Tokenizer};
+use crate::pimoe::compose::Composition;
+use crate::pimoe::manifest::Manifest;
+use crate::sampling::SamplingParams;
+use crate::scheduler::{Event, Scheduler, SchedulerConfig};
 
 /// Prompt tokens per prefill step: bounds the activation memory of one step
 /// (about 40 MB at SmolLM2's sizes) whatever the prompt length.
@@ -19,6 +22,8 @@ pub struct Engine<B: Backend> {
     pub backend: B,
     pub llm: Llm<B>,
     pub tokenizer: Tokenizer,
+    /// Router, T2C and experts when loaded from a manifest; None for a plain LLM.
+    pub pimoe: Option<Composition>,
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +72,15 @@ impl Generation {
 }
 
 impl<B: Backend> Engine<B> {
+    /// Loads a PiMoE composition: the manifest's LLM, router, T2C modules and experts.
+    pub fn load_manifest(backend: B, path: &Path) -> Result<Self> {
+        let (m, base) = Manifest::load(path)?;
+        let mut engine = Self::load(backend, &base.join(&m.llm))?;
+        let c = &engine.llm.config;
+        engine.pimoe = Some(Composition::load(&m, &base, c.hidden_size, c.vocab_size)?);
+        Ok(engine)
+    }
+
     /// Loads `dir` (config.json, safetensors, tokenizer.json).
     pub fn load(backend: B, dir: &Path) -> Result<Self> {
         if dir.is_file() {
@@ -85,11 +99,16 @@ impl<B: Backend> Engine<B> {
         }
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let llm = Llm::load(&backend, dir)?;
-        Ok(Engine { backend, llm, tokenizer })
+        Ok(Engine { backend, llm, tokenizer, pimoe: None })
     }
 
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
-        let text = match prompt {
+        self.tokenizer.encode(&self.prompt_text(prompt)?)
+    }
+
+    /// The prompt as the model sees it (ChatML rendered for a chat prompt).
+    pub fn prompt_text(&self, prompt: &Prompt) -> Result<String> {
+        Ok(match prompt {
             Prompt::Raw(t) => t.clone(),
             Prompt::Chat { system, user } => {
                 let mut msgs = Vec::new();
@@ -99,78 +118,53 @@ impl<B: Backend> Engine<B> {
                 msgs.push(Message { role: "user", content: user });
                 self.tokenizer.chat_prompt(&msgs)?
             }
-        };
-        self.tokenizer.encode(&text)
+        })
     }
 
     /// Generates for one request, calling `on_text` with each new piece of text.
     pub fn generate(&self, req: &Request, mut on_text: impl FnMut(&str)) -> Result<Generation> {
-        let ids = self.prompt_ids(&req.prompt)?;
-        let ctx = self.llm.config.max_position_embeddings;
-        if ids.is_empty() {
-            return Err(Error::Request("the prompt is empty after tokenization".into()));
-        }
-        if ids.len() >= ctx {
-            return Err(Error::Request(format!(
-                "the prompt is {} tokens; the model's context window is {ctx} tokens, leaving no room to generate",
-                ids.len()
-            )));
-        }
-        let mut sampler = Sampler::new(req.sampling.clone())?;
-        let budget = req.max_tokens.min(ctx - ids.len());
-        let stops: Vec<u32> =
-            self.llm.config.eos_token_ids.iter().chain(self.tokenizer.stop_ids()).copied().collect();
-
-        let b = &self.backend;
-        let mut cache = self.llm.new_cache(b, ids.len() + budget);
-        let mut table = Vec::new();
-        cache.reserve(&mut table, ids.len())?;
-
-        let t0 = Instant::now();
-        let mut logits = Vec::new();
-        for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
-            let start = i * PREFILL_CHUNK;
-            let last = start + chunk.len() == ids.len();
-            let step = [SeqChunk {
-                tokens: chunk,
-                start,
-                block_table: &table,
-                logits: if last { Logits::Last } else { Logits::None },
-            }];
-            logits = self.llm.forward(b, &mut cache, &step)?;
-        }
-        let prefill_secs = t0.elapsed().as_secs_f64();
-
-        let t1 = Instant::now();
-        let mut out = Vec::new();
-        let mut stream = StreamDecoder::default();
-        let finish = loop {
-            if out.len() == budget {
-                break if budget < req.max_tokens { Finish::Context } else { Finish::Length };
+        self.generate_events(req, |ev| {
+            if let Event::Token { text, .. } = ev {
+                on_text(text);
             }
-            let tok = sampler.sample(&logits);
-            if stops.contains(&tok) {
-                break Finish::Stop;
-            }
-            out.push(tok);
-            if let Some(piece) = stream.push(&self.tokenizer, tok)? {
-                on_text(&piece);
-            }
-            if out.len() == budget {
-                continue;
-            }
-            let pos = ids.len() + out.len() - 1;
-            cache.reserve(&mut table, pos + 1)?;
-            let step = [SeqChunk { tokens: &[tok], start: pos, block_table: &table, logits: Logits::Last }];
-            logits = self.llm.forward(b, &mut cache, &step)?;
-        };
-        Ok(Generation {
-            prompt_tokens: ids.len(),
-            text: self.tokenizer.decode(&out)?,
-            tokens: out,
-            finish,
-            prefill_secs,
-            decode_secs: t1.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Generates for one request through the scheduler (so a composition's router
+    /// and experts take part), calling `on_event` with every token, with its
+    /// provenance, and every trace note.
+    pub fn generate_events(&self, req: &Request, mut on_event: impl FnMut(&Event)) -> Result<Generation> {
+        let prompt_tokens = self.prompt_ids(&req.prompt)?.len();
+        let ctx = self.llm.config.max_position_embeddings;
+        let cfg = SchedulerConfig {
+            max_step_tokens: PREFILL_CHUNK,
+            max_running: 1,
+            kv_tokens: (prompt_tokens + req.max_tokens).clamp(BLOCK_SIZE, ctx.max(BLOCK_SIZE)),
+        };
+        let mut sched = Scheduler::new(self, cfg)?;
+        sched.submit(req)?;
+        let (mut tokens, mut text) = (Vec::new(), String::new());
+        loop {
+            for ev in sched.step()? {
+                on_event(&ev);
+                match ev {
+                    Event::Token { token, text: piece, .. } => {
+                        tokens.push(token);
+                        text.push_str(&piece);
+                    }
+                    Event::Note { .. } => {}
+                    Event::Finished { finish, stats, .. } => {
+                        return Ok(Generation {
+                            prompt_tokens: stats.prompt_tokens,
+                            tokens,
+                            text,
+                            finish,
+                            prefill_secs: stats.first_token_secs,
+                            decode_secs: stats.total_secs - stats.first_token_secs,
+                        });
+                    }
+                }
+            }
+        }
     }
 }

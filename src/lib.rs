@@ -13,7 +13,9 @@ pub mod error;
 pub mod kv;
 pub mod llm;
 pub mod model;
+pub mod pimoe;
 pub mod sampling;
+pub mod scheduler;
 
 pub use engine::{Engine, Finish, Generation, Prompt, Request};
 pub use error::{Error, Result};

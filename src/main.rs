@@ -6,11 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use pimoe::backend::cpu::CpuBackend;
-use pimoe::device::{self, Device, DeviceChoice};
+use pimoe::backend::Backend;
+use pimoe::device::{self, DeviceChoice, Opened};
 use pimoe::model::{fetch, import, ModelConfig};
 use pimoe::sampling::SamplingParams;
+use pimoe::scheduler::{Event, Provenance};
 use pimoe::{Engine, Prompt, Request};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "pimoe", version, about = "PiMoE inference runtime")]
@@ -25,8 +27,15 @@ enum Cmd {
     Generate {
         /// Model directory (config.json, safetensors, tokenizer.json). Default:
         /// SmolLM2-135M-Instruct, fetched and imported on first use.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "manifest")]
         model: Option<PathBuf>,
+        /// A PiMoE composition (JSON): LLM, router, T2C modules and experts.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Print, after the answer, which spans came from the LLM and which from an
+        /// expert (with its inputs and outputs).
+        #[arg(long)]
+        trace: bool,
         #[arg(long)]
         prompt: String,
         /// Wrap the prompt in the ChatML chat format as a user message.
@@ -59,11 +68,13 @@ enum Cmd {
     ImportGguf { gguf: PathBuf, out_dir: PathBuf },
     /// Fetch and import the default model (SmolLM2-135M-Instruct) if it is missing.
     Fetch,
-    /// Measure decode speed at batch 1 against this machine's memory bandwidth.
+    /// Measure decode speed against ceilings taken in the same run: on the CPU,
+    /// batch-1 decode vs memory bandwidth; on CUDA, decode at batch 1 and 64 vs copy
+    /// bandwidth and a 2,048-token prefill vs our GEMM rate (see src/bench/gpu.rs).
     Bench {
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Tokens to decode per repeat.
+        /// Tokens to decode per repeat (CPU).
         #[arg(long, default_value_t = 64)]
         tokens: usize,
         #[arg(long, default_value_t = 3)]
@@ -93,21 +104,80 @@ fn model_dir(arg: Option<PathBuf>) -> pimoe::Result<PathBuf> {
     }
 }
 
-fn load_engine(model: Option<PathBuf>, choice: DeviceChoice) -> anyhow::Result<Engine<CpuBackend>> {
-    let (dev, note) = device::select(choice)?;
-    if let Some(note) = note {
-        eprintln!("{note}");
+/// Opens the device, then runs `$body` with `$engine` bound to an Engine on it,
+/// loaded with `$load` (Engine::load or Engine::load_manifest).
+macro_rules! with_engine {
+    ($choice:expr, $load:expr, $path:expr, |$engine:ident| $body:expr) => {{
+        let (opened, note) = device::open($choice)?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        match opened {
+            Opened::Cpu(b) => {
+                let $engine = $load(b, &$path)?;
+                $body
+            }
+            Opened::Cuda(b) => {
+                let $engine = $load(*b, &$path)?;
+                $body
+            }
+        }
+    }};
+}
+
+fn generate<B: Backend>(engine: &Engine<B>, req: &Request, trace: bool) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout();
+    let mut spans: Vec<(Arc<Provenance>, String)> = Vec::new();
+    let mut notes = Vec::new();
+    let g = engine.generate_events(req, |ev| match ev {
+        Event::Token { text, provenance, .. } => {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+            match spans.last_mut() {
+                Some((p, t))
+                    if Arc::ptr_eq(p, provenance)
+                        || (**p == Provenance::Llm && **provenance == Provenance::Llm) =>
+                {
+                    t.push_str(text)
+                }
+                _ => spans.push((provenance.clone(), text.clone())),
+            }
+        }
+        Event::Note { message, .. } => notes.push(message.clone()),
+        Event::Finished { .. } => {}
+    })?;
+    println!();
+    if trace {
+        eprintln!("trace:");
+        for (p, text) in &spans {
+            match &**p {
+                Provenance::Llm => eprintln!("  [llm] {text:?}"),
+                Provenance::Expert { expert, inputs, outputs } => {
+                    eprintln!("  [expert {expert}] {text:?}  inputs {inputs:?} -> outputs {outputs:?}")
+                }
+            }
+        }
+        for n in &notes {
+            eprintln!("  [note] {n}");
+        }
     }
-    let dir = model_dir(model)?;
-    match dev {
-        Device::Cpu => Ok(Engine::load(CpuBackend, &dir)?),
-    }
+    eprintln!(
+        "prefill: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | finish: {:?}",
+        g.prompt_tokens,
+        g.prefill_tok_per_s(),
+        g.tokens.len(),
+        g.decode_tok_per_s(),
+        g.finish
+    );
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Generate {
             model,
+            manifest,
+            trace,
             prompt,
             chat,
             system,
@@ -118,7 +188,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             device,
         } => {
-            let engine = load_engine(model, device)?;
             let prompt = if chat || system.is_some() {
                 Prompt::Chat { system, user: prompt }
             } else {
@@ -126,20 +195,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let req =
                 Request { prompt, max_tokens, sampling: SamplingParams { temperature, top_k, top_p, seed } };
-            let mut stdout = std::io::stdout();
-            let g = engine.generate(&req, |piece| {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            })?;
-            println!();
-            eprintln!(
-                "prefill: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s | finish: {:?}",
-                g.prompt_tokens,
-                g.prefill_tok_per_s(),
-                g.tokens.len(),
-                g.decode_tok_per_s(),
-                g.finish
-            );
+            match manifest {
+                Some(path) => with_engine!(device, Engine::load_manifest, path, |engine| generate(
+                    &engine, &req, trace
+                )?),
+                None => {
+                    let dir = model_dir(model)?;
+                    with_engine!(device, Engine::load, dir, |engine| generate(&engine, &req, trace)?)
+                }
+            }
         }
         Cmd::Info { model } => info(&model_dir(model)?)?,
         Cmd::ImportGguf { gguf, out_dir } => {
@@ -152,11 +216,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { model, tokens, repeats, json, device } => {
             let dir = model_dir(model)?;
-            let engine = load_engine(Some(dir.clone()), device)?;
             let name =
                 dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
-            let report = pimoe::bench::decode_bench(&engine, &name, tokens, repeats)?;
-            let text = serde_json::to_string_pretty(&report)?;
+            let (opened, note) = device::open(device)?;
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+            let text = match opened {
+                Opened::Cpu(b) => {
+                    let engine = Engine::load(b, &dir)?;
+                    serde_json::to_string_pretty(&pimoe::bench::decode_bench(
+                        &engine, &name, tokens, repeats,
+                    )?)?
+                }
+                Opened::Cuda(b) => {
+                    let llm = pimoe::llm::Llm::load(&*b, &dir)?;
+                    serde_json::to_string_pretty(&pimoe::bench::gpu::run(&b, &llm, &name)?)?
+                }
+            };
             println!("{text}");
             if let Some(path) = json {
                 pimoe::bench::write_atomic(&path, text.as_bytes())?;

@@ -2,6 +2,7 @@
 //! top-p, driven by a seeded generator so a (seed, logits) pair always gives the
 //! same token on every machine.
 
+use crate::backend::SAMPLE_PARAMS;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,11 +77,17 @@ impl Sampler {
         Ok(Sampler { params, rng })
     }
 
+    /// This step's row of parameters for `Backend::sample`: the request's settings
+    /// and a fresh uniform draw (none is drawn for greedy decoding).
+    pub fn next_params(&mut self) -> [f32; SAMPLE_PARAMS] {
+        let p = &self.params;
+        let u = if p.temperature == 0.0 { 0.0 } else { self.rng.next_f32() };
+        [p.temperature, p.top_k as f32, p.top_p, u]
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.temperature == 0.0 {
-            return argmax(logits);
-        }
-        sample_from(logits, &self.params, self.rng.next_f32())
+        let [t, k, p, u] = self.next_params();
+        crate::backend::cpu::sampling::sample_row(logits, t, k as usize, p, u)
     }
 }
 

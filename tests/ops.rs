@@ -4,7 +4,7 @@ mod common;
 
 use common::{assert_close, rand_vec, BF16_TOL, F32_TOL};
 use pimoe::backend::cpu::{gemm, simd, CpuBackend, CpuWeight};
-use pimoe::backend::{AttnPlan, AttnShape, Backend};
+use pimoe::backend::{AttnPlan, AttnShape, Backend, SeqSpan};
 use pimoe::model::safetensors::{HostData, HostTensor};
 use pimoe::sampling::{argmax, sample_from, Sampler, SamplingParams};
 
@@ -36,6 +36,9 @@ fn dot_kernels_match_naive_at_awkward_lengths() {
         let got4 = simd::dot4(&w, [&xs[0], &xs[1], &xs[2], &xs[3]]);
         assert_close(&format!("dot k={k}"), &got1, &want, F32_TOL);
         assert_close(&format!("dot4 k={k}"), &got4, &want, F32_TOL);
+        // Bitwise: a token's logits must not depend on its batch (scheduler tests).
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got1), bits(&got4), "dot and dot4 differ at k={k}");
     }
 }
 
@@ -152,6 +155,7 @@ fn paged_attention_matches_dense_causal_reference() {
             block_tables: table.clone(),
             max_blocks: nblocks,
             block_size: bs,
+            seqs: vec![SeqSpan { first: 0, len: len as u32, start: 0 }],
         };
         b.kv_write(&mut kc, &mut vc, &qkv, &plan, shape);
         let mut out = vec![f32::NAN; len * hq * d];

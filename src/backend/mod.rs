@@ -2,9 +2,12 @@
 //! against it, and each backend (CPU reference now, CUDA next) implements it.
 //!
 //! Shapes are passed explicitly, llm.c style; every tensor argument carries a shape
-//! comment. Activations are f32; weights keep their file dtype (bf16 or f32).
+//! comment. Activations are f32 on every backend; weights are bf16 matrices (f32 where
+//! the file is f32 on the CPU) and f32 vectors; the KV cache is f32 on the CPU and bf16
+//! on the GPU.
 
 pub mod cpu;
+pub mod cuda;
 pub mod kernels;
 
 use crate::error::Result;
@@ -23,7 +26,23 @@ pub struct AttnPlan<I> {
     pub block_tables: I,
     pub max_blocks: usize,
     pub block_size: usize,
+    /// Host copy of the step's layout, for launchers that tile by sequence.
+    pub seqs: Vec<SeqSpan>,
 }
+
+/// One sequence of a step: its tokens are rows first..first + len of the batch, at
+/// positions start..start + len.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqSpan {
+    pub first: u32,
+    pub len: u32,
+    pub start: u32,
+}
+
+/// Per-row sampling parameters as the `sample` op reads them: (rows, 4) f32 of
+/// temperature (0 = greedy), top_k (0 = off), top_p (1 = off), and the uniform draw u
+/// in [0, 1) that the host's seeded generator made for this row.
+pub const SAMPLE_PARAMS: usize = 4;
 
 /// Head layout of one attention layer.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +59,8 @@ pub trait Backend: Send + Sync {
     type Tensor: Send + Sync;
     /// u32 index arrays (token ids, positions, slots).
     type Index: Send + Sync;
+    /// KV cache storage, (num_blocks * block_size, hk * head_dim) per layer and k/v.
+    type Cache: Send + Sync;
 
     fn name(&self) -> &'static str;
 
@@ -49,11 +70,42 @@ pub trait Backend: Send + Sync {
     fn step<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         f()
     }
+
+    /// Runs a step that ends in sampled token ids and returns them. `graph` names the
+    /// step's shape when it is a pure decode step; the CUDA backend captures such a
+    /// step once as a CUDA graph and replays it (so `f` must not read back to the
+    /// host and must make the same calls in the same order for the same key).
+    fn step_tokens(
+        &self,
+        _graph: Option<(usize, usize)>,
+        mut f: impl FnMut() -> Self::Index + Send,
+    ) -> Result<Vec<u32>> {
+        let t = self.step(&mut f);
+        self.check()?;
+        Ok(self.read_index(&t))
+    }
+
+    /// Reports a device error raised by an earlier op (ops themselves do not return
+    /// errors: like CUDA's, a backend's errors are sticky and surface at step ends).
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Names the work that follows in a profiler's timeline (NVTX on CUDA).
+    fn push_range(&self, _name: &str) {}
+    fn pop_range(&self) {}
+
     fn upload(&self, t: &HostTensor) -> Result<Self::Weight>;
     /// A zero-filled f32 tensor of `len` elements.
     fn tensor(&self, len: usize) -> Self::Tensor;
+    fn tensor_from(&self, data: &[f32]) -> Self::Tensor;
     fn index(&self, data: &[u32]) -> Self::Index;
+    /// A zero-filled KV cache tensor of `len` elements.
+    fn cache(&self, len: usize) -> Self::Cache;
     fn to_host(&self, t: &Self::Tensor) -> Vec<f32>;
+    fn read_index(&self, t: &Self::Index) -> Vec<u32>;
+    /// The cache as f32 (tests compare caches across backends).
+    fn cache_to_host(&self, t: &Self::Cache) -> Vec<f32>;
 
     /// out (n, dim) = table[ids] ; table (vocab, dim)
     fn embed(&self, out: &mut Self::Tensor, table: &Self::Weight, ids: &Self::Index, dim: usize);
@@ -90,8 +142,8 @@ pub trait Backend: Send + Sync {
     /// plan.slots; k_cache, v_cache (num_blocks * block_size, hk * head_dim).
     fn kv_write(
         &self,
-        k_cache: &mut Self::Tensor,
-        v_cache: &mut Self::Tensor,
+        k_cache: &mut Self::Cache,
+        v_cache: &mut Self::Cache,
         qkv: &Self::Tensor,
         plan: &AttnPlan<Self::Index>,
         shape: AttnShape,
@@ -103,8 +155,8 @@ pub trait Backend: Send + Sync {
         &self,
         out: &mut Self::Tensor,
         qkv: &Self::Tensor,
-        k_cache: &Self::Tensor,
-        v_cache: &Self::Tensor,
+        k_cache: &Self::Cache,
+        v_cache: &Self::Cache,
         plan: &AttnPlan<Self::Index>,
         shape: AttnShape,
     );
@@ -114,4 +166,8 @@ pub trait Backend: Send + Sync {
 
     /// out (rows.len(), dim) = x[rows] ; x (n, dim)
     fn gather_rows(&self, out: &mut Self::Tensor, x: &Self::Tensor, rows: &Self::Index, dim: usize);
+
+    /// out (rows) = one token id per row of logits (rows, vocab), drawn as
+    /// `sampling::sample_row` defines; params (rows, SAMPLE_PARAMS).
+    fn sample(&self, out: &mut Self::Index, logits: &Self::Tensor, params: &Self::Tensor, vocab: usize);
 }

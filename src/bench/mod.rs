@@ -1,5 +1,8 @@
 //! Measurements that report against a ceiling taken in the same run: decode
-//! throughput as a fraction of this machine's memory read bandwidth.
+//! throughput as a fraction of this machine's memory read bandwidth (CPU), and the
+//! GPU figures against copy bandwidth and GEMM rate (`gpu`).
+
+pub mod gpu;
 
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -148,7 +151,7 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-fn git_commit() -> String {
+pub(crate) fn git_commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -156,7 +159,8 @@ fn git_commit() -> String {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+        // The GPU machine runs a copy of the tree without .git: use the build's.
+        .unwrap_or_else(|| env!("PIMOE_COMMIT").into())
 }
 
 /// ISO 8601 UTC timestamp; days-to-civil after Howard Hinnant's

@@ -11,7 +11,7 @@ pub const BLOCK_SIZE: usize = 16;
 
 pub struct KvCache<B: Backend> {
     /// Per layer: (k, v), each (num_blocks * BLOCK_SIZE, kv_dim).
-    pub layers: Vec<(B::Tensor, B::Tensor)>,
+    pub layers: Vec<(B::Cache, B::Cache)>,
     pub num_blocks: usize,
     free: Vec<u32>,
 }
@@ -19,7 +19,7 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     pub fn new(backend: &B, num_layers: usize, kv_dim: usize, num_blocks: usize) -> Self {
         let len = num_blocks * BLOCK_SIZE * kv_dim;
-        let layers = (0..num_layers).map(|_| (backend.tensor(len), backend.tensor(len))).collect();
+        let layers = (0..num_layers).map(|_| (backend.cache(len), backend.cache(len))).collect();
         // Reversed so that blocks are handed out in ascending order.
         let free = (0..num_blocks as u32).rev().collect();
         KvCache { layers, num_blocks, free }

@@ -7,12 +7,11 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::backend::{AttnPlan, AttnShape, Backend};
+use crate::backend::{AttnPlan, AttnShape, Backend, SeqSpan, SAMPLE_PARAMS};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_SIZE};
 use crate::model::safetensors::{HostData, HostTensor, SafetensorFiles};
 use crate::model::ModelConfig;
-use crate::sampling::argmax;
 
 struct Layer<W> {
     input_norm: W,
@@ -139,14 +138,15 @@ impl<B: Backend> Llm<B> {
         let mut cache = self.new_cache(b, prompt.len() + n);
         let mut table = Vec::new();
         cache.reserve(&mut table, prompt.len() + n)?;
+        let greedy = [[0.0, 0.0, 1.0, 0.0]];
         let step = [SeqChunk { tokens: prompt, start: 0, block_table: &table, logits: Logits::Last }];
-        let mut out = vec![argmax(&self.forward(b, &mut cache, &step)?)];
+        let mut out = self.forward_sample(b, &mut cache, &step, &greedy)?;
         let t = Instant::now();
         while out.len() < n {
             let tok = [out[out.len() - 1]];
             let start = prompt.len() + out.len() - 1;
             let step = [SeqChunk { tokens: &tok, start, block_table: &table, logits: Logits::Last }];
-            out.push(argmax(&self.forward(b, &mut cache, &step)?));
+            out.extend(self.forward_sample(b, &mut cache, &step, &greedy)?);
         }
         Ok((out, t.elapsed().as_secs_f64()))
     }
@@ -155,10 +155,77 @@ impl<B: Backend> Llm<B> {
     /// the order of `chunks` (all rows of an `All` chunk, one of a `Last` chunk).
     pub fn forward(&self, b: &B, cache: &mut KvCache<B>, chunks: &[SeqChunk]) -> Result<Vec<f32>> {
         let plan = self.plan(b, chunks)?;
-        Ok(b.step(|| self.run(b, cache, &plan)))
+        let logits = b.step(|| self.run(b, cache, &plan, false).0.map(|t| b.to_host(&t)).unwrap_or_default());
+        b.check()?;
+        Ok(logits)
     }
 
-    fn run(&self, b: &B, cache: &mut KvCache<B>, plan: &StepPlan<B::Index>) -> Vec<f32> {
+    /// Runs one step and samples one token per logits row on the device, so that no
+    /// logits row crosses to the host. `params` holds one row of sampling parameters
+    /// per logits row (see `backend::SAMPLE_PARAMS`). A pure decode step names its
+    /// shape so that the backend can replay it as a graph.
+    pub fn forward_sample(
+        &self,
+        b: &B,
+        cache: &mut KvCache<B>,
+        chunks: &[SeqChunk],
+        params: &[[f32; SAMPLE_PARAMS]],
+    ) -> Result<Vec<u32>> {
+        let plan = self.plan(b, chunks)?;
+        plan.check_params(params.len())?;
+        if params.is_empty() {
+            self.forward(b, cache, chunks)?;
+            return Ok(Vec::new());
+        }
+        let decode = chunks.iter().all(|c| c.tokens.len() == 1 && c.logits == Logits::Last);
+        let graph = decode.then_some((chunks.len(), plan.attn.max_blocks));
+        let flat: Vec<f32> = params.iter().flatten().copied().collect();
+        b.push_range(if decode { "decode step" } else { "prefill step" });
+        let tokens = b.step_tokens(graph, || {
+            let logits = self.run(b, cache, &plan, false).0.expect("params.len() == logit rows > 0");
+            let mut out = b.index(&vec![0; params.len()]);
+            b.sample(&mut out, &logits, &b.tensor_from(&flat), self.config.vocab_size);
+            out
+        });
+        b.pop_range();
+        tokens
+    }
+
+    /// Like `forward_sample`, and also returns the last hidden state (after the final
+    /// norm, as transformers' `hidden_states[-1]`) of every token of the step, flat
+    /// (n, hidden): what a hidden-state router and a learned T2C read. Always eager.
+    pub fn forward_sample_hidden(
+        &self,
+        b: &B,
+        cache: &mut KvCache<B>,
+        chunks: &[SeqChunk],
+        params: &[[f32; SAMPLE_PARAMS]],
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let plan = self.plan(b, chunks)?;
+        plan.check_params(params.len())?;
+        let flat: Vec<f32> = params.iter().flatten().copied().collect();
+        let (tokens, hidden) = b.step(|| {
+            let (logits, hidden) = self.run(b, cache, &plan, true);
+            let tokens = logits.map(|l| {
+                let mut out = b.index(&vec![0; params.len()]);
+                b.sample(&mut out, &l, &b.tensor_from(&flat), self.config.vocab_size);
+                b.read_index(&out)
+            });
+            (tokens.unwrap_or_default(), hidden.map(|h| b.to_host(&h)).unwrap_or_default())
+        });
+        b.check()?;
+        Ok((tokens, hidden))
+    }
+
+    /// The step's forward pass: the logits rows it asked for, if any, and with
+    /// `want_hidden` the final-normed hidden state of every token, on the device.
+    fn run(
+        &self,
+        b: &B,
+        cache: &mut KvCache<B>,
+        plan: &StepPlan<B::Index>,
+        want_hidden: bool,
+    ) -> (Option<B::Tensor>, Option<B::Tensor>) {
         let c = &self.config;
         let n = plan.ids.len();
         let (h, inter) = (c.hidden_size, c.intermediate_size);
@@ -177,6 +244,7 @@ impl<B: Backend> Llm<B> {
 
         b.embed(&mut x, &self.embed, &ids, h);
         for (l, layer) in self.layers.iter().enumerate() {
+            b.push_range("attention");
             if l == 0 {
                 b.rmsnorm(&mut xn, &x, &layer.input_norm, h, c.rms_norm_eps);
             } else {
@@ -188,33 +256,53 @@ impl<B: Backend> Llm<B> {
             b.kv_write(kc, vc, &qkv, &plan.attn, shape);
             b.attention(&mut att, &qkv, kc, vc, &plan.attn, shape);
             b.matmul(&mut proj, &att, &layer.o, None, n);
+            b.pop_range();
 
+            b.push_range("mlp");
             b.add_rmsnorm(&mut xn, &mut x, &proj, &layer.post_norm, h, c.rms_norm_eps);
             b.matmul(&mut gate_up, &xn, &layer.gate_up, None, n);
             b.swiglu(&mut act, &gate_up, inter);
             b.matmul(&mut proj, &act, &layer.down, None, n);
+            b.pop_range();
         }
 
         let rows = plan.logit_rows.len();
+        let hidden = want_hidden.then(|| {
+            let mut all = b.tensor(n * h);
+            b.add_rmsnorm(&mut all, &mut x, &proj, &self.norm, h, c.rms_norm_eps);
+            all
+        });
         if rows == 0 {
-            return Vec::new();
+            return (None, hidden);
         }
+        b.push_range("lm_head");
         // Only the rows whose logits are wanted go through the final norm and lm_head.
-        let mut last = b.tensor(rows * h);
         let mut last_n = b.tensor(rows * h);
-        let mut sel = b.tensor(rows * h);
-        b.gather_rows(&mut sel, &proj, &b.index(&plan.logit_rows), h);
-        b.gather_rows(&mut last, &x, &b.index(&plan.logit_rows), h);
-        b.add_rmsnorm(&mut last_n, &mut last, &sel, &self.norm, h, c.rms_norm_eps);
+        if let Some(all) = &hidden {
+            b.gather_rows(&mut last_n, all, &b.index(&plan.logit_rows), h);
+        } else {
+            let mut last = b.tensor(rows * h);
+            let mut sel = b.tensor(rows * h);
+            b.gather_rows(&mut sel, &proj, &b.index(&plan.logit_rows), h);
+            b.gather_rows(&mut last, &x, &b.index(&plan.logit_rows), h);
+            b.add_rmsnorm(&mut last_n, &mut last, &sel, &self.norm, h, c.rms_norm_eps);
+        }
         let mut logits = b.tensor(rows * c.vocab_size);
         b.matmul(&mut logits, &last_n, self.lm_head.as_ref().unwrap_or(&self.embed), None, rows);
-        b.to_host(&logits)
+        b.pop_range();
+        (Some(logits), hidden)
     }
 
     fn plan(&self, b: &B, chunks: &[SeqChunk]) -> Result<StepPlan<B::Index>> {
         let c = &self.config;
-        let max_blocks = chunks.iter().map(|s| s.block_table.len()).max().unwrap_or(0);
+        let mut max_blocks = chunks.iter().map(|s| s.block_table.len()).max().unwrap_or(0);
+        if chunks.iter().all(|c| c.tokens.len() == 1) {
+            // Decode steps are replayed as graphs keyed by this width; rounding it
+            // up keeps the number of distinct graphs small as sequences grow.
+            max_blocks = max_blocks.next_power_of_two();
+        }
         let mut ids = Vec::new();
+        let mut seqs = Vec::with_capacity(chunks.len());
         let (mut positions, mut token_seq, mut slots) = (Vec::new(), Vec::new(), Vec::new());
         let mut tables = vec![0u32; chunks.len() * max_blocks];
         let mut logit_rows = Vec::new();
@@ -243,6 +331,11 @@ impl<B: Backend> Llm<B> {
             }
             tables[s * max_blocks..s * max_blocks + chunk.block_table.len()]
                 .copy_from_slice(chunk.block_table);
+            seqs.push(SeqSpan {
+                first: ids.len() as u32,
+                len: chunk.tokens.len() as u32,
+                start: chunk.start as u32,
+            });
             for (i, &tok) in chunk.tokens.iter().enumerate() {
                 let pos = chunk.start + i;
                 let keep = match chunk.logits {
@@ -271,6 +364,7 @@ impl<B: Backend> Llm<B> {
                 block_tables: b.index(&tables),
                 max_blocks,
                 block_size: BLOCK_SIZE,
+                seqs,
             },
         })
     }
@@ -280,6 +374,19 @@ struct StepPlan<I> {
     ids: Vec<u32>,
     logit_rows: Vec<u32>,
     attn: AttnPlan<I>,
+}
+
+impl<I> StepPlan<I> {
+    /// One row of sampling parameters per logits row.
+    fn check_params(&self, rows: usize) -> Result<()> {
+        if rows != self.logit_rows.len() {
+            return Err(Error::Request(format!(
+                "{rows} sampling parameter rows for {} logits rows",
+                self.logit_rows.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Concatenates tensors along their first dimension (q/k/v, gate/up). bf16 stays

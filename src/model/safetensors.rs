@@ -73,6 +73,21 @@ impl SafetensorFiles {
                 "no model.safetensors or model.safetensors.index.json in this directory",
             ));
         };
+        Self::open_files(files)
+    }
+
+    /// Opens one safetensors file (a router's or T2C head's weights).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
+            ));
+        }
+        Self::open_files(vec![path.to_path_buf()])
+    }
+
+    fn open_files(files: Vec<PathBuf>) -> Result<Self> {
         let mut maps = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {

@@ -80,3 +80,11 @@ pub fn fresh_logits(
     let step = [pimoe::llm::SeqChunk { tokens, start: 0, block_table: &table, logits: which }];
     llm.forward(&b, &mut cache, &step).unwrap()
 }
+
+/// Prints why a test is skipped where `cargo test` shows it: straight to the
+/// process's stderr, past libtest's capture of print!/eprint! (so a skipped GPU test
+/// is visible in a plain run, not just with --nocapture).
+pub fn skip(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped {msg}");
+}

@@ -8,6 +8,7 @@ pub mod gemm;
 pub mod mlp;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod simd;
 
 use crate::backend::{AttnPlan, AttnShape, Backend};
@@ -40,6 +41,7 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type Tensor = Vec<f32>;
     type Index = Vec<u32>;
+    type Cache = Vec<f32>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -68,11 +70,27 @@ impl Backend for CpuBackend {
         vec![0.0; len]
     }
 
+    fn tensor_from(&self, data: &[f32]) -> Vec<f32> {
+        data.to_vec()
+    }
+
     fn index(&self, data: &[u32]) -> Vec<u32> {
         data.to_vec()
     }
 
+    fn cache(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+
     fn to_host(&self, t: &Vec<f32>) -> Vec<f32> {
+        t.clone()
+    }
+
+    fn read_index(&self, t: &Vec<u32>) -> Vec<u32> {
+        t.clone()
+    }
+
+    fn cache_to_host(&self, t: &Vec<f32>) -> Vec<f32> {
         t.clone()
     }
 
@@ -133,5 +151,9 @@ impl Backend for CpuBackend {
 
     fn gather_rows(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: &Vec<u32>, dim: usize) {
         embed::gather_rows(out, x, rows, dim)
+    }
+
+    fn sample(&self, out: &mut Vec<u32>, logits: &Vec<f32>, params: &Vec<f32>, vocab: usize) {
+        sampling::sample(out, logits, params, vocab)
     }
 }

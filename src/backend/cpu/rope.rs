@@ -11,8 +11,7 @@ pub fn rope(qkv: &mut [f32], positions: &[u32], shape: AttnShape, theta: f32) {
     let half = d / 2;
     let row = (shape.num_heads + 2 * shape.num_kv_heads) * d;
     let rotated_heads = shape.num_heads + shape.num_kv_heads;
-    // inv_freq in f32 exactly as transformers computes it, so angles agree bit for bit.
-    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect();
+    let inv_freq = inv_freq(theta, d);
     qkv.par_chunks_mut(row).zip(positions.par_iter()).for_each(|(r, &pos)| {
         let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
             .iter()
@@ -30,4 +29,11 @@ pub fn rope(qkv: &mut [f32], positions: &[u32], shape: AttnShape, theta: f32) {
             }
         }
     });
+}
+
+/// (head_dim / 2) rotation frequencies theta^(-2i/d), in f32 exactly as transformers
+/// computes them, so that angles agree bit for bit. The CUDA launcher passes these very
+/// values to its kernel rather than recomputing them with the GPU's powf.
+pub fn inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
 }

@@ -1,0 +1,44 @@
+//! kernels/rmsnorm.cu at Qwen2.5-0.5B sizes (hidden 896) for a decode step (n = 1),
+//! a prefill chunk (64) and a long prefill (2048). Throughput is the bytes each
+//! launch must move.
+
+use crate::timing::time;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use pimoe::backend::cuda::CudaBackend;
+use pimoe::backend::Backend;
+use pimoe::model::safetensors::{HostData, HostTensor};
+
+const HIDDEN: usize = 896;
+const TOKENS: [usize; 3] = [1, 64, 2048];
+const EPS: f32 = 1e-6;
+
+pub fn bench(c: &mut Criterion, b: &CudaBackend) {
+    let mut g = c.benchmark_group("cuda_rmsnorm");
+    let w = b
+        .upload(&HostTensor {
+            name: "norm".into(),
+            shape: vec![HIDDEN],
+            data: HostData::F32(vec![1.0; HIDDEN]),
+        })
+        .expect("upload the weight");
+    for &n in &TOKENS {
+        let x = b.tensor_from(&vec![0.5; n * HIDDEN]);
+        let mut residual = b.tensor_from(&vec![0.25; n * HIDDEN]);
+        let mut out = b.tensor(n * HIDDEN);
+        // x read, out written (f32), plus the weight.
+        g.throughput(Throughput::Bytes((n * HIDDEN * 8 + HIDDEN * 4) as u64));
+        g.bench_function(BenchmarkId::new("rmsnorm_f32", format!("n{n}_dim{HIDDEN}")), |bch| {
+            bch.iter_custom(|iters| time(b, iters, || b.rmsnorm(&mut out, &x, &w, HIDDEN, EPS)))
+        });
+        // residual and x read, residual and out written, plus the weight. The
+        // residual grows by x each launch; with these values it stays finite.
+        g.throughput(Throughput::Bytes((n * HIDDEN * 16 + HIDDEN * 4) as u64));
+        g.bench_function(BenchmarkId::new("add_rmsnorm_f32", format!("n{n}_dim{HIDDEN}")), |bch| {
+            bch.iter_custom(|iters| {
+                time(b, iters, || b.add_rmsnorm(&mut out, &mut residual, &x, &w, HIDDEN, EPS))
+            })
+        });
+    }
+    g.finish();
+}

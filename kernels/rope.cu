@@ -1,0 +1,84 @@
+// Rotary position embedding, Hugging Face "rotate-half" form, in place on the q and
+// k heads of a qkv row. CPU twin: src/backend/cpu/rope.rs; launcher:
+// src/backend/cuda/rope.rs.
+//
+// Entry point
+//   rope_f32  qkv (n, (hq + 2 hk) * d) f32, positions (n) u32. The first hq + hk heads
+//             of each row (q, then k) have pairs (i, i + d/2) rotated by the angle
+//             pos * inv_freq[i]; the v heads are not touched.
+//
+// Thread mapping: one block per token (blockIdx.x). Its threads first compute the
+// row's d/2 cos/sin values into shared memory (one per frequency, shared by all of
+// the token's heads), then stride over the (head, i) pairs; consecutive threads take
+// consecutive i of a head, so both halves are read and written coalesced.
+//
+// Matching the CPU bit for bit. transformers computes inv_freq in f32 and the angle
+// in f32, then cos/sin of that f32 angle; the CPU twin does the same, taking cos/sin
+// in f64 and rounding to f32 so that libm's last-ulp differences vanish. Here:
+//  * inv_freq arrives from the host (RopeFreqs, by value), computed by the launcher
+//    with the same Rust expression as the CPU twin, 1 / theta.powf(2i / d) in f32.
+//    Computing it in the kernel with CUDA's powf (up to a few ulp from glibc's)
+//    would make angles differ by up to pos * a few ulp, ~1e-4 rad at pos 2048:
+//    far outside f32 tolerance.
+//  * the angle is (float)pos * inv_freq[i], an f32 product rounded to nearest
+//    (__fmul_rn), as Rust's `pos as f32 * f`;
+//  * cos/sin are CUDA's double-precision sincos of that f32 value, rounded to f32.
+//    CUDA's double sin/cos are within 2 f64 ulp of the exact value and glibc's
+//    within 1, so the f32 results agree except where the exact value lies within
+//    a few f64 ulp of an f32 rounding boundary (roughly one value in 10^8);
+//    arguments are below 2^31 for any real position, so the slow Payne-Hanek
+//    reduction (the 40-byte stack frame ptxas reports) is never taken;
+//  * the rotation uses explicit __fmul_rn/__fadd_rn/__fsub_rn so that nvcc cannot
+//    contract a * cos - b * sin into an FMA, which Rust does not do either.
+// So the outputs should be bitwise equal to the CPU's nearly always, and off by an
+// ulp of cos/sin at worst.
+//
+// Speed (unmeasured): memory-bound (the q and k heads are read and written once);
+// the f64 sincos costs d/2 per token, not per head, so it is small beside the
+// memory traffic even for a prefill of thousands of tokens.
+
+#include "common.cuh"
+
+// The largest head_dim / 2 the parameter table holds (head_dim up to 256).
+#define ROPE_MAX_HALF 128
+
+// Passed by value (512 bytes of kernel parameters, well under the 4 KB limit).
+// The launcher writes head_dim / 2 entries; the rest are zeros and never read.
+struct RopeFreqs {
+    float inv_freq[ROPE_MAX_HALF];
+};
+
+// grid (n), block (a multiple of 32, at most 1024)
+extern "C" __global__ void rope_f32(float* __restrict__ qkv,              // (n, row)
+                                    const u32* __restrict__ positions,    // (n)
+                                    u32 heads,  // hq + hk: the rotated heads at the start of a row
+                                    u32 row,    // (hq + 2 hk) * d
+                                    u32 d,      // head_dim, even, at most 2 * ROPE_MAX_HALF
+                                    RopeFreqs f) {
+    __shared__ float cos_s[ROPE_MAX_HALF];
+    __shared__ float sin_s[ROPE_MAX_HALF];
+    const u32 half = d / 2;
+    const size_t t = blockIdx.x;
+    // u32 -> f32 rounds to nearest, as Rust's `pos as f32`.
+    const float pos = __uint2float_rn(positions[t]);
+    for (u32 i = threadIdx.x; i < half; i += blockDim.x) {
+        const float angle = __fmul_rn(pos, f.inv_freq[i]);
+        double s, c;
+        sincos((double)angle, &s, &c);
+        cos_s[i] = __double2float_rn(c);
+        sin_s[i] = __double2float_rn(s);
+    }
+    __syncthreads();
+
+    float* __restrict__ r = qkv + t * row;
+    const u32 pairs = heads * half;
+    for (u32 p = threadIdx.x; p < pairs; p += blockDim.x) {
+        const u32 h = p / half, i = p % half;
+        float* x1 = r + h * d + i;
+        float* x2 = x1 + half;
+        const float a = *x1, b = *x2;
+        const float c = cos_s[i], s = sin_s[i];
+        *x1 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+        *x2 = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+    }
+}

@@ -1,0 +1,207 @@
+//! Launchers for kernels/gemm.cu: out (m, n) f32 = A (m, k) @ W (n, k)^T + bias (n),
+//! W bf16. CPU twin: backend/cpu/gemm.rs.
+//!
+//! Variant choice, from (m, n, k) only (graph replay compares launches, so nothing
+//! here may depend on data):
+//! - m <= 16 and k % 8 == 0: `gemv_m{1,2,4,8,16}_*`, the weight-streaming kernel for
+//!   decode, m rounded up to a bucket; `ks` warps split k when n is small.
+//! - m > 16 and k % 8 == 0: the tensor-core GEMM with 128-row tiles, or 64-row tiles
+//!   when 128-row ones would give fewer than two blocks per SM.
+//! - k % 8 != 0 (rows of W not 16-byte aligned): `gemm_unaligned_*`, any m.
+
+use super::{Arg, CudaBackend, CudaTensor, CudaWeight, Grid};
+
+const MODULE: &str = "gemm";
+
+/// SMs of an H100 SXM (H200 too): only sizes grids; any value is correct.
+const SMS: usize = 132;
+/// Largest m that takes the gemv path (its biggest m bucket).
+const GEMV_MAX_M: usize = 16;
+/// Rows of W per warp in the gemv (`gv::R` in the kernel).
+const GEMV_ROWS: usize = 4;
+/// Warps per gemv block (`gv::THREADS / 32`).
+const GEMV_WARPS: usize = 8;
+/// Warps the gemv aims to have in flight, for enough outstanding loads per SM.
+const GEMV_TARGET_WARPS: usize = SMS * 16;
+/// Tensor-core tile columns, k depth and pipeline stages (`tc::BN`, `tc::BK`, `tc::STAGES`).
+const TC_BN: usize = 128;
+const TC_BK: usize = 32;
+const TC_STAGES: usize = 4;
+/// Largest size the kernels' 32-bit index arithmetic is used for (row + 32 etc. must
+/// not overflow).
+const MAX_DIM: usize = 1 << 30;
+
+/// out (m, n) = x (m, k) @ w (n, k)^T + bias (n); x f32, w bf16, bias f32.
+///
+/// Preconditions (checked; a violation fails the backend with a message and nothing
+/// is launched): w is a bf16 matrix (at least 2 rows, see `CudaWeight`) with k >= 1
+/// columns, x holds exactly m * k elements, out at least m * n (only the first
+/// m * n are written), bias if present is an f32 vector of n, sizes below 2^30,
+/// buffers 16-byte aligned (cuMemAlloc gives 256). m = 0 is a no-op.
+pub fn matmul(
+    b: &CudaBackend,
+    out: &mut CudaTensor,
+    x: &CudaTensor,
+    w: &CudaWeight,
+    bias: Option<&CudaWeight>,
+    m: usize,
+) {
+    if x.len != m * w.cols {
+        return b.fail(format!(
+            "matmul: x holds {} elements, expected m {m} x k {} (w is ({}, {}))",
+            x.len, w.cols, w.rows, w.cols
+        ));
+    }
+    run(b, "matmul", out, Arg::from(x), x.buf.ptr(), "f32", w, bias, m);
+}
+
+/// out (m, n) = a (m, k) @ w (n, k)^T with both operands bf16 matrices: the GEMM of
+/// `matmul` without the f32 -> bf16 conversion of A, for benches and comparisons
+/// with cuBLAS.
+///
+/// Preconditions (checked, as `matmul`): a is a bf16 matrix of m rows (so m >= 2: a
+/// one-row weight is stored as an f32 vector) and as many columns as w.
+pub fn matmul_bf16(b: &CudaBackend, out: &mut CudaTensor, a: &CudaWeight, w: &CudaWeight, m: usize) {
+    if !a.is_matrix() || a.rows != m || a.cols != w.cols {
+        return b.fail(format!(
+            "matmul_bf16: a is ({}, {}){}, expected a bf16 matrix of m {m} rows and k {} columns",
+            a.rows,
+            a.cols,
+            if a.is_matrix() { "" } else { " (an f32 vector)" },
+            w.cols
+        ));
+    }
+    run(b, "matmul_bf16", out, Arg::from(a), a.buf.ptr(), "bf16", w, None, m);
+}
+
+/// The kernel launched for (m, n, k): its symbol and geometry, and the `ks` argument
+/// of the gemv kernels (None for the GEMMs).
+fn plan(a_dtype: &str, m: usize, n: usize, k: usize, aligned: bool) -> (String, Grid, Option<u32>) {
+    if aligned && m <= GEMV_MAX_M {
+        let bucket = m.next_power_of_two();
+        let ks = gemv_split(n, k);
+        let rows_per_block = GEMV_WARPS / ks * GEMV_ROWS;
+        let grid = Grid::new(n.div_ceil(rows_per_block) as u32, (GEMV_WARPS * 32) as u32, 0);
+        return (format!("gemv_m{bucket}_{a_dtype}_bf16"), grid, Some(ks as u32));
+    }
+    let (name, bm) = if !aligned {
+        (format!("gemm_unaligned_{a_dtype}_bf16"), 64)
+    } else if m.div_ceil(128) * n.div_ceil(TC_BN) >= 2 * SMS {
+        (format!("gemm_{a_dtype}_bf16"), 128)
+    } else {
+        (format!("gemm_bm64_{a_dtype}_bf16"), 64)
+    };
+    let blocks = m.div_ceil(bm) * n.div_ceil(TC_BN);
+    // bf16 bytes of one A tile and one W tile, per stage.
+    let smem = TC_STAGES * (bm + TC_BN) * TC_BK * 2;
+    (name, Grid::new(blocks as u32, 256u32, smem as u32), None)
+}
+
+/// Warps per row group of the gemv (1, 2, 4 or 8): doubled while the GPU has too few
+/// warps and every lane still gets at least one 8-element chunk of k.
+fn gemv_split(n: usize, k: usize) -> usize {
+    let groups = n.div_ceil(GEMV_ROWS);
+    let chunks = k / 8;
+    let mut ks = 1;
+    while ks < GEMV_WARPS && groups * ks < GEMV_TARGET_WARPS && chunks >= 32 * 2 * ks {
+        ks *= 2;
+    }
+    ks
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    b: &CudaBackend,
+    what: &str,
+    out: &mut CudaTensor, // (m, n)
+    a: Arg,               // (m, k), f32 or bf16 per a_dtype
+    a_ptr: u64,
+    a_dtype: &str,
+    w: &CudaWeight,            // (n, k) bf16
+    bias: Option<&CudaWeight>, // (n) f32
+    m: usize,
+) {
+    let (n, k) = (w.rows, w.cols);
+    if !w.is_matrix() {
+        return b.fail(format!(
+            "{what}: w ({}, {}) is stored as an f32 vector; the GEMM needs a bf16 matrix of at least 2 rows",
+            w.rows, w.cols
+        ));
+    }
+    if k == 0 {
+        return b.fail(format!("{what}: w ({n}, 0) has no columns"));
+    }
+    if m == 0 {
+        return;
+    }
+    if out.len < m * n {
+        return b.fail(format!("{what}: out holds {} elements, m {m} x n {n} need {}", out.len, m * n));
+    }
+    if let Some(bias) = bias {
+        if bias.is_matrix() || bias.cols != n {
+            return b.fail(format!(
+                "{what}: bias is ({}, {}), expected an f32 vector of n {n}",
+                bias.rows, bias.cols
+            ));
+        }
+    }
+    if m >= MAX_DIM || n >= MAX_DIM || k >= MAX_DIM {
+        return b
+            .fail(format!("{what}: ({m}, {n}, {k}) exceeds the kernels' 32-bit sizes (each below 2^30)"));
+    }
+    let ptrs = [out.buf.ptr(), a_ptr, w.buf.ptr(), bias.map_or(0, |t| t.buf.ptr())];
+    if ptrs.iter().any(|p| p % 16 != 0) {
+        return b.fail(format!("{what}: a buffer is not 16-byte aligned: {ptrs:x?}"));
+    }
+    let (kernel, grid, ks) = plan(a_dtype, m, n, k, k % 8 == 0);
+    let mut args = vec![
+        Arg::from(&*out),
+        a,
+        Arg::from(w),
+        Arg::from(bias),
+        Arg::from(m as u32),
+        Arg::from(n as u32),
+        Arg::from(k as u32),
+    ];
+    args.extend(ks.map(Arg::from));
+    // SAFETY: the kernel's parameters are (out, a, w, bias, m, n, k[, ks]) as built
+    // above: 8-byte pointers and 4-byte ints. For this grid it writes out[0..m * n]
+    // (out holds at least that), reads a[0..m * k] (x.len == m * k was checked; a
+    // bf16 `a` is (m, k) by the check in matmul_bf16), w[0..n * k] (the (n, k) bf16
+    // matrix), bias[0..n] when non-null (checked to hold n f32). The vector paths
+    // (k % 8 == 0) read 16 bytes at (row * k + 8 c) elements, aligned since every base
+    // is 16-byte aligned (checked). The GEMM's dynamic shared memory is `grid.smem`,
+    // which launch() opts into above 48 KB; the gemv's ks divides its 8 warps.
+    b.launch(MODULE, &kernel, grid, &args);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_follow_the_shape() {
+        // Decode: gemv, m rounded up to its bucket, k split while n is small.
+        let (k1, g1, ks1) = plan("f32", 1, 896, 4864, true);
+        assert_eq!((k1.as_str(), ks1), ("gemv_m1_f32_bf16", Some(8)));
+        assert_eq!(g1.grid.0, 896u32.div_ceil(4));
+        let (k5, _, ks5) = plan("f32", 5, 151936, 896, true);
+        assert_eq!((k5.as_str(), ks5), ("gemv_m8_f32_bf16", Some(1)));
+        // Every lane gets a chunk: k = 64 is 8 chunks, no split. The test shapes
+        // (tests/kernels/gemm.rs) cover every split.
+        assert_eq!(plan("f32", 16, 33, 64, true).2, Some(1));
+        let splits: Vec<usize> = [(4095, 64), (576, 576), (576, 1536), (64, 4864)]
+            .iter()
+            .map(|&(n, k)| gemv_split(n, k))
+            .collect();
+        assert_eq!(splits, [1, 2, 4, 8]);
+        // Prefill: tile by grid size; odd k: the unaligned GEMM at any m.
+        assert_eq!(plan("f32", 2048, 9728, 896, true).0, "gemm_f32_bf16");
+        assert_eq!(plan("f32", 2048, 896, 4864, true).0, "gemm_bm64_f32_bf16");
+        assert_eq!(plan("bf16", 4096, 4096, 4096, true).0, "gemm_bf16_bf16");
+        assert_eq!(plan("f32", 1, 33, 31, false).0, "gemm_unaligned_f32_bf16");
+        let (_, g, _) = plan("f32", 2048, 9728, 896, true);
+        assert_eq!((g.grid.0, g.block.0, g.smem), (16 * 76, 256, 64 * 1024));
+        assert_eq!(plan("f32", 33, 4095, 64, true).1.smem, 48 * 1024);
+    }
+}

@@ -1,0 +1,262 @@
+//! One PiMoE composition, built from a manifest: the router, and per expert its
+//! T2C module, input order, numerical model and result format. The scheduler calls
+//! `route` for every sequence that produced a token in a step, then `compute` once
+//! per expert with all the sequences that fired for it.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::model::safetensors::SafetensorFiles;
+use crate::pimoe::experts::{
+    Activation, DeepONet, DeepONetSpec, Expert, LinearSolve, Mlp, Precision, WeightFile,
+};
+use crate::pimoe::format::ResultFormat;
+use crate::pimoe::manifest::{Manifest, ModelSpec, RouterSpec, T2cSpec};
+use crate::pimoe::router::{
+    Decision, Gate, HiddenGate, HiddenGateConfig, PiernGate, PiernGateConfig, Router, RouterInputs,
+    RouterPolicy, Trigger, TriggerGate,
+};
+use crate::pimoe::t2c::{ExtractPattern, InputOrder, LearnedT2c, LearnedT2cConfig};
+
+pub use crate::pimoe::router::RouterState;
+
+/// What became of one routed sequence.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Computed {
+    Ok {
+        text: String,
+        inputs: Vec<f64>,
+        outputs: Vec<f64>,
+    },
+    /// T2C or the expert could not produce a number; the message goes in the trace.
+    Failed(String),
+}
+
+pub enum T2c {
+    Extract(ExtractPattern),
+    /// Over the mean of the LLM's last hidden states across the context.
+    Learned(LearnedT2c),
+}
+
+pub struct Slot {
+    pub name: String,
+    pub t2c: T2c,
+    pub order: Option<InputOrder>,
+    pub expert: Expert,
+    pub format: ResultFormat,
+}
+
+pub struct Composition {
+    pub router: Router,
+    pub experts: Vec<Slot>,
+}
+
+/// What `route` needs of the LLM for a sequence beyond its token and text.
+pub struct SeqView<'a> {
+    pub token: u32,
+    pub text: &'a str,
+    /// The final-normed hidden state of the token's position, when the router or a
+    /// learned T2C asked for hidden states.
+    pub hidden: Option<&'a [f32]>,
+}
+
+impl Composition {
+    /// Builds everything the manifest names; `base` is the manifest's folder and
+    /// `hidden_size`/`vocab` come from the LLM.
+    pub fn load(m: &Manifest, base: &Path, hidden_size: usize, vocab: usize) -> Result<Self> {
+        let at = |p: &PathBuf| base.join(p);
+        let idx = |names: &[String]| names.iter().map(|n| m.expert_index(n)).collect::<Vec<_>>();
+        let (gate, policy) = match &m.router {
+            RouterSpec::Piern { weights, experts, embed_dim, hidden, prefix, policy } => {
+                let files = SafetensorFiles::open_file(&at(weights))?;
+                let cfg = PiernGateConfig {
+                    prefix: prefix.clone(),
+                    vocab,
+                    embed_dim: *embed_dim,
+                    hidden: *hidden,
+                    experts: idx(experts),
+                };
+                (Gate::Piern(PiernGate::load(&files, &cfg)?), policy)
+            }
+            RouterSpec::HiddenGate { weights, experts, inner, activation, prefix, policy } => {
+                let files = SafetensorFiles::open_file(&at(weights))?;
+                let cfg = HiddenGateConfig {
+                    prefix: prefix.clone(),
+                    hidden_size,
+                    inner: *inner,
+                    activation: *activation,
+                    experts: idx(experts),
+                };
+                (Gate::Hidden(HiddenGate::load(&files, &cfg)?), policy)
+            }
+            RouterSpec::Trigger { triggers, policy } => {
+                let t = triggers
+                    .iter()
+                    .map(|t| Trigger { text: t.text.clone(), expert: m.expert_index(&t.expert) });
+                (Gate::Trigger(TriggerGate::new(t.collect())?), policy)
+            }
+        };
+        let d = RouterPolicy::default();
+        let policy = RouterPolicy {
+            threshold: policy.threshold.unwrap_or(d.threshold),
+            refractory: policy.refractory.unwrap_or(d.refractory),
+            max_firings: policy.max_firings.unwrap_or(d.max_firings),
+        };
+        let router = Router::new(gate, policy)?;
+
+        let mut experts = Vec::new();
+        for (i, e) in m.experts.iter().enumerate() {
+            let field = |f: &str| format!("experts[{i}] (`{}`).{f}", e.name);
+            let bad = |f: &str, msg: String| Error::Request(format!("manifest: {}: {msg}", field(f)));
+            let t2c = match &e.t2c {
+                T2cSpec::Extract { pattern } => {
+                    T2c::Extract(ExtractPattern::parse(pattern).map_err(|msg| bad("t2c.pattern", msg))?)
+                }
+                T2cSpec::Piern { weights, outputs, inner, prefix } => {
+                    let files = SafetensorFiles::open_file(&at(weights))?;
+                    let cfg = LearnedT2cConfig {
+                        prefix: prefix.clone(),
+                        hidden_size,
+                        inner: *inner,
+                        outputs: *outputs,
+                    };
+                    T2c::Learned(LearnedT2c::load(&files, &cfg)?)
+                }
+            };
+            let order = match &e.order {
+                Some(o) => Some(InputOrder::parse(o).map_err(|msg| bad("order", msg))?),
+                None => None,
+            };
+            let act = |a: &str| {
+                Activation::from_name(a).ok_or_else(|| bad("expert.activation", format!("unknown `{a}`")))
+            };
+            let prec = |p: &str| {
+                Precision::from_name(p)
+                    .ok_or_else(|| bad("expert.precision", format!("unknown `{p}` (f64 or f32)")))
+            };
+            let expert = match &e.expert {
+                ModelSpec::Deeponet { weights, branch, trunk, activation, precision } => {
+                    let mut spec = DeepONetSpec::new(branch, trunk);
+                    spec.activation = act(activation)?;
+                    spec.precision = prec(precision)?;
+                    Expert::DeepONet(DeepONet::load(&at(weights), &spec)?)
+                }
+                ModelSpec::Mlp { weights, widths, activation, precision, prefix } => {
+                    let file = WeightFile::open(&at(weights))?;
+                    let prefix = prefix.as_deref().unwrap_or("layers");
+                    Expert::Mlp(Mlp::load(&file, prefix, 2, widths, act(activation)?, prec(precision)?)?)
+                }
+                ModelSpec::LinearSolve { n } => Expert::LinearSolve(LinearSolve::new(*n)?),
+            };
+            // The order's output must be exactly the expert's inputs.
+            let produced = match (&order, &t2c) {
+                (Some(o), _) => Some(o.groups().iter().map(Vec::len).sum::<usize>()),
+                (None, T2c::Extract(p)) => p.output_len(),
+                (None, T2c::Learned(l)) => Some(l.outputs()),
+            };
+            if let Some(n) = produced.filter(|&n| n != expert.n_inputs()) {
+                return Err(bad(
+                    "order",
+                    format!("gives {n} inputs, the {} expert takes {}", expert.kind(), expert.n_inputs()),
+                ));
+            }
+            let format =
+                ResultFormat::new(&e.format, expert.n_outputs()).map_err(|msg| bad("format", msg))?;
+            experts.push(Slot { name: e.name.clone(), t2c, order, expert, format });
+        }
+        Ok(Composition { router, experts })
+    }
+
+    pub fn num_experts(&self) -> usize {
+        self.experts.len()
+    }
+
+    pub fn expert_name(&self, i: usize) -> &str {
+        &self.experts[i].name
+    }
+
+    pub fn router_state(&self) -> RouterState {
+        self.router.new_state()
+    }
+
+    /// Whether `route` needs each sequence's hidden state of its new token.
+    pub fn needs_hidden(&self) -> bool {
+        self.router.gate().needs_hidden()
+    }
+
+    /// Whether some expert's T2C reads mean-pooled hidden states of the context.
+    pub fn needs_pooled_hidden(&self) -> bool {
+        self.experts.iter().any(|e| matches!(e.t2c, T2c::Learned(_)))
+    }
+
+    /// One decision per sequence: the expert it fired, if any.
+    pub fn route(&self, states: &mut [&mut RouterState], seqs: &[SeqView]) -> Result<Vec<Option<usize>>> {
+        let tokens: Vec<u32> = seqs.iter().map(|s| s.token).collect();
+        let texts: Vec<&str> = seqs.iter().map(|s| s.text).collect();
+        let hidden: Option<Vec<f32>> = if self.needs_hidden() {
+            let rows: Option<Vec<&[f32]>> = seqs.iter().map(|s| s.hidden).collect();
+            Some(
+                rows.ok_or_else(|| Error::Request("the hidden-gate router needs hidden states".into()))?
+                    .concat(),
+            )
+        } else {
+            None
+        };
+        let inputs = RouterInputs { tokens: &tokens, texts: Some(&texts), hidden: hidden.as_deref() };
+        Ok(self
+            .router
+            .step(states, inputs)?
+            .into_iter()
+            .map(|d| match d {
+                Decision::Fire { expert, .. } => Some(expert),
+                Decision::Continue => None,
+            })
+            .collect())
+    }
+
+    /// Tells the router that `tokens` of an expert's result were appended.
+    pub fn injected(&self, state: &mut RouterState, tokens: &[u32]) -> Result<()> {
+        self.router.absorb(state, tokens)?;
+        state.injected();
+        Ok(())
+    }
+
+    /// T2C, then the expert on all rows that got inputs, then formatting. `contexts`
+    /// are the sequences' texts (prompt and answer so far); `pooled` their mean last
+    /// hidden states, (rows, H) flat, when a learned T2C needs them.
+    pub fn compute(&self, expert: usize, contexts: &[String], pooled: Option<&[f64]>) -> Vec<Computed> {
+        let slot = &self.experts[expert];
+        let raw: Vec<std::result::Result<Vec<f64>, String>> = match &slot.t2c {
+            T2c::Extract(p) => {
+                contexts.iter().map(|c| p.extract(c).map(|x| x.values).map_err(|e| e.to_string())).collect()
+            }
+            T2c::Learned(l) => match pooled {
+                Some(means) => {
+                    let out = l.batch(means, contexts.len());
+                    out.chunks(l.outputs()).map(|r| Ok(r.to_vec())).collect()
+                }
+                None => vec![Err("learned T2C: no hidden states were pooled".into()); contexts.len()],
+            },
+        };
+        let inputs: Vec<std::result::Result<Vec<f64>, String>> = raw
+            .into_iter()
+            .map(|r| match (&slot.order, r) {
+                (Some(o), Ok(v)) => o.apply_flat(&v).map_err(|e| format!("input order: {e}")),
+                (_, r) => r,
+            })
+            .collect();
+        let ok: Vec<&Vec<f64>> = inputs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let flat: Vec<f64> = ok.iter().flat_map(|v| v.iter().copied()).collect();
+        let mut results = slot.expert.run(&flat, ok.len()).into_iter();
+        inputs
+            .into_iter()
+            .map(|r| match r {
+                Err(e) => Computed::Failed(format!("{}: {e}", slot.name)),
+                Ok(x) => match results.next().expect("one result per row") {
+                    Ok(y) => Computed::Ok { text: slot.format.render(&y), inputs: x, outputs: y },
+                    Err(e) => Computed::Failed(format!("{}: {e}", slot.name)),
+                },
+            })
+            .collect()
+    }
+}

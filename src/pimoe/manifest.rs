@@ -1,0 +1,251 @@
+//! The composition manifest: one JSON file that names the reasoning LLM, the router,
+//! and each computation expert with its T2C module, input order and result format.
+//! Paths are relative to the manifest. Every field is checked when the file is read
+//! and unknown fields are errors, so a typo never silently falls back to a default.
+//!
+//! ```json
+//! {
+//!   "llm": "../smollm2-135m-instruct",
+//!   "router": { "kind": "trigger", "triggers": [{ "text": "SoH is ", "expert": "soh" }],
+//!               "policy": { "refractory": 4, "max_firings": 2 } },
+//!   "experts": [{
+//!     "name": "soh",
+//!     "t2c": { "kind": "extract", "pattern": "list[11] after \"is\"; number after \"second\"; braced after \") is\"" },
+//!     "order": "0..11 | 12, 11",
+//!     "expert": { "kind": "deeponet", "weights": "soh.safetensors",
+//!                 "branch": [11, 2048, 1024, 512, 256, 128, 64, 10],
+//!                 "trunk": [2, 784, 512, 256, 128, 64, 10] },
+//!     "format": { "template": "{value:.6f}", "conclusions": [{ "below": 0.8, "text": " (replace it)" }] }
+//!   }]
+//! }
+//! ```
+//! The README documents every field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The reasoning LLM's model directory.
+    pub llm: PathBuf,
+    pub router: RouterSpec,
+    pub experts: Vec<ExpertSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RouterSpec {
+    /// The reference's router: its own embedding table, mean over the generated
+    /// tokens, Linear-ReLU-Linear, sigmoid.
+    Piern {
+        weights: PathBuf,
+        /// Output j fires experts[j] (one name: the reference's single gate).
+        experts: Vec<String>,
+        #[serde(default = "d_1536")]
+        embed_dim: usize,
+        #[serde(default = "d_128")]
+        hidden: usize,
+        #[serde(default)]
+        prefix: String,
+        #[serde(default)]
+        policy: PolicySpec,
+    },
+    /// A gate on the LLM's last hidden state of the current token.
+    HiddenGate {
+        weights: PathBuf,
+        experts: Vec<String>,
+        /// None: one linear layer; Some(n): H -> n -> outputs.
+        #[serde(default)]
+        inner: Option<usize>,
+        activation: crate::pimoe::router::GateActivation,
+        #[serde(default)]
+        prefix: String,
+        #[serde(default)]
+        policy: PolicySpec,
+    },
+    /// Fires when the generated text ends with one of the strings.
+    Trigger {
+        triggers: Vec<TriggerSpec>,
+        #[serde(default)]
+        policy: PolicySpec,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Fire when the probability is above this (default 0.5).
+    pub threshold: Option<f32>,
+    /// Tokens after an injected result during which the router does not fire.
+    pub refractory: Option<usize>,
+    /// Firings per answer at most (default: no limit).
+    pub max_firings: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    pub text: String,
+    pub expert: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpertSpec {
+    pub name: String,
+    pub t2c: T2cSpec,
+    /// How T2C's numbers become the expert's inputs, e.g. "0..11 | 12, 11";
+    /// default: in order.
+    #[serde(default)]
+    pub order: Option<String>,
+    pub expert: ModelSpec,
+    pub format: FormatSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum T2cSpec {
+    /// Exact: numbers read from the context by a pattern (see t2c.rs).
+    Extract { pattern: String },
+    /// Learned: mean-pooled last hidden states of the LLM over the context ->
+    /// Linear-ReLU-Linear -> outputs numbers.
+    Piern {
+        weights: PathBuf,
+        outputs: usize,
+        #[serde(default = "d_128")]
+        inner: usize,
+        #[serde(default)]
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ModelSpec {
+    Deeponet {
+        weights: PathBuf,
+        branch: Vec<usize>,
+        trunk: Vec<usize>,
+        #[serde(default = "relu")]
+        activation: String,
+        #[serde(default = "f64_name")]
+        precision: String,
+    },
+    Mlp {
+        weights: PathBuf,
+        widths: Vec<usize>,
+        #[serde(default = "relu")]
+        activation: String,
+        #[serde(default = "f64_name")]
+        precision: String,
+        #[serde(default)]
+        prefix: Option<String>,
+    },
+    LinearSolve {
+        n: usize,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormatSpec {
+    /// Text with placeholders: {value} (the first output), {0}, {1}, ... (one
+    /// output), {values} (all, comma separated), {conclusion}; each may carry a
+    /// precision, {value:.6f} or {values:.3e}.
+    pub template: String,
+    /// Checked in order against the first output; the first that holds supplies
+    /// {conclusion} (or is appended when the template has no {conclusion}).
+    #[serde(default)]
+    pub conclusions: Vec<ConclusionSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConclusionSpec {
+    #[serde(default)]
+    pub below: Option<f64>,
+    #[serde(default)]
+    pub at_least: Option<f64>,
+    pub text: String,
+}
+
+fn d_1536() -> usize {
+    1536
+}
+fn d_128() -> usize {
+    128
+}
+fn relu() -> String {
+    "relu".into()
+}
+fn f64_name() -> String {
+    "f64".into()
+}
+
+impl Manifest {
+    /// Reads and checks `path`; relative paths in it become relative to its folder.
+    pub fn load(path: &Path) -> Result<(Manifest, PathBuf)> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::Config { path: path.into(), msg: format!("manifest: {e}") })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        m.validate().map_err(|msg| Error::Config { path: path.into(), msg: format!("manifest: {msg}") })?;
+        Ok((m, base))
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.experts.is_empty() {
+            return Err("`experts` is empty: a composition needs at least one expert".into());
+        }
+        for (i, e) in self.experts.iter().enumerate() {
+            if e.name.is_empty() {
+                return Err(format!("experts[{i}].name is empty"));
+            }
+            if self.experts[..i].iter().any(|p| p.name == e.name) {
+                return Err(format!("experts[{i}].name `{}` is used twice", e.name));
+            }
+            for c in &e.format.conclusions {
+                if c.below.is_some() && c.at_least.is_some() {
+                    return Err(format!(
+                        "experts[{i}].format.conclusions: give `below` or `at_least`, not both"
+                    ));
+                }
+            }
+        }
+        let known = |name: &str, field: &str| -> std::result::Result<(), String> {
+            if self.experts.iter().any(|e| e.name == name) {
+                Ok(())
+            } else {
+                Err(format!("{field} names expert `{name}`, which is not in `experts`"))
+            }
+        };
+        match &self.router {
+            RouterSpec::Piern { experts, .. } | RouterSpec::HiddenGate { experts, .. } => {
+                if experts.is_empty() {
+                    return Err("router.experts is empty".into());
+                }
+                experts.iter().try_for_each(|n| known(n, "router.experts"))?;
+            }
+            RouterSpec::Trigger { triggers, .. } => {
+                if triggers.is_empty() {
+                    return Err("router.triggers is empty".into());
+                }
+                for (i, t) in triggers.iter().enumerate() {
+                    if t.text.is_empty() {
+                        return Err(format!("router.triggers[{i}].text is empty"));
+                    }
+                    known(&t.expert, &format!("router.triggers[{i}].expert"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn expert_index(&self, name: &str) -> usize {
+        self.experts.iter().position(|e| e.name == name).expect("validated")
+    }
+}

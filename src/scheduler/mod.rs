@@ -1,0 +1,488 @@
+//! Continuous batching. Each `step` runs one flat token batch: new prompt chunks,
+//! one decode token per generating sequence, and the injected tokens of expert
+//! results (the *extend* part), all through a single `Llm::forward_sample`. After
+//! sampling, the router sees every sequence that produced a token; the ones that
+//! fired are gathered per expert into a routed batch, go through T2C and the expert
+//! together, and their formatted results are queued as tokens for the next step.
+//!
+//! Policy lives here, mechanism in `kv`: requests are admitted while KV blocks are
+//! free; when blocks run out mid-generation the most recently admitted sequence is
+//! preempted (its blocks freed, its tokens kept) and recomputed later. Each sequence
+//! samples with its own seeded generator, and on the CPU every op treats rows
+//! independently, so a request's tokens do not depend on what it was batched with.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::engine::{Engine, Finish, Request};
+use crate::error::{Error, Result};
+use crate::kv::{KvCache, BLOCK_SIZE};
+use crate::llm::{Logits, SeqChunk};
+use crate::model::tokenizer::StreamDecoder;
+use crate::pimoe::compose::{Composition, Computed, RouterState, SeqView};
+use crate::sampling::Sampler;
+
+/// Where a generated token came from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Provenance {
+    Llm,
+    /// Part of an expert's formatted result: which expert, the inputs T2C gave it
+    /// and the numbers it returned.
+    Expert {
+        expert: String,
+        inputs: Vec<f64>,
+        outputs: Vec<f64>,
+    },
+}
+
+pub type RequestId = u64;
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A token of the answer; `text` is the new text it completes (may be empty
+    /// while a multi-byte character is still incomplete).
+    Token {
+        id: RequestId,
+        token: u32,
+        text: String,
+        provenance: Arc<Provenance>,
+    },
+    /// Something the answer's trace must show that is not a token: an expert that
+    /// could not run (T2C found no number, a singular system, ...).
+    Note {
+        id: RequestId,
+        message: String,
+    },
+    Finished {
+        id: RequestId,
+        finish: Finish,
+        stats: Stats,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    /// Tokens sampled from the LLM.
+    pub generated_tokens: usize,
+    /// Tokens injected from expert results.
+    pub injected_tokens: usize,
+    pub expert_calls: usize,
+    /// Prompt, generated and injected tokens run through the model (recomputation
+    /// after a preemption counts again).
+    pub processed_tokens: usize,
+    pub first_token_secs: f64,
+    pub total_secs: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SchedulerConfig {
+    /// Tokens per step across all sequences (bounds a step's activation memory).
+    pub max_step_tokens: usize,
+    /// Sequences generating at once.
+    pub max_running: usize,
+    /// KV cache capacity in tokens, over all sequences.
+    pub kv_tokens: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { max_step_tokens: 512, max_running: 64, kv_tokens: 16_384 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Running,
+}
+
+struct Seq {
+    id: RequestId,
+    /// Prompt, then every generated and injected token, in order.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// The rendered prompt text, the start of the context T2C reads.
+    prompt_text: String,
+    /// Text of everything after the prompt, as streamed.
+    text: String,
+    /// Tokens already in the KV cache.
+    computed: usize,
+    table: Vec<u32>,
+    state: State,
+    sampler: Sampler,
+    /// Tokens the answer may still add (generated or injected).
+    budget: usize,
+    hit_context: bool,
+    stream: StreamDecoder,
+    router: Option<RouterState>,
+    /// Sum of the final-normed hidden states of positions 0..pooled_upto, and the
+    /// hidden state of the newest token, when the composition reads hidden states.
+    pooled: Vec<f64>,
+    pooled_upto: usize,
+    last_hidden: Vec<f32>,
+    stats: Stats,
+    started: Instant,
+}
+
+pub struct Scheduler<'e, B: Backend> {
+    engine: &'e Engine<B>,
+    cache: KvCache<B>,
+    /// Admission order; preempted sequences go back to the front of the waiting ones.
+    seqs: Vec<Seq>,
+    queue: VecDeque<RequestId>,
+    next_id: RequestId,
+    cfg: SchedulerConfig,
+    stops: Vec<u32>,
+    preemptions: usize,
+}
+
+impl<'e, B: Backend> Scheduler<'e, B> {
+    pub fn new(engine: &'e Engine<B>, cfg: SchedulerConfig) -> Result<Self> {
+        if cfg.max_step_tokens == 0 || cfg.max_running == 0 || cfg.kv_tokens < BLOCK_SIZE {
+            return Err(Error::Request(format!("scheduler limits must be positive: {cfg:?}")));
+        }
+        let stops =
+            engine.llm.config.eos_token_ids.iter().chain(engine.tokenizer.stop_ids()).copied().collect();
+        Ok(Scheduler {
+            cache: engine.llm.new_cache(&engine.backend, cfg.kv_tokens),
+            engine,
+            seqs: Vec::new(),
+            queue: VecDeque::new(),
+            next_id: 0,
+            cfg,
+            stops,
+            preemptions: 0,
+        })
+    }
+
+    /// Queues a request; its tokens come out of later `step`s.
+    pub fn submit(&mut self, req: &Request) -> Result<RequestId> {
+        let e = self.engine;
+        let prompt_text = e.prompt_text(&req.prompt)?;
+        let ids = e.tokenizer.encode(&prompt_text)?;
+        let ctx = e.llm.config.max_position_embeddings;
+        if ids.is_empty() {
+            return Err(Error::Request("the prompt is empty after tokenization".into()));
+        }
+        if ids.len() >= ctx {
+            return Err(Error::Request(format!(
+                "the prompt is {} tokens; the model's context window is {ctx} tokens, leaving no room to generate",
+                ids.len()
+            )));
+        }
+        let cap = self.cache.num_blocks * BLOCK_SIZE;
+        if ids.len() + 1 > cap {
+            return Err(Error::Request(format!(
+                "the prompt is {} tokens; the KV cache holds {cap} tokens in all",
+                ids.len()
+            )));
+        }
+        let sampler = Sampler::new(req.sampling.clone())?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let budget = req.max_tokens.min(ctx - ids.len()).min(cap - ids.len());
+        self.seqs.push(Seq {
+            id,
+            prompt_len: ids.len(),
+            stats: Stats { prompt_tokens: ids.len(), ..Stats::default() },
+            tokens: ids,
+            prompt_text,
+            text: String::new(),
+            computed: 0,
+            table: Vec::new(),
+            state: State::Waiting,
+            sampler,
+            hit_context: budget < req.max_tokens,
+            budget,
+            stream: StreamDecoder::default(),
+            router: e.pimoe.as_ref().map(|p| p.router_state()),
+            pooled: Vec::new(),
+            pooled_upto: 0,
+            last_hidden: Vec::new(),
+            started: Instant::now(),
+        });
+        self.queue.push_back(id);
+        Ok(id)
+    }
+
+    /// Stops a request and frees its blocks; its Finished event is not sent.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        let Some(i) = self.seqs.iter().position(|s| s.id == id) else { return false };
+        let mut s = self.seqs.remove(i);
+        self.cache.release(&mut s.table);
+        self.queue.retain(|&q| q != id);
+        true
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Sequences sent back to wait (and be recomputed) because blocks ran out.
+    pub fn preemptions(&self) -> usize {
+        self.preemptions
+    }
+
+    /// Runs one step for every admitted sequence and returns what it produced.
+    pub fn step(&mut self) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        self.admit();
+        let plan = self.plan_step()?;
+        if plan.is_empty() {
+            return Ok(events);
+        }
+        let e = self.engine;
+        let mut params = Vec::new();
+        for p in plan.iter().filter(|p| p.sample) {
+            params.push(self.seqs[p.seq].sampler.next_params());
+        }
+        let chunks: Vec<SeqChunk> = plan
+            .iter()
+            .map(|p| {
+                let s = &self.seqs[p.seq];
+                SeqChunk {
+                    tokens: &s.tokens[s.computed..s.computed + p.take],
+                    start: s.computed,
+                    block_table: &s.table,
+                    logits: if p.sample { Logits::Last } else { Logits::None },
+                }
+            })
+            .collect();
+        let want_hidden = e.pimoe.as_ref().is_some_and(|c| c.needs_hidden() || c.needs_pooled_hidden());
+        let (sampled, hidden) = if want_hidden {
+            e.llm.forward_sample_hidden(&e.backend, &mut self.cache, &chunks, &params)?
+        } else {
+            (e.llm.forward_sample(&e.backend, &mut self.cache, &chunks, &params)?, Vec::new())
+        };
+        drop(chunks);
+        let h = e.llm.config.hidden_size;
+        // Each planned chunk's rows in the flat batch, for its hidden states.
+        let mut row = 0;
+        for p in &plan {
+            let s = &mut self.seqs[p.seq];
+            if !hidden.is_empty() {
+                let rows = &hidden[row * h..(row + p.take) * h];
+                // Positions already pooled (before a preemption) are not added twice.
+                let skip = s.pooled_upto.saturating_sub(s.computed).min(p.take);
+                if s.pooled.is_empty() {
+                    s.pooled = vec![0.0; h];
+                }
+                for r in rows.chunks_exact(h).skip(skip) {
+                    s.pooled.iter_mut().zip(r).for_each(|(a, &v)| *a += v as f64);
+                }
+                s.pooled_upto = s.pooled_upto.max(s.computed + p.take);
+                s.last_hidden = rows[(p.take - 1) * h..].to_vec();
+            }
+            row += p.take;
+        }
+
+        let mut sampled = sampled.into_iter();
+        let mut fresh = Vec::new(); // sequences that got a new LLM token
+        let mut done = Vec::new();
+        for p in &plan {
+            let s = &mut self.seqs[p.seq];
+            s.computed += p.take;
+            s.stats.processed_tokens += p.take;
+            if !p.sample {
+                continue;
+            }
+            let tok = sampled.next().expect("one token per sampling row");
+            if s.stats.generated_tokens == 0 && s.stats.injected_tokens == 0 {
+                s.stats.first_token_secs = s.started.elapsed().as_secs_f64();
+            }
+            if self.stops.contains(&tok) {
+                done.push((p.seq, Finish::Stop));
+                continue;
+            }
+            s.tokens.push(tok);
+            s.budget -= 1;
+            s.stats.generated_tokens += 1;
+            let text = s.stream.push(&e.tokenizer, tok)?.unwrap_or_default();
+            s.text.push_str(&text);
+            events.push(Event::Token { id: s.id, token: tok, text, provenance: Arc::new(Provenance::Llm) });
+            if s.budget == 0 {
+                done.push((p.seq, if s.hit_context { Finish::Context } else { Finish::Length }));
+            } else {
+                fresh.push(p.seq);
+            }
+        }
+        if let Some(pimoe) = &e.pimoe {
+            self.route(pimoe, &fresh, &mut events, &mut done)?;
+        }
+        done.sort_by_key(|d| std::cmp::Reverse(d.0));
+        for (i, finish) in done {
+            let mut s = self.seqs.remove(i);
+            self.cache.release(&mut s.table);
+            s.stats.total_secs = s.started.elapsed().as_secs_f64();
+            events.push(Event::Finished { id: s.id, finish, stats: s.stats });
+        }
+        Ok(events)
+    }
+
+    /// Runs the router over the sequences that just sampled a token, then T2C and
+    /// the experts for those that fired, one batch per expert, and appends the
+    /// formatted results as tokens for the next step.
+    fn route(
+        &mut self,
+        pimoe: &Composition,
+        fresh: &[usize],
+        events: &mut Vec<Event>,
+        done: &mut Vec<(usize, Finish)>,
+    ) -> Result<()> {
+        let fired = {
+            let mut states = Vec::new();
+            let mut views = Vec::new();
+            for (_, s) in self.seqs.iter_mut().enumerate().filter(|(i, _)| fresh.contains(i)) {
+                views.push(SeqView {
+                    token: *s.tokens.last().expect("just pushed"),
+                    text: &s.text,
+                    hidden: (!s.last_hidden.is_empty()).then_some(s.last_hidden.as_slice()),
+                });
+                states.push(s.router.as_mut().expect("a composition gives every sequence a router state"));
+            }
+            pimoe.route(&mut states, &views)?
+        };
+        // fired[j] belongs to fresh[j]; group by expert, keeping batch order.
+        for expert in 0..pimoe.num_experts() {
+            let members: Vec<usize> =
+                fresh.iter().zip(&fired).filter(|(_, f)| **f == Some(expert)).map(|(&i, _)| i).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let contexts: Vec<String> = members
+                .iter()
+                .map(|&i| format!("{}{}", self.seqs[i].prompt_text, self.seqs[i].text))
+                .collect();
+            let pooled: Option<Vec<f64>> = pimoe.needs_pooled_hidden().then(|| {
+                members
+                    .iter()
+                    .flat_map(|&i| {
+                        let s = &self.seqs[i];
+                        s.pooled.iter().map(move |v| v / s.pooled_upto.max(1) as f64)
+                    })
+                    .collect()
+            });
+            let results = pimoe.compute(expert, &contexts, pooled.as_deref());
+            for (&i, result) in members.iter().zip(results) {
+                let s = &mut self.seqs[i];
+                s.stats.expert_calls += 1;
+                match result {
+                    Computed::Ok { text, inputs, outputs } => {
+                        let ids = self.engine.tokenizer.encode(&text)?;
+                        let take = ids.len().min(s.budget);
+                        let prov = Arc::new(Provenance::Expert {
+                            expert: pimoe.expert_name(expert).to_string(),
+                            inputs,
+                            outputs,
+                        });
+                        for &tok in &ids[..take] {
+                            s.tokens.push(tok);
+                            let piece = s.stream.push(&self.engine.tokenizer, tok)?.unwrap_or_default();
+                            s.text.push_str(&piece);
+                            events.push(Event::Token {
+                                id: s.id,
+                                token: tok,
+                                text: piece,
+                                provenance: prov.clone(),
+                            });
+                        }
+                        s.budget -= take;
+                        s.stats.injected_tokens += take;
+                        if let Some(r) = s.router.as_mut() {
+                            pimoe.injected(r, &ids[..take])?;
+                        }
+                        if s.budget == 0 {
+                            done.push((i, if s.hit_context { Finish::Context } else { Finish::Length }));
+                        }
+                    }
+                    Computed::Failed(message) => {
+                        events.push(Event::Note { id: s.id, message });
+                        if let Some(r) = s.router.as_mut() {
+                            pimoe.injected(r, &[])?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves waiting sequences to running while there is room for their next chunk.
+    fn admit(&mut self) {
+        let mut running = self.seqs.iter().filter(|s| s.state == State::Running).count();
+        while running < self.cfg.max_running {
+            let Some(&id) = self.queue.front() else { break };
+            let s = self.seqs.iter_mut().find(|s| s.id == id).expect("queued ids are live");
+            let first = (s.tokens.len() - s.computed).min(self.cfg.max_step_tokens);
+            if (s.computed + first).div_ceil(BLOCK_SIZE) > s.table.len() + self.cache.free_blocks() {
+                break;
+            }
+            s.state = State::Running;
+            self.queue.pop_front();
+            running += 1;
+        }
+    }
+
+    /// Chooses each running sequence's share of the step and reserves its blocks,
+    /// preempting the newest sequences when blocks run out.
+    fn plan_step(&mut self) -> Result<Vec<Planned>> {
+        loop {
+            let mut plan = Vec::new();
+            let mut left = self.cfg.max_step_tokens;
+            // Sequences with one or a few tokens to go first, so that decoding never
+            // waits behind a long prompt; then prompt chunks fill the rest.
+            let mut order: Vec<usize> =
+                (0..self.seqs.len()).filter(|&i| self.seqs[i].state == State::Running).collect();
+            order.sort_by_key(|&i| (self.seqs[i].computed < self.seqs[i].prompt_len, i));
+            let mut short = None;
+            for i in order {
+                let s = &mut self.seqs[i];
+                let pending = s.tokens.len() - s.computed;
+                let take = pending.min(left);
+                if take == 0 {
+                    continue;
+                }
+                if self.cache.reserve(&mut s.table, s.computed + take).is_err() {
+                    short = Some(i);
+                    break;
+                }
+                left -= take;
+                plan.push(Planned { seq: i, take, sample: take == pending });
+            }
+            let Some(blocked) = short else { return Ok(plan) };
+            if !self.preempt(blocked) {
+                let s = &self.seqs[blocked];
+                return Err(Error::Request(format!(
+                    "request {}: {} tokens do not fit in a KV cache of {} tokens",
+                    s.id,
+                    s.tokens.len(),
+                    self.cache.num_blocks * BLOCK_SIZE
+                )));
+            }
+        }
+    }
+
+    /// Frees the newest running sequence other than `keep`, to be recomputed later.
+    fn preempt(&mut self, keep: usize) -> bool {
+        let victim = (0..self.seqs.len())
+            .rev()
+            .find(|&i| i != keep && self.seqs[i].state == State::Running && !self.seqs[i].table.is_empty());
+        let Some(v) = victim else { return false };
+        let s = &mut self.seqs[v];
+        self.cache.release(&mut s.table);
+        s.computed = 0;
+        s.state = State::Waiting;
+        self.preemptions += 1;
+        self.queue.push_front(s.id);
+        true
+    }
+}
+
+struct Planned {
+    seq: usize,
+    take: usize,
+    sample: bool,
+}

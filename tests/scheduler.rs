@@ -1,0 +1,308 @@
+//! The scheduler and a whole composition on the tiny fixture model: expert results
+//! injected with provenance, many concurrent requests (some firing, some not, some
+//! failing in T2C) each giving exactly the tokens it gives alone, KV exhaustion with
+//! preemption, cancellation, and malformed manifests.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pimoe::backend::cpu::CpuBackend;
+use pimoe::sampling::SamplingParams;
+use pimoe::scheduler::{Event, Provenance, RequestId, Scheduler, SchedulerConfig};
+use pimoe::{Engine, Finish, Prompt, Request};
+
+use common::{fixtures, scratch_dir};
+
+/// A piern router whose output bias makes it fire on every token it may fire on.
+fn write_router(path: &Path, vocab: usize) {
+    let (e, h) = (8usize, 4usize);
+    let mut rng = pimoe::sampling::Rng::new(5);
+    let mut r = |n: usize| (0..n).map(|_| rng.next_f32() - 0.5).collect::<Vec<f32>>();
+    let tensors = vec![
+        ("embedding.weight", vec![vocab, e], r(vocab * e)),
+        ("fc.0.weight", vec![h, e], r(h * e)),
+        ("fc.0.bias", vec![h], r(h)),
+        ("fc.2.weight", vec![1, h], r(h)),
+        ("fc.2.bias", vec![1], vec![10.0]),
+    ];
+    write_safetensors(path, &tensors);
+}
+
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, shape, data)| {
+            let v = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                shape.clone(),
+                bytemuck::cast_slice(data),
+            )
+            .unwrap();
+            (n.to_string(), v)
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A manifest composing the tiny Qwen2 with the always-firing router and a 2x2
+/// linear-solve expert fed by an exact T2C pattern.
+fn composition(name: &str, policy: &str) -> PathBuf {
+    let dir = scratch_dir(name);
+    write_router(&dir.join("router.safetensors"), 360);
+    let manifest = format!(
+        r#"{{
+  "llm": {llm:?},
+  "router": {{ "kind": "piern", "weights": "router.safetensors", "experts": ["solve"],
+              "embed_dim": 8, "hidden": 4, "policy": {policy} }},
+  "experts": [{{
+    "name": "solve",
+    "t2c": {{ "kind": "extract", "pattern": "list[4] after \"A =\"; list[2] after \"b =\"" }},
+    "expert": {{ "kind": "linear-solve", "n": 2 }},
+    "format": {{ "template": " x = {{values:.6f}}." }}
+  }}]
+}}"#,
+        llm = fixtures().join("tiny-qwen2")
+    );
+    std::fs::write(dir.join("pimoe.json"), manifest).unwrap();
+    dir.join("pimoe.json")
+}
+
+fn request(prompt: &str, max_tokens: usize, seed: u64) -> Request {
+    let temperature = if seed % 2 == 0 { 0.0 } else { 0.9 };
+    Request {
+        prompt: Prompt::Raw(prompt.into()),
+        max_tokens,
+        sampling: SamplingParams { temperature, top_k: 40, top_p: 0.95, seed },
+    }
+}
+
+/// Everything one request produced: tokens with provenance, notes, finish.
+#[derive(Debug, Default, PartialEq)]
+struct Outcome {
+    tokens: Vec<(u32, Provenance)>,
+    notes: Vec<String>,
+    finish: Option<Finish>,
+}
+
+fn run_all(engine: &Engine<CpuBackend>, cfg: SchedulerConfig, reqs: &[Request]) -> Vec<Outcome> {
+    run_counted(engine, cfg, reqs).0
+}
+
+/// The outcomes and the number of preemptions.
+fn run_counted(engine: &Engine<CpuBackend>, cfg: SchedulerConfig, reqs: &[Request]) -> (Vec<Outcome>, usize) {
+    let mut s = Scheduler::new(engine, cfg).unwrap();
+    let ids: Vec<RequestId> = reqs.iter().map(|r| s.submit(r).unwrap()).collect();
+    let mut out: HashMap<RequestId, Outcome> = HashMap::new();
+    let mut steps = 0;
+    while !s.is_idle() {
+        steps += 1;
+        assert!(steps < 10_000, "the scheduler makes no progress");
+        for ev in s.step().unwrap() {
+            match ev {
+                Event::Token { id, token, provenance, .. } => {
+                    out.entry(id).or_default().tokens.push((token, (*provenance).clone()))
+                }
+                Event::Note { id, message } => out.entry(id).or_default().notes.push(message),
+                Event::Finished { id, finish, .. } => out.entry(id).or_default().finish = Some(finish),
+            }
+        }
+    }
+    (ids.iter().map(|id| out.remove(id).unwrap_or_default()).collect(), s.preemptions())
+}
+
+fn alone(engine: &Engine<CpuBackend>, req: &Request) -> Outcome {
+    let cfg = SchedulerConfig { max_step_tokens: 512, max_running: 1, kv_tokens: 1024 };
+    run_all(engine, cfg, std::slice::from_ref(req)).pop().unwrap()
+}
+
+const GOOD: &str = "Solve A = [2, 1, 1, 3] and b = [3, 5] for x.";
+
+#[test]
+fn expert_result_is_injected_with_provenance() {
+    let path = composition("sched-inject", r#"{ "refractory": 3, "max_firings": 2 }"#);
+    let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
+    let o = alone(&engine, &request(GOOD, 40, 0));
+    let expert: Vec<&Provenance> =
+        o.tokens.iter().map(|(_, p)| p).filter(|p| matches!(p, Provenance::Expert { .. })).collect();
+    assert!(!expert.is_empty(), "no expert tokens: {o:?}");
+    let Provenance::Expert { expert: name, inputs, outputs } = expert[0] else { unreachable!() };
+    assert_eq!(name, "solve");
+    assert_eq!(inputs, &vec![2.0, 1.0, 1.0, 3.0, 3.0, 5.0]);
+    assert_eq!(outputs.len(), 2);
+    assert!((outputs[0] - 0.8).abs() < 1e-15 && (outputs[1] - 1.4).abs() < 1e-15, "{outputs:?}");
+    // The router fires on the first token, then after each refractory span, at most twice.
+    let spans =
+        o.tokens.windows(2).filter(|w| w[0].1 == Provenance::Llm && w[1].1 != Provenance::Llm).count()
+            + usize::from(o.tokens[0].1 != Provenance::Llm);
+    assert_eq!(spans, 2, "expected two expert spans: {o:?}");
+    // The injected text is exactly the formatted result.
+    let text = engine
+        .tokenizer
+        .decode(&o.tokens.iter().filter(|(_, p)| p == expert[0]).map(|(t, _)| *t).collect::<Vec<_>>()[..]);
+    assert!(text.unwrap().contains(" x = 0.800000, 1.400000."));
+    assert_eq!(o.finish, Some(Finish::Length));
+}
+
+#[test]
+fn t2c_failure_is_a_note_not_a_guess() {
+    let path = composition("sched-fail", r#"{ "max_firings": 1 }"#);
+    let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
+    let o = alone(&engine, &request("Solve A = [2, 1, 1] and b = [3, 5].", 10, 0));
+    assert!(o.tokens.iter().all(|(_, p)| *p == Provenance::Llm), "{o:?}");
+    assert_eq!(o.notes.len(), 1, "{o:?}");
+    assert!(o.notes[0].contains("solve") && o.notes[0].contains("list"), "{}", o.notes[0]);
+}
+
+#[test]
+fn singular_system_is_reported() {
+    let path = composition("sched-singular", r#"{ "max_firings": 1 }"#);
+    let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
+    let o = alone(&engine, &request("Solve A = [1, 2, 2, 4] and b = [3, 5].", 10, 0));
+    assert_eq!(o.notes.len(), 1, "{o:?}");
+    assert!(o.notes[0].contains("singular"), "{}", o.notes[0]);
+}
+
+fn mixed_requests() -> Vec<Request> {
+    let prompts = [
+        GOOD,
+        "Solve A = [4, 1, 2, 5] and b = [1, 2] please, and explain each of the steps in detail.",
+        "No numbers here.",
+        "Solve A = [1, 0, 0, 1] and b = [7, -2.5].",
+        "A much longer prompt that says nothing about any matrix at all, but goes on and on about the weather, the sea and the mountains, to make a long prefill.",
+        "Solve A = [3, 2] and b = [1].",
+    ];
+    (0..12).map(|i| request(prompts[i % prompts.len()], 6 + (i * 7) % 25, i as u64)).collect()
+}
+
+#[test]
+fn concurrent_requests_equal_running_alone() {
+    let path = composition("sched-many", r#"{ "refractory": 2, "max_firings": 3 }"#);
+    let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
+    let reqs = mixed_requests();
+    let cfg = SchedulerConfig { max_step_tokens: 48, max_running: 5, kv_tokens: 4096 };
+    let together = run_all(&engine, cfg, &reqs);
+    let mut fired = 0;
+    for (i, r) in reqs.iter().enumerate() {
+        let single = alone(&engine, r);
+        assert_eq!(together[i], single, "request {i} differs when batched");
+        assert!(together[i].finish.is_some());
+        fired += usize::from(together[i].tokens.iter().any(|(_, p)| *p != Provenance::Llm));
+    }
+    assert!(fired > 0 && fired < reqs.len(), "some requests must fire and some not: {fired}");
+}
+
+#[test]
+fn kv_exhaustion_preempts_and_recomputes() {
+    let path = composition("sched-kv", r#"{ "refractory": 2, "max_firings": 3 }"#);
+    let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
+    let reqs = mixed_requests();
+    // Room for about two sequences at a time: admission waits and running ones are
+    // preempted as they grow.
+    let cfg = SchedulerConfig { max_step_tokens: 64, max_running: 12, kv_tokens: 128 };
+    let (together, preemptions) = run_counted(&engine, cfg, &reqs);
+    assert!(preemptions > 0, "the cache was never short: the test does not test preemption");
+    for (i, r) in reqs.iter().enumerate() {
+        assert_eq!(together[i], alone(&engine, r), "request {i} differs after preemption");
+    }
+    eprintln!("{preemptions} preemptions");
+}
+
+#[test]
+fn plain_engine_matches_generate_and_cancel_frees_blocks() {
+    let engine = Engine::load(CpuBackend, &fixtures().join("tiny-qwen2")).unwrap();
+    let req = request("Hello there", 12, 3);
+    let g = engine.generate(&req, |_| {}).unwrap();
+    let o = alone(&engine, &req);
+    assert_eq!(g.tokens, o.tokens.iter().map(|(t, _)| *t).collect::<Vec<_>>());
+
+    let mut s =
+        Scheduler::new(&engine, SchedulerConfig { max_step_tokens: 64, max_running: 4, kv_tokens: 256 })
+            .unwrap();
+    let a = s.submit(&request("one", 50, 0)).unwrap();
+    let b = s.submit(&request("two", 5, 0)).unwrap();
+    s.step().unwrap();
+    assert!(s.cancel(a));
+    assert!(!s.cancel(a), "a cancelled request is gone");
+    let mut finished = Vec::new();
+    while !s.is_idle() {
+        for ev in s.step().unwrap() {
+            if let Event::Finished { id, .. } = ev {
+                finished.push(id);
+            }
+        }
+    }
+    assert_eq!(finished, vec![b]);
+}
+
+fn load_err(name: &str, edit: impl Fn(&str) -> String) -> String {
+    let path = composition(name, "{}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(&text)).unwrap();
+    match Engine::load_manifest(CpuBackend, &path) {
+        Ok(_) => panic!("{name}: the broken manifest loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn malformed_manifests_name_what_is_wrong() {
+    let cases: Vec<(&str, Box<dyn Fn(&str) -> String>, &str)> = vec![
+        (
+            "unknown-field",
+            Box::new(|t: &str| t.replace("\"name\": \"solve\"", "\"name\": \"solve\", \"colour\": 1")),
+            "colour",
+        ),
+        ("unknown-router-field", Box::new(|t: &str| t.replace("\"hidden\": 4", "\"hiden\": 4")), "hiden"),
+        ("unknown-kind", Box::new(|t: &str| t.replace("\"linear-solve\"", "\"quantum\"")), "quantum"),
+        ("missing-field", Box::new(|t: &str| t.replace("\"format\": {", "\"formt\": {")), "format"),
+        (
+            "unknown-expert",
+            Box::new(|t: &str| t.replace("\"experts\": [\"solve\"]", "\"experts\": [\"solver\"]")),
+            "solver",
+        ),
+        ("bad-pattern", Box::new(|t: &str| t.replace("list[4] after", "lst[4] after")), "pattern"),
+        ("bad-template", Box::new(|t: &str| t.replace("{values:.6f}", "{value:.6q}")), "format"),
+        (
+            "bad-order",
+            Box::new(|t: &str| t.replace("\"expert\": {", "\"order\": \"0..5\", \"expert\": {")),
+            "order",
+        ),
+        (
+            "missing-weights",
+            Box::new(|t: &str| t.replace("router.safetensors", "nope.safetensors")),
+            "nope.safetensors",
+        ),
+        ("not-json", Box::new(|t: &str| t[..t.len() / 2].to_string()), "manifest"),
+    ];
+    for (name, edit, needle) in cases {
+        let err = load_err(&format!("manifest-{name}"), edit);
+        assert!(err.contains(needle), "{name}: error does not name `{needle}`: {err}");
+    }
+    // A mis-shaped router tensor names the tensor.
+    let path = composition("manifest-shape", "{}");
+    write_router(&path.with_file_name("router.safetensors"), 359);
+    let err = Engine::load_manifest(CpuBackend, &path).err().expect("wrong vocab must fail").to_string();
+    assert!(err.contains("embedding.weight"), "{err}");
+}
+
+#[test]
+fn provenance_is_shared_per_injection() {
+    let path = composition("sched-arc", r#"{ "max_firings": 1 }"#);
+    let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
+    let mut s = Scheduler::new(&engine, SchedulerConfig::default()).unwrap();
+    s.submit(&request(GOOD, 30, 0)).unwrap();
+    let mut provs: Vec<Arc<Provenance>> = Vec::new();
+    while !s.is_idle() {
+        for ev in s.step().unwrap() {
+            if let Event::Token { provenance, .. } = ev {
+                if *provenance != Provenance::Llm {
+                    provs.push(provenance);
+                }
+            }
+        }
+    }
+    assert!(provs.len() > 1 && provs.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+}
