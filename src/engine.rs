@@ -24,6 +24,8 @@ pub struct Engine<B: Backend> {
     pub tokenizer: Tokenizer,
     /// Router, T2C and experts when loaded from a manifest; None for a plain LLM.
     pub pimoe: Option<Composition>,
+    /// Per expert, the separate backbone of its learned T2C, if it has one.
+    pub backbones: Vec<Option<Llm<B>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,7 +79,13 @@ impl<B: Backend> Engine<B> {
         let (m, base) = Manifest::load(path)?;
         let mut engine = Self::load(backend, &base.join(&m.llm))?;
         let c = &engine.llm.config;
-        engine.pimoe = Some(Composition::load(&m, &base, c.hidden_size, c.vocab_size)?);
+        let comp = Composition::load(&m, &base, c.hidden_size, c.vocab_size)?;
+        engine.backbones = comp
+            .experts
+            .iter()
+            .map(|slot| slot.backbone.as_ref().map(|dir| Llm::load(&engine.backend, dir)).transpose())
+            .collect::<Result<_>>()?;
+        engine.pimoe = Some(comp);
         Ok(engine)
     }
 
@@ -99,7 +107,7 @@ impl<B: Backend> Engine<B> {
         }
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let llm = Llm::load(&backend, dir)?;
-        Ok(Engine { backend, llm, tokenizer, pimoe: None })
+        Ok(Engine { backend, llm, tokenizer, pimoe: None, backbones: Vec::new() })
     }
 
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {

@@ -702,7 +702,10 @@ fn trigger_fires_exactly_at_suffixes() {
         let texts = [&answer[..end(k)], &answer[..if k == 0 { 0 } else { end(k - 1) }]];
         let [a, b] = &mut s;
         let d = router
-            .step(&mut [a, b], RouterInputs { tokens: &[0, 0], texts: Some(&texts), hidden: None })
+            .step(
+                &mut [a, b],
+                RouterInputs { tokens: &[0, 0], texts: Some(&texts), hidden: None, probs: None },
+            )
             .unwrap();
         for (q, dq) in d.iter().enumerate() {
             if let Decision::Fire { expert, prob } = *dq {
@@ -769,14 +772,22 @@ fn hidden_gate_batch_equals_rows() {
         let tokens = vec![0u32; b];
         let mut refs: Vec<&mut RouterState> = states.iter_mut().collect();
         let batch = router
-            .step(&mut refs, RouterInputs { tokens: &tokens, texts: None, hidden: Some(&hidden) })
+            .step(
+                &mut refs,
+                RouterInputs { tokens: &tokens, texts: None, hidden: Some(&hidden), probs: None },
+            )
             .unwrap();
         for r in 0..b {
             let mut s = router.new_state();
             let one = router
                 .step(
                     &mut [&mut s],
-                    RouterInputs { tokens: &[0], texts: None, hidden: Some(&hidden[r * h..(r + 1) * h]) },
+                    RouterInputs {
+                        tokens: &[0],
+                        texts: None,
+                        hidden: Some(&hidden[r * h..(r + 1) * h]),
+                        probs: None,
+                    },
                 )
                 .unwrap();
             assert_eq!(one[0], batch[r]);
@@ -799,7 +810,10 @@ fn hidden_gate_batch_equals_rows() {
         let mut s = router.new_state();
         assert!(router.step(&mut [&mut s], RouterInputs { tokens: &[0], ..Default::default() }).is_err());
         assert!(router
-            .step(&mut [&mut s], RouterInputs { tokens: &[0], texts: None, hidden: Some(&hidden[..h - 1]) })
+            .step(
+                &mut [&mut s],
+                RouterInputs { tokens: &[0], texts: None, hidden: Some(&hidden[..h - 1]), probs: None }
+            )
             .is_err());
     }
 }

@@ -249,7 +249,8 @@ fn load_err(name: &str, edit: impl Fn(&str) -> String) -> String {
 
 #[test]
 fn malformed_manifests_name_what_is_wrong() {
-    let cases: Vec<(&str, Box<dyn Fn(&str) -> String>, &str)> = vec![
+    type Edit = Box<dyn Fn(&str) -> String>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "unknown-field",
             Box::new(|t: &str| t.replace("\"name\": \"solve\"", "\"name\": \"solve\", \"colour\": 1")),
@@ -305,4 +306,133 @@ fn provenance_is_shared_per_injection() {
         }
     }
     assert!(provs.len() > 1 && provs.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+}
+
+/// A manifest with a hidden-state gate (always firing) and, optionally, a learned
+/// T2C head over the pooled hidden states instead of the exact pattern.
+fn hidden_composition(name: &str, learned: bool, backbone: bool) -> PathBuf {
+    let dir = scratch_dir(name);
+    let h = 96; // tiny-qwen2's hidden size
+    let mut rng = pimoe::sampling::Rng::new(11);
+    let mut r = |n: usize, s: f32| (0..n).map(|_| (rng.next_f32() - 0.5) * s).collect::<Vec<f32>>();
+    let gate = vec![
+        ("gate.0.weight", vec![8, h], r(8 * h, 1.0)),
+        ("gate.0.bias", vec![8], r(8, 1.0)),
+        ("gate.2.weight", vec![1, 8], r(8, 1.0)),
+        ("gate.2.bias", vec![1], vec![12.0]),
+    ];
+    write_safetensors(&dir.join("gate.safetensors"), &gate);
+    // A head whose outputs make a well-conditioned 2x2 system: a dominant diagonal
+    // through the biases, small weights.
+    let head = vec![
+        ("head.0.weight", vec![16, h], r(16 * h, 0.2)),
+        ("head.0.bias", vec![16], r(16, 0.2)),
+        ("head.2.weight", vec![6, 16], r(6 * 16, 0.2)),
+        ("head.2.bias", vec![6], vec![4.0, 0.5, 0.5, 3.0, 1.0, 2.0]),
+    ];
+    write_safetensors(&dir.join("t2c.safetensors"), &head);
+    let t2c = if learned && backbone {
+        format!(
+            r#"{{ "kind": "piern", "weights": "t2c.safetensors", "outputs": 6, "inner": 16, "backbone": {:?} }}"#,
+            fixtures().join("tiny-qwen2")
+        )
+    } else if learned {
+        r#"{ "kind": "piern", "weights": "t2c.safetensors", "outputs": 6, "inner": 16 }"#.to_string()
+    } else {
+        r#"{ "kind": "extract", "pattern": "list[4] after \"A =\"; list[2] after \"b =\"" }"#.to_string()
+    };
+    let manifest = format!(
+        r#"{{
+  "llm": {llm:?},
+  "router": {{ "kind": "hidden-gate", "weights": "gate.safetensors", "experts": ["solve"], "inner": 8,
+              "activation": "sigmoid", "policy": {{ "refractory": 3, "max_firings": 2 }} }},
+  "experts": [{{ "name": "solve", "t2c": {t2c}, "expert": {{ "kind": "linear-solve", "n": 2 }},
+                "format": {{ "template": " x = {{values:.6f}}." }} }}]
+}}"#,
+        llm = fixtures().join("tiny-qwen2")
+    );
+    std::fs::write(dir.join("pimoe.json"), manifest).unwrap();
+    dir.join("pimoe.json")
+}
+
+#[test]
+fn hidden_gate_runs_in_the_step_and_batches_like_alone() {
+    let engine =
+        Engine::load_manifest(CpuBackend, &hidden_composition("sched-hidden", false, false)).unwrap();
+    let reqs = mixed_requests();
+    let cfg = SchedulerConfig { max_step_tokens: 40, max_running: 4, kv_tokens: 2048 };
+    let together = run_all(&engine, cfg, &reqs);
+    let mut fired = 0;
+    for (i, r) in reqs.iter().enumerate() {
+        assert_eq!(together[i], alone(&engine, r), "request {i} differs when batched");
+        fired += usize::from(together[i].tokens.iter().any(|(_, p)| *p != Provenance::Llm));
+    }
+    assert!(fired > 0, "the always-open gate never fired");
+    // The step's gate (Backend::gate) equals the router's own CPU computation.
+    let comp = engine.pimoe.as_ref().unwrap();
+    let g = comp.hidden_gate().unwrap();
+    let x = common::rand_vec(5 * 96, 3);
+    let want = g.probs(&x, 5);
+    let layers: Vec<(&[f32], &[f32])> = g.mlp().layers().iter().map(|l| (l.weight(), l.bias())).collect();
+    let dg = pimoe::llm::DeviceGate::new(&CpuBackend, &layers, false).unwrap();
+    let got = dg.run(&CpuBackend, &x);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn learned_t2c_reads_the_pooled_hidden_states() {
+    let engine =
+        Engine::load_manifest(CpuBackend, &hidden_composition("sched-learned", true, false)).unwrap();
+    let req = request("Any prompt at all, the numbers come from the hidden states.", 12, 0);
+    let o = alone(&engine, &req);
+    let Some((_, Provenance::Expert { inputs, .. })) = o.tokens.iter().find(|(_, p)| *p != Provenance::Llm)
+    else {
+        panic!("no expert result: {o:?}")
+    };
+    // The gate fires on the first generated token, so T2C pooled the prompt's rows.
+    let prompt = engine.prompt_ids(&req.prompt).unwrap();
+    let b = &engine.backend;
+    let mut cache = engine.llm.new_cache(b, prompt.len());
+    let mut table = Vec::new();
+    cache.reserve(&mut table, prompt.len()).unwrap();
+    let step = [pimoe::llm::SeqChunk {
+        tokens: &prompt,
+        start: 0,
+        block_table: &table,
+        logits: pimoe::llm::Logits::None,
+    }];
+    let out = engine.llm.forward_sample_with(b, &mut cache, &step, &[], true, None).unwrap();
+    let pimoe::pimoe::compose::T2c::Learned(head) = &engine.pimoe.as_ref().unwrap().experts[0].t2c else {
+        unreachable!()
+    };
+    let want = head.from_rows(&out.hidden).unwrap();
+    for (g, w) in inputs.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-12 * w.abs().max(1.0), "{inputs:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn learned_t2c_with_its_own_backbone_reads_the_whole_context() {
+    let engine =
+        Engine::load_manifest(CpuBackend, &hidden_composition("sched-backbone", true, true)).unwrap();
+    assert!(engine.backbones[0].is_some());
+    let req = request("Any prompt at all, the numbers come from the hidden states.", 12, 0);
+    let o = alone(&engine, &req);
+    let first = o.tokens[0].0;
+    let Some((_, Provenance::Expert { inputs, .. })) = o.tokens.iter().find(|(_, p)| *p != Provenance::Llm)
+    else {
+        panic!("no expert result: {o:?}")
+    };
+    // Fired on the first generated token: the backbone read the prompt and it.
+    let mut context = engine.prompt_ids(&req.prompt).unwrap();
+    context.push(first);
+    let backbone = engine.backbones[0].as_ref().unwrap();
+    let mean = backbone.pooled_hidden(&engine.backend, &context, 7).unwrap();
+    let pimoe::pimoe::compose::T2c::Learned(head) = &engine.pimoe.as_ref().unwrap().experts[0].t2c else {
+        unreachable!()
+    };
+    let want = head.batch(&mean, 1);
+    for (g, w) in inputs.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "{inputs:?} vs {want:?}");
+    }
 }

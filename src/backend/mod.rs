@@ -39,6 +39,14 @@ pub struct SeqSpan {
     pub start: u32,
 }
 
+/// One dense layer of a router gate: w (outputs, inputs) and b (outputs), f32.
+pub struct GateLayer<'a, T> {
+    pub w: &'a T,
+    pub b: &'a T,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
 /// Per-row sampling parameters as the `sample` op reads them: (rows, 4) f32 of
 /// temperature (0 = greedy), top_k (0 = off), top_p (1 = off), and the uniform draw u
 /// in [0, 1) that the host's seeded generator made for this row.
@@ -166,6 +174,17 @@ pub trait Backend: Send + Sync {
 
     /// out (rows.len(), dim) = x[rows] ; x (n, dim)
     fn gather_rows(&self, out: &mut Self::Tensor, x: &Self::Tensor, rows: &Self::Index, dim: usize);
+
+    /// probs (rows, n_out) = act(layers(x (rows, h))): the hidden-state router's gate
+    /// for a whole batch in one launch; one layer, or two with ReLU between; act is
+    /// a sigmoid per output, or a softmax over each row.
+    fn gate(
+        &self,
+        probs: &mut Self::Tensor,
+        x: &Self::Tensor,
+        layers: &[GateLayer<'_, Self::Tensor>],
+        softmax: bool,
+    );
 
     /// out (rows) = one token id per row of logits (rows, vocab), drawn as
     /// `sampling::sample_row` defines; params (rows, SAMPLE_PARAMS).

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::backend::{AttnPlan, AttnShape, Backend, SeqSpan, SAMPLE_PARAMS};
+use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer, SeqSpan, SAMPLE_PARAMS};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_SIZE};
 use crate::model::safetensors::{HostData, HostTensor, SafetensorFiles};
@@ -155,7 +155,9 @@ impl<B: Backend> Llm<B> {
     /// the order of `chunks` (all rows of an `All` chunk, one of a `Last` chunk).
     pub fn forward(&self, b: &B, cache: &mut KvCache<B>, chunks: &[SeqChunk]) -> Result<Vec<f32>> {
         let plan = self.plan(b, chunks)?;
-        let logits = b.step(|| self.run(b, cache, &plan, false).0.map(|t| b.to_host(&t)).unwrap_or_default());
+        let logits = b.step(|| {
+            self.run(b, cache, &plan, false, None).logits.map(|t| b.to_host(&t)).unwrap_or_default()
+        });
         b.check()?;
         Ok(logits)
     }
@@ -182,7 +184,8 @@ impl<B: Backend> Llm<B> {
         let flat: Vec<f32> = params.iter().flatten().copied().collect();
         b.push_range(if decode { "decode step" } else { "prefill step" });
         let tokens = b.step_tokens(graph, || {
-            let logits = self.run(b, cache, &plan, false).0.expect("params.len() == logit rows > 0");
+            let logits =
+                self.run(b, cache, &plan, false, None).logits.expect("params.len() == logit rows > 0");
             let mut out = b.index(&vec![0; params.len()]);
             b.sample(&mut out, &logits, &b.tensor_from(&flat), self.config.vocab_size);
             out
@@ -191,41 +194,71 @@ impl<B: Backend> Llm<B> {
         tokens
     }
 
-    /// Like `forward_sample`, and also returns the last hidden state (after the final
-    /// norm, as transformers' `hidden_states[-1]`) of every token of the step, flat
-    /// (n, hidden): what a hidden-state router and a learned T2C read. Always eager.
-    pub fn forward_sample_hidden(
+    /// Like `forward_sample`, with what a PiMoE router and a learned T2C read of the
+    /// step: with `want_hidden` the last hidden state (after the final norm, as
+    /// transformers' `hidden_states[-1]`) of every token, (n, hidden); with a `gate`
+    /// its probabilities for every sampled row, computed on the device inside the
+    /// step for the whole batch in one launch, (rows, gate outputs). Always eager.
+    pub fn forward_sample_with(
         &self,
         b: &B,
         cache: &mut KvCache<B>,
         chunks: &[SeqChunk],
         params: &[[f32; SAMPLE_PARAMS]],
-    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        want_hidden: bool,
+        gate: Option<&DeviceGate<B>>,
+    ) -> Result<StepOutput> {
         let plan = self.plan(b, chunks)?;
         plan.check_params(params.len())?;
         let flat: Vec<f32> = params.iter().flatten().copied().collect();
-        let (tokens, hidden) = b.step(|| {
-            let (logits, hidden) = self.run(b, cache, &plan, true);
-            let tokens = logits.map(|l| {
+        let out = b.step(|| {
+            let run = self.run(b, cache, &plan, want_hidden, gate);
+            let tokens = run.logits.map(|l| {
                 let mut out = b.index(&vec![0; params.len()]);
                 b.sample(&mut out, &l, &b.tensor_from(&flat), self.config.vocab_size);
                 b.read_index(&out)
             });
-            (tokens.unwrap_or_default(), hidden.map(|h| b.to_host(&h)).unwrap_or_default())
+            StepOutput {
+                tokens: tokens.unwrap_or_default(),
+                hidden: run.hidden.map(|h| b.to_host(&h)).unwrap_or_default(),
+                gate: run.gate.map(|g| b.to_host(&g)).unwrap_or_default(),
+            }
         });
         b.check()?;
-        Ok((tokens, hidden))
+        Ok(out)
     }
 
-    /// The step's forward pass: the logits rows it asked for, if any, and with
-    /// `want_hidden` the final-normed hidden state of every token, on the device.
+    /// The mean of the last hidden states (after the final norm) over `tokens` run
+    /// from position 0 on a fresh cache, in prefill chunks: a learned T2C's input
+    /// when it has its own backbone.
+    pub fn pooled_hidden(&self, b: &B, tokens: &[u32], chunk: usize) -> Result<Vec<f64>> {
+        let h = self.config.hidden_size;
+        let mut cache = self.new_cache(b, tokens.len());
+        let mut table = Vec::new();
+        cache.reserve(&mut table, tokens.len())?;
+        let mut sum = vec![0f64; h];
+        for (i, part) in tokens.chunks(chunk.max(1)).enumerate() {
+            let step =
+                [SeqChunk { tokens: part, start: i * chunk, block_table: &table, logits: Logits::None }];
+            let out = self.forward_sample_with(b, &mut cache, &step, &[], true, None)?;
+            for row in out.hidden.chunks_exact(h) {
+                sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+            }
+        }
+        Ok(sum.into_iter().map(|s| s / tokens.len().max(1) as f64).collect())
+    }
+
+    /// The step's forward pass, everything on the device: the logits rows it asked
+    /// for, with `want_hidden` the final-normed hidden state of every token, and with
+    /// a gate its probabilities on the logits rows' hidden states.
     fn run(
         &self,
         b: &B,
         cache: &mut KvCache<B>,
         plan: &StepPlan<B::Index>,
         want_hidden: bool,
-    ) -> (Option<B::Tensor>, Option<B::Tensor>) {
+        gate: Option<&DeviceGate<B>>,
+    ) -> RunOutput<B::Tensor> {
         let c = &self.config;
         let n = plan.ids.len();
         let (h, inter) = (c.hidden_size, c.intermediate_size);
@@ -273,7 +306,7 @@ impl<B: Backend> Llm<B> {
             all
         });
         if rows == 0 {
-            return (None, hidden);
+            return RunOutput { logits: None, hidden, gate: None };
         }
         b.push_range("lm_head");
         // Only the rows whose logits are wanted go through the final norm and lm_head.
@@ -290,7 +323,14 @@ impl<B: Backend> Llm<B> {
         let mut logits = b.tensor(rows * c.vocab_size);
         b.matmul(&mut logits, &last_n, self.lm_head.as_ref().unwrap_or(&self.embed), None, rows);
         b.pop_range();
-        (Some(logits), hidden)
+        let gate = gate.map(|g| {
+            b.push_range("router gate");
+            let mut probs = b.tensor(rows * g.outputs);
+            b.gate(&mut probs, &last_n, &g.layers(), g.softmax);
+            b.pop_range();
+            probs
+        });
+        RunOutput { logits: Some(logits), hidden, gate }
     }
 
     fn plan(&self, b: &B, chunks: &[SeqChunk]) -> Result<StepPlan<B::Index>> {
@@ -367,6 +407,73 @@ impl<B: Backend> Llm<B> {
                 seqs,
             },
         })
+    }
+}
+
+/// What `forward_sample_with` brings back to the host.
+#[derive(Clone, Debug, Default)]
+pub struct StepOutput {
+    /// One per logits row.
+    pub tokens: Vec<u32>,
+    /// (n, hidden) when asked for, else empty.
+    pub hidden: Vec<f32>,
+    /// (logits rows, gate outputs) when a gate was given, else empty.
+    pub gate: Vec<f32>,
+}
+
+struct RunOutput<T> {
+    logits: Option<T>,
+    hidden: Option<T>,
+    gate: Option<T>,
+}
+
+/// A hidden-state router gate's weights on the device, f32: one layer, or two with
+/// ReLU between; sigmoid per output or softmax over each row.
+pub struct DeviceGate<B: Backend> {
+    /// (w (out, in), b (out), in, out) per layer.
+    weights: Vec<(B::Tensor, B::Tensor, usize, usize)>,
+    outputs: usize,
+    softmax: bool,
+}
+
+impl<B: Backend> DeviceGate<B> {
+    /// `layers`: (w (out, in) row-major, bias (out)) each, in order.
+    pub fn new(b: &B, layers: &[(&[f32], &[f32])], softmax: bool) -> Result<Self> {
+        let mut weights = Vec::new();
+        let mut inputs = None;
+        for (i, (w, bias)) in layers.iter().enumerate() {
+            let out = bias.len();
+            if out == 0 || w.len() % out != 0 || inputs.is_some_and(|n| n * out != w.len()) {
+                return Err(Error::tensor(
+                    format!("gate layer {i}"),
+                    format!("{} weights for {out} outputs", w.len()),
+                ));
+            }
+            let inp = w.len() / out;
+            weights.push((b.tensor_from(w), b.tensor_from(bias), inp, out));
+            inputs = Some(out);
+        }
+        if weights.is_empty() || weights.len() > 2 {
+            return Err(Error::tensor("gate", format!("{} layers; a gate has one or two", weights.len())));
+        }
+        let outputs = weights[weights.len() - 1].3;
+        Ok(DeviceGate { weights, outputs, softmax })
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// The gate alone on rows x (rows, inputs): for tests and benches.
+    pub fn run(&self, b: &B, x: &[f32]) -> Vec<f32> {
+        let rows = x.len() / self.weights[0].2;
+        let mut probs = b.tensor(rows * self.outputs);
+        b.gate(&mut probs, &b.tensor_from(x), &self.layers(), self.softmax);
+        b.to_host(&probs)
+    }
+
+    fn layers(&self) -> Vec<GateLayer<'_, B::Tensor>> {
+        self.weights.iter().map(|(w, b, i, o)| GateLayer { w, b, inputs: *i, outputs: *o }).collect()
     }
 }
 

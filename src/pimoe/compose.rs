@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::model::safetensors::SafetensorFiles;
+use crate::model::ModelConfig;
 use crate::pimoe::experts::{
     Activation, DeepONet, DeepONetSpec, Expert, LinearSolve, Mlp, Precision, WeightFile,
 };
@@ -41,6 +42,8 @@ pub enum T2c {
 pub struct Slot {
     pub name: String,
     pub t2c: T2c,
+    /// A learned T2C's own backbone model directory; None: the reasoning LLM.
+    pub backbone: Option<PathBuf>,
     pub order: Option<InputOrder>,
     pub expert: Expert,
     pub format: ResultFormat,
@@ -55,9 +58,9 @@ pub struct Composition {
 pub struct SeqView<'a> {
     pub token: u32,
     pub text: &'a str,
-    /// The final-normed hidden state of the token's position, when the router or a
-    /// learned T2C asked for hidden states.
-    pub hidden: Option<&'a [f32]>,
+    /// A hidden-state gate's probabilities for the token, computed inside the
+    /// decode step (`Llm::forward_sample_with`).
+    pub gate: Option<&'a [f32]>,
 }
 
 impl Composition {
@@ -112,8 +115,22 @@ impl Composition {
                 T2cSpec::Extract { pattern } => {
                     T2c::Extract(ExtractPattern::parse(pattern).map_err(|msg| bad("t2c.pattern", msg))?)
                 }
-                T2cSpec::Piern { weights, outputs, inner, prefix } => {
+                T2cSpec::Piern { weights, backbone, outputs, inner, prefix } => {
                     let files = SafetensorFiles::open_file(&at(weights))?;
+                    let hidden_size = match backbone {
+                        Some(dir) => {
+                            let c = ModelConfig::load(&at(dir).join("config.json"))?;
+                            if c.vocab_size != vocab {
+                                let msg = format!(
+                                    "a vocabulary of {} tokens, the LLM's has {vocab}: they must share a tokenizer",
+                                    c.vocab_size
+                                );
+                                return Err(bad("t2c.backbone", msg));
+                            }
+                            c.hidden_size
+                        }
+                        None => hidden_size,
+                    };
                     let cfg = LearnedT2cConfig {
                         prefix: prefix.clone(),
                         hidden_size,
@@ -122,6 +139,10 @@ impl Composition {
                     };
                     T2c::Learned(LearnedT2c::load(&files, &cfg)?)
                 }
+            };
+            let backbone = match &e.t2c {
+                T2cSpec::Piern { backbone: Some(dir), .. } => Some(at(dir)),
+                _ => None,
             };
             let order = match &e.order {
                 Some(o) => Some(InputOrder::parse(o).map_err(|msg| bad("order", msg))?),
@@ -162,7 +183,7 @@ impl Composition {
             }
             let format =
                 ResultFormat::new(&e.format, expert.n_outputs()).map_err(|msg| bad("format", msg))?;
-            experts.push(Slot { name: e.name.clone(), t2c, order, expert, format });
+            experts.push(Slot { name: e.name.clone(), t2c, backbone, order, expert, format });
         }
         Ok(Composition { router, experts })
     }
@@ -179,30 +200,36 @@ impl Composition {
         self.router.new_state()
     }
 
-    /// Whether `route` needs each sequence's hidden state of its new token.
-    pub fn needs_hidden(&self) -> bool {
-        self.router.gate().needs_hidden()
+    /// The hidden-state gate, whose probabilities the decode step must compute
+    /// (`SeqView::gate`); None for the other router kinds.
+    pub fn hidden_gate(&self) -> Option<&HiddenGate> {
+        match self.router.gate() {
+            Gate::Hidden(g) => Some(g),
+            _ => None,
+        }
     }
 
-    /// Whether some expert's T2C reads mean-pooled hidden states of the context.
+    /// Whether some expert's T2C pools the reasoning LLM's own hidden states (so
+    /// each step must bring them back).
     pub fn needs_pooled_hidden(&self) -> bool {
-        self.experts.iter().any(|e| matches!(e.t2c, T2c::Learned(_)))
+        self.experts.iter().any(|e| matches!(e.t2c, T2c::Learned(_)) && e.backbone.is_none())
     }
 
     /// One decision per sequence: the expert it fired, if any.
     pub fn route(&self, states: &mut [&mut RouterState], seqs: &[SeqView]) -> Result<Vec<Option<usize>>> {
         let tokens: Vec<u32> = seqs.iter().map(|s| s.token).collect();
         let texts: Vec<&str> = seqs.iter().map(|s| s.text).collect();
-        let hidden: Option<Vec<f32>> = if self.needs_hidden() {
-            let rows: Option<Vec<&[f32]>> = seqs.iter().map(|s| s.hidden).collect();
-            Some(
-                rows.ok_or_else(|| Error::Request("the hidden-gate router needs hidden states".into()))?
-                    .concat(),
-            )
-        } else {
-            None
+        let probs: Option<Vec<f32>> = match self.hidden_gate() {
+            Some(_) => {
+                let rows: Option<Vec<&[f32]>> = seqs.iter().map(|s| s.gate).collect();
+                let rows = rows
+                    .ok_or_else(|| Error::Request("the hidden-gate router needs the step's gate".into()))?;
+                Some(rows.concat())
+            }
+            None => None,
         };
-        let inputs = RouterInputs { tokens: &tokens, texts: Some(&texts), hidden: hidden.as_deref() };
+        let inputs =
+            RouterInputs { tokens: &tokens, texts: Some(&texts), hidden: None, probs: probs.as_deref() };
         Ok(self
             .router
             .step(states, inputs)?

@@ -111,10 +111,14 @@ pub struct ExpertSpec {
 pub enum T2cSpec {
     /// Exact: numbers read from the context by a pattern (see t2c.rs).
     Extract { pattern: String },
-    /// Learned: mean-pooled last hidden states of the LLM over the context ->
-    /// Linear-ReLU-Linear -> outputs numbers.
+    /// Learned: mean-pooled last hidden states over the context ->
+    /// Linear-ReLU-Linear -> outputs numbers. The hidden states are the reasoning
+    /// LLM's own (already computed, no second copy) unless `backbone` names a
+    /// separate model directory, as in the reference (same tokenizer required).
     Piern {
         weights: PathBuf,
+        #[serde(default)]
+        backbone: Option<PathBuf>,
         outputs: usize,
         #[serde(default = "d_128")]
         inner: usize,

@@ -103,22 +103,8 @@ impl Linear {
         &self.bias
     }
 
-    /// y (rows, out_dim) = x (rows, in_dim) W^T + b, f32 accumulation in index order.
     fn forward_f32(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        debug_assert_eq!(x.len(), rows * self.in_dim);
-        let mut y = vec![0f32; rows * self.out_dim];
-        for r in 0..rows {
-            let xr = &x[r * self.in_dim..(r + 1) * self.in_dim];
-            for o in 0..self.out_dim {
-                let w = &self.weight[o * self.in_dim..(o + 1) * self.in_dim];
-                let mut acc = 0f32;
-                for (a, b) in w.iter().zip(xr) {
-                    acc += a * b;
-                }
-                y[r * self.out_dim + o] = acc + self.bias[o];
-            }
-        }
-        y
+        dense_f32(x, rows, &self.weight, &self.bias)
     }
 
     /// The same in f64: weights widened exactly, f64 accumulation.
@@ -207,6 +193,44 @@ impl Mlp {
             h = layer.forward_f64(&h, rows);
         }
         h
+    }
+}
+
+/// y (rows, out) = x (rows, in) W^T + b with W (out, in), f32 accumulation in index
+/// order. Also the CPU backend's gate op, so both router paths agree bit for bit.
+pub fn dense_f32(x: &[f32], rows: usize, weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let out_dim = bias.len();
+    let in_dim = weight.len() / out_dim.max(1);
+    debug_assert_eq!(x.len(), rows * in_dim);
+    let mut y = vec![0f32; rows * out_dim];
+    for r in 0..rows {
+        let xr = &x[r * in_dim..(r + 1) * in_dim];
+        for o in 0..out_dim {
+            let w = &weight[o * in_dim..(o + 1) * in_dim];
+            let mut acc = 0f32;
+            for (a, b) in w.iter().zip(xr) {
+                acc += a * b;
+            }
+            y[r * out_dim + o] = acc + bias[o];
+        }
+    }
+    y
+}
+
+/// In place on rows of `n` gate outputs: a sigmoid each, or a softmax per row.
+pub fn activate(p: &mut [f32], n: usize, softmax: bool) {
+    if !softmax {
+        p.iter_mut().for_each(|v| *v = sigmoid(*v));
+        return;
+    }
+    for row in p.chunks_mut(n) {
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut z = 0f32;
+        row.iter_mut().for_each(|v| {
+            *v = (*v - m).exp();
+            z += *v;
+        });
+        row.iter_mut().for_each(|v| *v /= z);
     }
 }
 
@@ -423,20 +447,7 @@ impl HiddenGate {
     pub fn probs(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
         let n = self.mlp.out_dim();
         let mut p = self.mlp.forward_f32(hidden, rows);
-        match self.activation {
-            GateActivation::Sigmoid => p.iter_mut().for_each(|v| *v = sigmoid(*v)),
-            GateActivation::Softmax => {
-                for row in p.chunks_mut(n) {
-                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut z = 0f32;
-                    row.iter_mut().for_each(|v| {
-                        *v = (*v - m).exp();
-                        z += *v;
-                    });
-                    row.iter_mut().for_each(|v| *v /= z);
-                }
-            }
-        }
+        activate(&mut p, n, self.activation == GateActivation::Softmax);
         p
     }
 }
@@ -624,6 +635,9 @@ pub struct RouterInputs<'a> {
     /// (B, H) the LLM's last hidden state row of the token just generated; needed by
     /// hidden gates only.
     pub hidden: Option<&'a [f32]>,
+    /// (B, outputs) a hidden gate's probabilities already computed inside the decode
+    /// step (`Backend::gate`); when given, `hidden` is not needed.
+    pub probs: Option<&'a [f32]>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -721,6 +735,17 @@ impl Router {
                 }
                 let p = g.mlp.forward_f32(&means, b).into_iter().map(sigmoid).collect();
                 (p, g.mlp.out_dim())
+            }
+            Gate::Hidden(g) if inputs.probs.is_some() => {
+                let p = inputs.probs.expect("matched");
+                if p.len() != b * g.mlp.out_dim() {
+                    return Err(Error::Request(format!(
+                        "router: {} gate probabilities for {b} sequences of {} outputs",
+                        p.len(),
+                        g.mlp.out_dim()
+                    )));
+                }
+                (p.to_vec(), g.mlp.out_dim())
             }
             Gate::Hidden(g) => {
                 let h = g.hidden_size();

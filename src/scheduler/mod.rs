@@ -19,9 +19,10 @@ use crate::backend::Backend;
 use crate::engine::{Engine, Finish, Request};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_SIZE};
-use crate::llm::{Logits, SeqChunk};
+use crate::llm::{DeviceGate, Logits, SeqChunk};
 use crate::model::tokenizer::StreamDecoder;
 use crate::pimoe::compose::{Composition, Computed, RouterState, SeqView};
+use crate::pimoe::router::GateActivation;
 use crate::sampling::Sampler;
 
 /// Where a generated token came from.
@@ -118,11 +119,12 @@ struct Seq {
     hit_context: bool,
     stream: StreamDecoder,
     router: Option<RouterState>,
-    /// Sum of the final-normed hidden states of positions 0..pooled_upto, and the
-    /// hidden state of the newest token, when the composition reads hidden states.
+    /// Sum of the final-normed hidden states of positions 0..pooled_upto, when a
+    /// learned T2C reads them.
     pooled: Vec<f64>,
     pooled_upto: usize,
-    last_hidden: Vec<f32>,
+    /// The hidden-state gate's probabilities for the newest token.
+    last_gate: Vec<f32>,
     stats: Stats,
     started: Instant,
 }
@@ -137,6 +139,8 @@ pub struct Scheduler<'e, B: Backend> {
     cfg: SchedulerConfig,
     stops: Vec<u32>,
     preemptions: usize,
+    /// A hidden-state router's gate, run inside each step on the backend.
+    gate: Option<DeviceGate<B>>,
 }
 
 impl<'e, B: Backend> Scheduler<'e, B> {
@@ -146,6 +150,14 @@ impl<'e, B: Backend> Scheduler<'e, B> {
         }
         let stops =
             engine.llm.config.eos_token_ids.iter().chain(engine.tokenizer.stop_ids()).copied().collect();
+        let gate = match engine.pimoe.as_ref().and_then(|c| c.hidden_gate()) {
+            Some(g) => {
+                let layers: Vec<(&[f32], &[f32])> =
+                    g.mlp().layers().iter().map(|l| (l.weight(), l.bias())).collect();
+                Some(DeviceGate::new(&engine.backend, &layers, g.activation() == GateActivation::Softmax)?)
+            }
+            None => None,
+        };
         Ok(Scheduler {
             cache: engine.llm.new_cache(&engine.backend, cfg.kv_tokens),
             engine,
@@ -155,6 +167,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             cfg,
             stops,
             preemptions: 0,
+            gate,
         })
     }
 
@@ -201,7 +214,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             router: e.pimoe.as_ref().map(|p| p.router_state()),
             pooled: Vec::new(),
             pooled_upto: 0,
-            last_hidden: Vec::new(),
+            last_gate: Vec::new(),
             started: Instant::now(),
         });
         self.queue.push_back(id);
@@ -251,13 +264,29 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 }
             })
             .collect();
-        let want_hidden = e.pimoe.as_ref().is_some_and(|c| c.needs_hidden() || c.needs_pooled_hidden());
-        let (sampled, hidden) = if want_hidden {
-            e.llm.forward_sample_hidden(&e.backend, &mut self.cache, &chunks, &params)?
+        let want_hidden = e.pimoe.as_ref().is_some_and(|c| c.needs_pooled_hidden());
+        let (sampled, hidden, gate) = if want_hidden || self.gate.is_some() {
+            let out = e.llm.forward_sample_with(
+                &e.backend,
+                &mut self.cache,
+                &chunks,
+                &params,
+                want_hidden,
+                self.gate.as_ref(),
+            )?;
+            (out.tokens, out.hidden, out.gate)
         } else {
-            (e.llm.forward_sample(&e.backend, &mut self.cache, &chunks, &params)?, Vec::new())
+            (e.llm.forward_sample(&e.backend, &mut self.cache, &chunks, &params)?, Vec::new(), Vec::new())
         };
         drop(chunks);
+        // Each sampled row's gate probabilities, for the router.
+        let gate_width = self.gate.as_ref().map_or(0, |g| g.outputs());
+        let mut gate_rows = gate.chunks(gate_width.max(1));
+        for p in plan.iter().filter(|p| p.sample) {
+            if let Some(row) = gate_rows.next().filter(|_| gate_width > 0) {
+                self.seqs[p.seq].last_gate = row.to_vec();
+            }
+        }
         let h = e.llm.config.hidden_size;
         // Each planned chunk's rows in the flat batch, for its hidden states.
         let mut row = 0;
@@ -274,7 +303,6 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                     s.pooled.iter_mut().zip(r).for_each(|(a, &v)| *a += v as f64);
                 }
                 s.pooled_upto = s.pooled_upto.max(s.computed + p.take);
-                s.last_hidden = rows[(p.take - 1) * h..].to_vec();
             }
             row += p.take;
         }
@@ -339,7 +367,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 views.push(SeqView {
                     token: *s.tokens.last().expect("just pushed"),
                     text: &s.text,
-                    hidden: (!s.last_hidden.is_empty()).then_some(s.last_hidden.as_slice()),
+                    gate: (!s.last_gate.is_empty()).then_some(s.last_gate.as_slice()),
                 });
                 states.push(s.router.as_mut().expect("a composition gives every sequence a router state"));
             }
@@ -356,15 +384,29 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 .iter()
                 .map(|&i| format!("{}{}", self.seqs[i].prompt_text, self.seqs[i].text))
                 .collect();
-            let pooled: Option<Vec<f64>> = pimoe.needs_pooled_hidden().then(|| {
-                members
-                    .iter()
-                    .flat_map(|&i| {
-                        let s = &self.seqs[i];
-                        s.pooled.iter().map(move |v| v / s.pooled_upto.max(1) as f64)
-                    })
-                    .collect()
-            });
+            let pooled: Option<Vec<f64>> = match self.engine.backbones.get(expert) {
+                // Its own backbone reads the whole context, as the reference's does.
+                Some(Some(backbone)) => {
+                    let mut all = Vec::new();
+                    for &i in &members {
+                        all.extend(backbone.pooled_hidden(
+                            &self.engine.backend,
+                            &self.seqs[i].tokens,
+                            self.cfg.max_step_tokens,
+                        )?);
+                    }
+                    Some(all)
+                }
+                _ => pimoe.needs_pooled_hidden().then(|| {
+                    members
+                        .iter()
+                        .flat_map(|&i| {
+                            let s = &self.seqs[i];
+                            s.pooled.iter().map(move |v| v / s.pooled_upto.max(1) as f64)
+                        })
+                        .collect()
+                }),
+            };
             let results = pimoe.compute(expert, &contexts, pooled.as_deref());
             for (&i, result) in members.iter().zip(results) {
                 let s = &mut self.seqs[i];

@@ -8,10 +8,11 @@ pub mod gemm;
 pub mod mlp;
 pub mod rmsnorm;
 pub mod rope;
+pub mod router;
 pub mod sampling;
 pub mod simd;
 
-use crate::backend::{AttnPlan, AttnShape, Backend};
+use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer};
 use crate::error::{Error, Result};
 use crate::model::safetensors::{HostData, HostTensor};
 
@@ -151,6 +152,10 @@ impl Backend for CpuBackend {
 
     fn gather_rows(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: &Vec<u32>, dim: usize) {
         embed::gather_rows(out, x, rows, dim)
+    }
+
+    fn gate(&self, probs: &mut Vec<f32>, x: &Vec<f32>, layers: &[GateLayer<'_, Vec<f32>>], softmax: bool) {
+        router::gate(probs, x, layers, softmax)
     }
 
     fn sample(&self, out: &mut Vec<u32>, logits: &Vec<f32>, params: &Vec<f32>, vocab: usize) {

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
 
 use crate::backend::kernels::{KERNELS, PTX_ARCH};
-use crate::backend::{AttnPlan, AttnShape, Backend};
+use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer};
 use crate::error::{Error, Result};
 use crate::model::safetensors::{HostData, HostTensor};
 
@@ -933,6 +933,22 @@ impl Backend for CudaBackend {
 
     fn gather_rows(&self, out: &mut CudaTensor, x: &CudaTensor, rows: &CudaIndex, dim: usize) {
         embed::gather_rows(self, out, x, rows, dim)
+    }
+
+    fn gate(
+        &self,
+        probs: &mut CudaTensor,
+        x: &CudaTensor,
+        layers: &[GateLayer<'_, CudaTensor>],
+        softmax: bool,
+    ) {
+        let (first, last) = (&layers[0], &layers[layers.len() - 1]);
+        let w = router::GateWeights {
+            w1: first.w,
+            b1: first.b,
+            second: (layers.len() == 2).then(|| (layers[1].w, layers[1].b)),
+        };
+        router::router_gate(self, probs, x, &w, first.inputs, first.outputs, last.outputs, softmax)
     }
 
     fn sample(&self, out: &mut CudaIndex, logits: &CudaTensor, params: &CudaTensor, vocab: usize) {
