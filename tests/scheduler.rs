@@ -436,3 +436,17 @@ fn learned_t2c_with_its_own_backbone_reads_the_whole_context() {
         assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "{inputs:?} vs {want:?}");
     }
 }
+
+#[test]
+fn the_readme_manifest_parses() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("## The composition manifest").nth(1).expect("README has the section");
+    let json = section.split("```json").nth(1).and_then(|s| s.split("```").next()).expect("a json block");
+    let m = pimoe::pimoe::manifest::Manifest::parse(json, Path::new("README.md")).unwrap();
+    assert_eq!(m.experts[0].name, "soh");
+    // The battery pattern in it is valid and recovers 13 numbers from a prompt.
+    let pimoe::pimoe::manifest::T2cSpec::Extract { pattern } = &m.experts[0].t2c else { panic!() };
+    let p = pimoe::pimoe::t2c::ExtractPattern::parse(pattern).unwrap();
+    let prompt = "锂电池的现在的SoH为1.0。2小时内，每12分钟测量一次的电流数据为[1.0, 0.8, 0.6, 0.4, 0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0]，请计算电池第3600.0秒后的SoH。提示：时间跨度为7200秒、第(3600.0)秒时电流数据为{0.0}。";
+    assert_eq!(p.extract(prompt).unwrap().values.len(), 13);
+}

@@ -194,11 +194,16 @@ impl Manifest {
     /// Reads and checks `path`; relative paths in it become relative to its folder.
     pub fn load(path: &Path) -> Result<(Manifest, PathBuf)> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| Error::Config { path: path.into(), msg: format!("manifest: {e}") })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok((Self::parse(&text, path)?, base))
+    }
+
+    /// Parses and checks a manifest's text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_str(text)
+            .map_err(|e| Error::Config { path: path.into(), msg: format!("manifest: {e}") })?;
         m.validate().map_err(|msg| Error::Config { path: path.into(), msg: format!("manifest: {msg}") })?;
-        Ok((m, base))
+        Ok(m)
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
