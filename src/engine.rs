@@ -26,6 +26,8 @@ pub struct Engine<B: Backend> {
     pub pimoe: Option<Composition>,
     /// Per expert, the separate backbone of its learned T2C, if it has one.
     pub backbones: Vec<Option<Llm<B>>>,
+    /// Per expert, its weights prepared on the backend.
+    pub experts: Vec<B::Expert>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +87,11 @@ impl<B: Backend> Engine<B> {
             .iter()
             .map(|slot| slot.backbone.as_ref().map(|dir| Llm::load(&engine.backend, dir)).transpose())
             .collect::<Result<_>>()?;
+        engine.experts = comp
+            .experts
+            .iter()
+            .map(|slot| engine.backend.prepare_expert(&slot.expert))
+            .collect::<Result<_>>()?;
         engine.pimoe = Some(comp);
         Ok(engine)
     }
@@ -107,7 +114,7 @@ impl<B: Backend> Engine<B> {
         }
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let llm = Llm::load(&backend, dir)?;
-        Ok(Engine { backend, llm, tokenizer, pimoe: None, backbones: Vec::new() })
+        Ok(Engine { backend, llm, tokenizer, pimoe: None, backbones: Vec::new(), experts: Vec::new() })
     }
 
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {

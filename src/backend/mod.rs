@@ -12,6 +12,7 @@ pub mod kernels;
 
 use crate::error::Result;
 use crate::model::safetensors::HostTensor;
+use crate::pimoe::experts::{Expert, RowResult};
 
 /// Where the attention of one step reads and writes the paged KV cache.
 /// Flat index arrays, planned on the host (flashinfer's plan/run split).
@@ -69,6 +70,8 @@ pub trait Backend: Send + Sync {
     type Index: Send + Sync;
     /// KV cache storage, (num_blocks * block_size, hk * head_dim) per layer and k/v.
     type Cache: Send + Sync;
+    /// A computation expert prepared to run here (weights uploaded once).
+    type Expert: Send + Sync;
 
     fn name(&self) -> &'static str;
 
@@ -185,6 +188,19 @@ pub trait Backend: Send + Sync {
         layers: &[GateLayer<'_, Self::Tensor>],
         softmax: bool,
     );
+
+    /// Uploads a computation expert's weights for `run_expert`.
+    fn prepare_expert(&self, e: &Expert) -> Result<Self::Expert>;
+
+    /// One routed batch through an expert: inputs (rows, n_inputs) -> one result
+    /// per row, as `Expert::run` defines (f64 unless the expert says f32).
+    fn run_expert(
+        &self,
+        prepared: &Self::Expert,
+        e: &Expert,
+        inputs: &[f64],
+        rows: usize,
+    ) -> Result<Vec<RowResult>>;
 
     /// out (rows) = one token id per row of logits (rows, vocab), drawn as
     /// `sampling::sample_row` defines; params (rows, SAMPLE_PARAMS).

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::safetensors::SafetensorFiles;
 use crate::model::ModelConfig;
 use crate::pimoe::experts::{
-    Activation, DeepONet, DeepONetSpec, Expert, LinearSolve, Mlp, Precision, WeightFile,
+    Activation, DeepONet, DeepONetSpec, Expert, LinearSolve, Mlp, Precision, RowResult, WeightFile,
 };
 use crate::pimoe::format::ResultFormat;
 use crate::pimoe::manifest::{Manifest, ModelSpec, RouterSpec, T2cSpec};
@@ -248,10 +248,15 @@ impl Composition {
         Ok(())
     }
 
-    /// T2C, then the expert on all rows that got inputs, then formatting. `contexts`
-    /// are the sequences' texts (prompt and answer so far); `pooled` their mean last
-    /// hidden states, (rows, H) flat, when a learned T2C needs them.
-    pub fn compute(&self, expert: usize, contexts: &[String], pooled: Option<&[f64]>) -> Vec<Computed> {
+    /// T2C for a routed batch: the expert's inputs per sequence, or why there are
+    /// none. `contexts` are the sequences' texts (prompt and answer so far); `pooled`
+    /// their mean last hidden states, (rows, H) flat, when a learned T2C needs them.
+    pub fn inputs(
+        &self,
+        expert: usize,
+        contexts: &[String],
+        pooled: Option<&[f64]>,
+    ) -> Vec<std::result::Result<Vec<f64>, String>> {
         let slot = &self.experts[expert];
         let raw: Vec<std::result::Result<Vec<f64>, String>> = match &slot.t2c {
             T2c::Extract(p) => {
@@ -265,25 +270,49 @@ impl Composition {
                 None => vec![Err("learned T2C: no hidden states were pooled".into()); contexts.len()],
             },
         };
-        let inputs: Vec<std::result::Result<Vec<f64>, String>> = raw
-            .into_iter()
+        raw.into_iter()
             .map(|r| match (&slot.order, r) {
                 (Some(o), Ok(v)) => o.apply_flat(&v).map_err(|e| format!("input order: {e}")),
                 (_, r) => r,
             })
-            .collect();
-        let ok: Vec<&Vec<f64>> = inputs.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let flat: Vec<f64> = ok.iter().flat_map(|v| v.iter().copied()).collect();
-        let mut results = slot.expert.run(&flat, ok.len()).into_iter();
+            .map(|r| r.map_err(|e| format!("{}: {e}", slot.name)))
+            .collect()
+    }
+
+    /// Formats the expert's per-row `results` for the rows whose `inputs` were Ok
+    /// (in order), and carries the T2C failures through.
+    pub fn finish(
+        &self,
+        expert: usize,
+        inputs: Vec<std::result::Result<Vec<f64>, String>>,
+        results: Vec<RowResult>,
+    ) -> Vec<Computed> {
+        let slot = &self.experts[expert];
+        let mut results = results.into_iter();
         inputs
             .into_iter()
             .map(|r| match r {
-                Err(e) => Computed::Failed(format!("{}: {e}", slot.name)),
-                Ok(x) => match results.next().expect("one result per row") {
-                    Ok(y) => Computed::Ok { text: slot.format.render(&y), inputs: x, outputs: y },
-                    Err(e) => Computed::Failed(format!("{}: {e}", slot.name)),
+                Err(e) => Computed::Failed(e),
+                Ok(x) => match results.next() {
+                    Some(Ok(y)) => Computed::Ok { text: slot.format.render(&y), inputs: x, outputs: y },
+                    Some(Err(e)) => Computed::Failed(format!("{}: {e}", slot.name)),
+                    None => Computed::Failed(format!("{}: the expert returned too few rows", slot.name)),
                 },
             })
             .collect()
     }
+
+    /// T2C, the expert on the CPU, and formatting, for one routed batch.
+    pub fn compute(&self, expert: usize, contexts: &[String], pooled: Option<&[f64]>) -> Vec<Computed> {
+        let inputs = self.inputs(expert, contexts, pooled);
+        let (flat, rows) = ok_rows(&inputs);
+        let results = self.experts[expert].expert.run(&flat, rows);
+        self.finish(expert, inputs, results)
+    }
+}
+
+/// The Ok rows of a T2C batch, flat, and how many there are.
+pub fn ok_rows(inputs: &[std::result::Result<Vec<f64>, String>]) -> (Vec<f64>, usize) {
+    let ok: Vec<&Vec<f64>> = inputs.iter().filter_map(|r| r.as_ref().ok()).collect();
+    (ok.iter().flat_map(|v| v.iter().copied()).collect(), ok.len())
 }

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_SIZE};
 use crate::llm::{DeviceGate, Logits, SeqChunk};
 use crate::model::tokenizer::StreamDecoder;
-use crate::pimoe::compose::{Composition, Computed, RouterState, SeqView};
+use crate::pimoe::compose::{ok_rows, Composition, Computed, RouterState, SeqView};
 use crate::pimoe::router::GateActivation;
 use crate::sampling::Sampler;
 
@@ -407,7 +407,13 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                         .collect()
                 }),
             };
-            let results = pimoe.compute(expert, &contexts, pooled.as_deref());
+            // T2C on the host, the expert on the backend (f64 kernels on the GPU).
+            let inputs = pimoe.inputs(expert, &contexts, pooled.as_deref());
+            let (flat, rows) = ok_rows(&inputs);
+            let e = self.engine;
+            let outputs =
+                e.backend.run_expert(&e.experts[expert], &pimoe.experts[expert].expert, &flat, rows)?;
+            let results = pimoe.finish(expert, inputs, outputs);
             for (&i, result) in members.iter().zip(results) {
                 let s = &mut self.seqs[i];
                 s.stats.expert_calls += 1;

@@ -15,6 +15,7 @@ pub mod simd;
 use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer};
 use crate::error::{Error, Result};
 use crate::model::safetensors::{HostData, HostTensor};
+use crate::pimoe::experts::{Expert, RowResult};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
@@ -43,6 +44,7 @@ impl Backend for CpuBackend {
     type Tensor = Vec<f32>;
     type Index = Vec<u32>;
     type Cache = Vec<f32>;
+    type Expert = ();
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -156,6 +158,14 @@ impl Backend for CpuBackend {
 
     fn gate(&self, probs: &mut Vec<f32>, x: &Vec<f32>, layers: &[GateLayer<'_, Vec<f32>>], softmax: bool) {
         router::gate(probs, x, layers, softmax)
+    }
+
+    fn prepare_expert(&self, _e: &Expert) -> Result<()> {
+        Ok(())
+    }
+
+    fn run_expert(&self, _prepared: &(), e: &Expert, inputs: &[f64], rows: usize) -> Result<Vec<RowResult>> {
+        Ok(e.run(inputs, rows))
     }
 
     fn sample(&self, out: &mut Vec<u32>, logits: &Vec<f32>, params: &Vec<f32>, vocab: usize) {

@@ -39,6 +39,7 @@ use crate::backend::kernels::{KERNELS, PTX_ARCH};
 use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer};
 use crate::error::{Error, Result};
 use crate::model::safetensors::{HostData, HostTensor};
+use crate::pimoe::experts::{Expert, RowResult};
 
 /// Dynamic shared memory above this needs an opt-in attribute on the function.
 const DEFAULT_SMEM: u32 = 48 * 1024;
@@ -760,6 +761,7 @@ impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Index = CudaIndex;
     type Cache = CudaCache;
+    type Expert = expert::GpuExpert;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -949,6 +951,20 @@ impl Backend for CudaBackend {
             second: (layers.len() == 2).then(|| (layers[1].w, layers[1].b)),
         };
         router::router_gate(self, probs, x, &w, first.inputs, first.outputs, last.outputs, softmax)
+    }
+
+    fn prepare_expert(&self, e: &Expert) -> Result<expert::GpuExpert> {
+        expert::GpuExpert::upload(self, e)
+    }
+
+    fn run_expert(
+        &self,
+        prepared: &expert::GpuExpert,
+        _e: &Expert,
+        inputs: &[f64],
+        rows: usize,
+    ) -> Result<Vec<RowResult>> {
+        prepared.run(self, inputs, rows)
     }
 
     fn sample(&self, out: &mut CudaIndex, logits: &CudaTensor, params: &CudaTensor, vocab: usize) {
