@@ -270,11 +270,13 @@ struct Upload {
 
 enum Mode {
     Eager,
-    /// Recording a graph: launches go into the capture and are remembered.
+    /// Recording a graph: launches go into the capture and are remembered. A pool
+    /// miss or a failed launch spoils the capture (`ok`), never the backend.
     Capture {
         launches: Vec<LaunchRecord>,
         allocs: Vec<u64>,
         uploads: Vec<Upload>,
+        ok: bool,
     },
     /// Replaying: nothing is launched; launches and allocations must match.
     Replay {
@@ -286,9 +288,13 @@ enum Mode {
     },
 }
 
+/// Captures or replays that may fail for a key before it stays eager.
+const GRAPH_ATTEMPTS: u8 = 3;
+
 enum GraphState {
-    /// Seen once: ran eagerly, which also filled the pool for this shape.
-    Warm,
+    /// Ran eagerly (which also filled the pool for this shape); the number of
+    /// failed captures or replays so far.
+    Warm(u8),
     Ready {
         exec: Graph,
         launches: Arc<Vec<LaunchRecord>>,
@@ -542,7 +548,10 @@ impl CudaBackend {
             )
         };
         if let Err(e) = res {
-            self.fail(format!("launching {kernel} with {grid:?}: {e:?}"));
+            match &mut *lock(&self.mode) {
+                Mode::Capture { ok, .. } => *ok = false,
+                _ => self.fail(format!("launching {kernel} with {grid:?}: {e:?}")),
+            }
         }
     }
 
@@ -552,9 +561,16 @@ impl CudaBackend {
         let ptr = match self.pool.take(bytes) {
             Some(p) => p,
             None => {
-                if matches!(*lock(&self.mode), Mode::Replay { .. } | Mode::Capture { .. }) {
-                    // A graph step must not allocate: its shape was seen before.
-                    self.mark_diverged();
+                match &mut *lock(&self.mode) {
+                    // Allocating inside a capture would put the allocation in the
+                    // graph: spoil the capture instead (the step then runs eagerly).
+                    Mode::Capture { ok, .. } => {
+                        *ok = false;
+                        return DevBuf { ptr: 0, bytes, pool: None };
+                    }
+                    // A replayed step must not allocate: its shape was seen before.
+                    Mode::Replay { ok, .. } => *ok = false,
+                    Mode::Eager => {}
                 }
                 self.bind();
                 // SAFETY: a plain allocation, owned by the returned buffer.
@@ -585,12 +601,6 @@ impl CudaBackend {
         let ptr = unsafe { result::malloc_sync(bytes.max(4)) }
             .map_err(|e| driver_err(&format!("allocating {bytes} bytes on {}", self.device_name), e))?;
         Ok(DevBuf { ptr, bytes, pool: None })
-    }
-
-    fn mark_diverged(&self) {
-        if let Mode::Replay { ok, .. } = &mut *lock(&self.mode) {
-            *ok = false;
-        }
     }
 
     fn zero(&self, buf: &DevBuf) {
@@ -671,24 +681,20 @@ impl CudaBackend {
     /// The graph path of `step_tokens` for one key; None means "run eagerly".
     fn graph_step(&self, key: (usize, usize), f: &mut dyn FnMut() -> CudaIndex) -> Option<Vec<u32>> {
         let state = lock(&self.graphs).remove(&key);
-        match state {
-            None => {
-                lock(&self.graphs).insert(key, GraphState::Warm);
-                None
+        let retry = |failures: u8| {
+            if failures + 1 >= GRAPH_ATTEMPTS {
+                GraphState::Eager
+            } else {
+                GraphState::Warm(failures + 1)
             }
-            Some(GraphState::Eager) => {
-                lock(&self.graphs).insert(key, GraphState::Eager);
-                None
-            }
-            Some(GraphState::Warm) => {
-                let captured = self.capture(f);
-                let (out, next) = match captured {
-                    Some((out, state)) => (Some(out), state),
-                    None => (None, GraphState::Eager),
-                };
-                lock(&self.graphs).insert(key, next);
-                out
-            }
+        };
+        let (out, next) = match state {
+            None => (None, GraphState::Warm(0)),
+            Some(GraphState::Eager) => (None, GraphState::Eager),
+            Some(GraphState::Warm(failures)) => match self.capture(f) {
+                Some((out, ready)) => (Some(out), ready),
+                None => (None, retry(failures)),
+            },
             Some(GraphState::Ready { exec, launches, allocs }) => {
                 self.pool.sort();
                 self.set_mode(Mode::Replay {
@@ -701,14 +707,16 @@ impl CudaBackend {
                 let t = f();
                 let Mode::Replay { ok, at, uploads, .. } = self.set_mode(Mode::Eager) else { unreachable!() };
                 if !ok || at != (launches.len(), allocs.len()) || self.failed() {
-                    lock(&self.graphs).insert(key, GraphState::Eager);
-                    return None;
+                    // The pool or the step changed shape: capture again next time.
+                    (None, retry(0))
+                } else {
+                    let out = self.run_graph(&exec, uploads, &t);
+                    (out, GraphState::Ready { exec, launches, allocs })
                 }
-                let out = self.run_graph(&exec, uploads, &t);
-                lock(&self.graphs).insert(key, GraphState::Ready { exec, launches, allocs });
-                out
             }
-        }
+        };
+        lock(&self.graphs).insert(key, next);
+        out
     }
 
     fn capture(&self, f: &mut dyn FnMut() -> CudaIndex) -> Option<(Vec<u32>, GraphState)> {
@@ -716,15 +724,30 @@ impl CudaBackend {
         self.pool.sort();
         let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
         self.stream.begin_capture(mode).ok()?;
-        self.set_mode(Mode::Capture { launches: Vec::new(), allocs: Vec::new(), uploads: Vec::new() });
+        self.set_mode(Mode::Capture {
+            launches: Vec::new(),
+            allocs: Vec::new(),
+            uploads: Vec::new(),
+            ok: true,
+        });
         let t = f();
-        let Mode::Capture { launches, allocs, uploads } = self.set_mode(Mode::Eager) else { unreachable!() };
-        // SAFETY: ends the capture begun above on this stream.
+        let Mode::Capture { launches, allocs, uploads, ok } = self.set_mode(Mode::Eager) else {
+            unreachable!()
+        };
+        // SAFETY: ends the capture begun above on this stream; a graph we do not
+        // keep is destroyed at once.
         let graph = unsafe {
             let mut g = std::ptr::null_mut();
-            sys::cuStreamEndCapture(self.stream.cu_stream(), &mut g).result().ok().map(|_| g)
-        }?;
-        if graph.is_null() || self.failed() {
+            let ended = sys::cuStreamEndCapture(self.stream.cu_stream(), &mut g).result();
+            if ended.is_err() || !ok || self.failed() {
+                if !g.is_null() {
+                    let _ = sys::cuGraphDestroy(g);
+                }
+                return None;
+            }
+            g
+        };
+        if graph.is_null() {
             return None;
         }
         // SAFETY: instantiates the graph just captured; Graph owns both handles.
