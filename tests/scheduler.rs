@@ -380,6 +380,25 @@ fn hidden_gate_runs_in_the_step_and_batches_like_alone() {
 }
 
 #[test]
+fn hidden_gate_result_replaces_the_sampled_token_and_a_failure_keeps_it() {
+    let engine =
+        Engine::load_manifest(CpuBackend, &hidden_composition("sched-hidden-replace", false, false)).unwrap();
+    let plain = Engine::load(CpuBackend, &fixtures().join("tiny-qwen2")).unwrap();
+    // T2C finds its numbers: the gate fires on the prompt's last token, so the answer
+    // opens with the result, in place of the LLM's first token.
+    let o = alone(&engine, &request(GOOD, 12, 0));
+    assert!(matches!(o.tokens[0].1, Provenance::Expert { .. }), "{o:?}");
+    // T2C fails: each firing is a note and the LLM's own tokens stand, so the answer
+    // is the plain model's, token for token, and the sequence does not stall.
+    let req = request("Any prompt without the anchors.", 12, 0);
+    let o = alone(&engine, &req);
+    assert_eq!(o.notes.len(), 2, "max_firings is 2: {o:?}");
+    let want = alone(&plain, &req);
+    assert_eq!(o.tokens, want.tokens);
+    assert_eq!(o.finish, want.finish);
+}
+
+#[test]
 fn learned_t2c_reads_the_pooled_hidden_states() {
     let engine =
         Engine::load_manifest(CpuBackend, &hidden_composition("sched-learned", true, false)).unwrap();
@@ -389,7 +408,7 @@ fn learned_t2c_reads_the_pooled_hidden_states() {
     else {
         panic!("no expert result: {o:?}")
     };
-    // The gate fires on the first generated token, so T2C pooled the prompt's rows.
+    // The gate fires on the last prompt token, so T2C pooled the prompt's rows.
     let prompt = engine.prompt_ids(&req.prompt).unwrap();
     let b = &engine.backend;
     let mut cache = engine.llm.new_cache(b, prompt.len());
@@ -418,14 +437,13 @@ fn learned_t2c_with_its_own_backbone_reads_the_whole_context() {
     assert!(engine.backbones[0].is_some());
     let req = request("Any prompt at all, the numbers come from the hidden states.", 12, 0);
     let o = alone(&engine, &req);
-    let first = o.tokens[0].0;
-    let Some((_, Provenance::Expert { inputs, .. })) = o.tokens.iter().find(|(_, p)| *p != Provenance::Llm)
-    else {
-        panic!("no expert result: {o:?}")
+    // The always-open gate reads the last prompt token's hidden state, so it fires
+    // before the LLM's first token (which is dropped): the answer opens with the
+    // expert's result and the backbone read the prompt alone.
+    let Some((_, Provenance::Expert { inputs, .. })) = o.tokens.first() else {
+        panic!("the answer does not open with an expert result: {o:?}")
     };
-    // Fired on the first generated token: the backbone read the prompt and it.
-    let mut context = engine.prompt_ids(&req.prompt).unwrap();
-    context.push(first);
+    let context = engine.prompt_ids(&req.prompt).unwrap();
     let backbone = engine.backbones[0].as_ref().unwrap();
     let mean = backbone.pooled_hidden(&engine.backend, &context, 7).unwrap();
     let pimoe::pimoe::compose::T2c::Learned(head) = &engine.pimoe.as_ref().unwrap().experts[0].t2c else {

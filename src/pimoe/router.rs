@@ -18,8 +18,10 @@
 //!   `{prefix}fc.0.bias` (128), `{prefix}fc.2.weight` (n_out, 128),
 //!   `{prefix}fc.2.bias` (n_out).
 //! - [`HiddenGate`] (`hidden-gate`): reads the LLM's last hidden state row of the
-//!   current token (whatever the scheduler passes, normally the final-norm output
-//!   that feeds lm_head; the gate must be trained on the same). An `nn.Sequential`
+//!   sequence's newest token (the scheduler passes the final-norm output that feeds
+//!   lm_head, computed in the step that processes the token; the gate must be
+//!   trained on the same, see src/train/). A firing puts the expert's result right
+//!   after that token, in place of the token sampled from its row. An `nn.Sequential`
 //!   of Linear layers with ReLU between: linear `[H, n_out]` (`{prefix}gate.0.*`)
 //!   or MLP `[H, hidden, n_out]` (`{prefix}gate.0.*`, `{prefix}gate.2.*`), then
 //!   either sigmoid (independent per-output gates) or softmax over
@@ -632,7 +634,7 @@ pub struct RouterInputs<'a> {
     /// (B) the decoded text of each answer so far, or any suffix of it at least as
     /// long as the longest trigger; needed by trigger gates only.
     pub texts: Option<&'a [&'a str]>,
-    /// (B, H) the LLM's last hidden state row of the token just generated; needed by
+    /// (B, H) the LLM's last hidden state row of the sequence's newest token; needed by
     /// hidden gates only.
     pub hidden: Option<&'a [f32]>,
     /// (B, outputs) a hidden gate's probabilities already computed inside the decode

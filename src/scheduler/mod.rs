@@ -4,6 +4,10 @@
 //! sampling, the router sees every sequence that produced a token; the ones that
 //! fired are gathered per expert into a routed batch, go through T2C and the expert
 //! together, and their formatted results are queued as tokens for the next step.
+//! A hidden-state gate is the exception in timing, not in kind: it reads the final
+//! hidden state of the step's newest input token (computed in this very step), so
+//! it decides about the position after that token; when it fires, the token sampled
+//! from the same row is dropped and the expert's result takes its place.
 //!
 //! Policy lives here, mechanism in `kv`: requests are admitted while KV blocks are
 //! free; when blocks run out mid-generation the most recently admitted sequence is
@@ -307,22 +311,34 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             row += p.take;
         }
 
-        let mut sampled = sampled.into_iter();
-        let mut fresh = Vec::new(); // sequences that got a new LLM token
-        let mut done = Vec::new();
         for p in &plan {
             let s = &mut self.seqs[p.seq];
             s.computed += p.take;
             s.stats.processed_tokens += p.take;
-            if !p.sample {
+        }
+        let sampled: Vec<(usize, u32)> =
+            plan.iter().filter(|p| p.sample).map(|p| p.seq).zip(sampled).collect();
+        let mut done = Vec::new();
+        // A hidden-state gate read the step's input token (the newest one in each
+        // sequence): when it fires, the expert's result follows that token and the
+        // token sampled from the same row is dropped. The other gates decide after
+        // the sampled token is appended (they read the token or the text).
+        let mut replaced = Vec::new();
+        if let (Some(pimoe), true) = (&e.pimoe, self.gate.is_some()) {
+            let rows: Vec<usize> = sampled.iter().map(|&(i, _)| i).collect();
+            replaced = self.route(pimoe, &rows, &mut events, &mut done)?;
+        }
+        let mut fresh = Vec::new(); // sequences that got a new LLM token
+        for &(i, tok) in &sampled {
+            if replaced.contains(&i) {
                 continue;
             }
-            let tok = sampled.next().expect("one token per sampling row");
+            let s = &mut self.seqs[i];
             if s.stats.generated_tokens == 0 && s.stats.injected_tokens == 0 {
                 s.stats.first_token_secs = s.started.elapsed().as_secs_f64();
             }
             if self.stops.contains(&tok) {
-                done.push((p.seq, Finish::Stop));
+                done.push((i, Finish::Stop));
                 continue;
             }
             s.tokens.push(tok);
@@ -332,12 +348,12 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             s.text.push_str(&text);
             events.push(Event::Token { id: s.id, token: tok, text, provenance: Arc::new(Provenance::Llm) });
             if s.budget == 0 {
-                done.push((p.seq, if s.hit_context { Finish::Context } else { Finish::Length }));
+                done.push((i, if s.hit_context { Finish::Context } else { Finish::Length }));
             } else {
-                fresh.push(p.seq);
+                fresh.push(i);
             }
         }
-        if let Some(pimoe) = &e.pimoe {
+        if let (Some(pimoe), false) = (&e.pimoe, self.gate.is_some()) {
             self.route(pimoe, &fresh, &mut events, &mut done)?;
         }
         done.sort_by_key(|d| std::cmp::Reverse(d.0));
@@ -350,22 +366,28 @@ impl<'e, B: Backend> Scheduler<'e, B> {
         Ok(events)
     }
 
-    /// Runs the router over the sequences that just sampled a token, then T2C and
-    /// the experts for those that fired, one batch per expert, and appends the
-    /// formatted results as tokens for the next step.
+    /// Runs the router over `rows` (sequences at a decision point: they just
+    /// sampled a token, or, for a hidden-state gate, their step's input token is
+    /// the newest), then T2C and the experts for those that fired, one batch per
+    /// expert, and appends the formatted results as tokens for the next step.
+    /// Returns the sequences that got a result (a T2C or expert failure is a note,
+    /// and the LLM's own token stands).
     fn route(
         &mut self,
         pimoe: &Composition,
-        fresh: &[usize],
+        rows: &[usize],
         events: &mut Vec<Event>,
         done: &mut Vec<(usize, Finish)>,
-    ) -> Result<()> {
+    ) -> Result<Vec<usize>> {
+        // Batch order is sequence order, so the router's rows line up with `fresh`.
+        let mut fresh = rows.to_vec();
+        fresh.sort_unstable();
         let fired = {
             let mut states = Vec::new();
             let mut views = Vec::new();
             for (_, s) in self.seqs.iter_mut().enumerate().filter(|(i, _)| fresh.contains(i)) {
                 views.push(SeqView {
-                    token: *s.tokens.last().expect("just pushed"),
+                    token: *s.tokens.last().expect("a sequence has its prompt"),
                     text: &s.text,
                     gate: (!s.last_gate.is_empty()).then_some(s.last_gate.as_slice()),
                 });
@@ -373,6 +395,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             }
             pimoe.route(&mut states, &views)?
         };
+        let mut injected = Vec::new();
         // fired[j] belongs to fresh[j]; group by expert, keeping batch order.
         for expert in 0..pimoe.num_experts() {
             let members: Vec<usize> =
@@ -415,10 +438,16 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 e.backend.run_expert(&e.experts[expert], &pimoe.experts[expert].expert, &flat, rows)?;
             let results = pimoe.finish(expert, inputs, outputs);
             for (&i, result) in members.iter().zip(results) {
+                if matches!(result, Computed::Ok { .. }) {
+                    injected.push(i);
+                }
                 let s = &mut self.seqs[i];
                 s.stats.expert_calls += 1;
                 match result {
                     Computed::Ok { text, inputs, outputs } => {
+                        if s.stats.generated_tokens == 0 && s.stats.injected_tokens == 0 {
+                            s.stats.first_token_secs = s.started.elapsed().as_secs_f64();
+                        }
                         let ids = self.engine.tokenizer.encode(&text)?;
                         let take = ids.len().min(s.budget);
                         let prov = Arc::new(Provenance::Expert {
@@ -455,7 +484,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 }
             }
         }
-        Ok(())
+        Ok(injected)
     }
 
     /// Moves waiting sequences to running while there is room for their next chunk.
