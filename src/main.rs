@@ -152,9 +152,11 @@ fn generate<B: Backend>(engine: &Engine<B>, req: &Request, trace: bool) -> anyho
         for (p, text) in &spans {
             match &**p {
                 Provenance::Llm => eprintln!("  [llm] {text:?}"),
-                Provenance::Expert { expert, inputs, outputs } => {
-                    eprintln!("  [expert {expert}] {text:?}  inputs {inputs:?} -> outputs {outputs:?}")
-                }
+                Provenance::Expert { expert, inputs, outputs } => eprintln!(
+                    "  [expert {expert}] {text:?}  inputs {} -> outputs {}",
+                    brief(inputs),
+                    brief(outputs)
+                ),
             }
         }
         for n in &notes {
@@ -170,6 +172,17 @@ fn generate<B: Backend>(engine: &Engine<B>, req: &Request, trace: bool) -> anyho
         g.finish
     );
     Ok(())
+}
+
+/// A value list for the trace: whole when short; a grid's padded system is long,
+/// so only its head and its length then.
+fn brief(v: &[f64]) -> String {
+    const SHOWN: usize = 16;
+    if v.len() <= SHOWN {
+        format!("{v:?}")
+    } else {
+        format!("{:?} ... ({} values)", &v[..SHOWN], v.len())
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
