@@ -12,7 +12,8 @@ use crate::model::tokenizer::{Message, Tokenizer};
 use crate::pimoe::compose::Composition;
 use crate::pimoe::manifest::Manifest;
 use crate::sampling::SamplingParams;
-use crate::scheduler::{Event, Scheduler, SchedulerConfig};
+use crate::scheduler::{Event, Provenance, Scheduler, SchedulerConfig, Stats};
+use std::sync::Arc;
 
 /// Prompt tokens per prefill step: bounds the activation memory of one step
 /// (about 40 MB at SmolLM2's sizes) whatever the prompt length.
@@ -63,6 +64,24 @@ pub struct Generation {
     pub finish: Finish,
     pub prefill_secs: f64,
     pub decode_secs: f64,
+}
+
+/// One request's answer from a batch run: its tokens with the text each completed
+/// and where it came from, the trace notes, and how it ended.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub text: String,
+    pub tokens: Vec<AnswerToken>,
+    pub notes: Vec<String>,
+    pub finish: Finish,
+    pub stats: Stats,
+}
+
+#[derive(Clone, Debug)]
+pub struct AnswerToken {
+    pub id: u32,
+    pub text: String,
+    pub provenance: Arc<Provenance>,
 }
 
 impl Generation {
@@ -143,6 +162,39 @@ impl<B: Backend> Engine<B> {
                 on_text(text);
             }
         })
+    }
+
+    /// Runs every request through one scheduler (continuous batching) and returns
+    /// their answers in order; `on_finish(i)` is called as request i completes.
+    pub fn generate_batch(
+        &self,
+        reqs: &[Request],
+        cfg: SchedulerConfig,
+        mut on_finish: impl FnMut(usize),
+    ) -> Result<Vec<Answer>> {
+        let mut sched = Scheduler::new(self, cfg)?;
+        let ids = reqs.iter().map(|r| sched.submit(r)).collect::<Result<Vec<_>>>()?;
+        let index = |id| ids.iter().position(|&x| x == id).expect("one of ours");
+        let mut parts: Vec<(Vec<AnswerToken>, Vec<String>)> = vec![Default::default(); reqs.len()];
+        let mut done: Vec<Option<Answer>> = vec![None; reqs.len()];
+        while !sched.is_idle() {
+            for ev in sched.step()? {
+                match ev {
+                    Event::Token { id, token, text, provenance } => {
+                        parts[index(id)].0.push(AnswerToken { id: token, text, provenance })
+                    }
+                    Event::Note { id, message } => parts[index(id)].1.push(message),
+                    Event::Finished { id, finish, stats } => {
+                        let i = index(id);
+                        let (tokens, notes) = std::mem::take(&mut parts[i]);
+                        let text = tokens.iter().map(|t| t.text.as_str()).collect();
+                        done[i] = Some(Answer { text, tokens, notes, finish, stats });
+                        on_finish(i);
+                    }
+                }
+            }
+        }
+        Ok(done.into_iter().map(|a| a.expect("every request finishes")).collect())
     }
 
     /// Generates for one request through the scheduler (so a composition's router

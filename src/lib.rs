@@ -18,5 +18,5 @@ pub mod sampling;
 pub mod scheduler;
 pub mod tasks;
 
-pub use engine::{Engine, Finish, Generation, Prompt, Request};
+pub use engine::{Answer, AnswerToken, Engine, Finish, Generation, Prompt, Request};
 pub use error::{Error, Result};

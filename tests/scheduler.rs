@@ -192,6 +192,18 @@ fn concurrent_requests_equal_running_alone() {
         fired += usize::from(together[i].tokens.iter().any(|(_, p)| *p != Provenance::Llm));
     }
     assert!(fired > 0 && fired < reqs.len(), "some requests must fire and some not: {fired}");
+    // Engine::generate_batch is the same loop, with answers returned in order.
+    let mut finished = Vec::new();
+    let answers = engine.generate_batch(&reqs, cfg, |i| finished.push(i)).unwrap();
+    finished.sort_unstable();
+    assert_eq!(finished, (0..reqs.len()).collect::<Vec<_>>());
+    for (a, o) in answers.iter().zip(&together) {
+        let tokens: Vec<(u32, Provenance)> =
+            a.tokens.iter().map(|t| (t.id, (*t.provenance).clone())).collect();
+        assert_eq!(tokens, o.tokens);
+        assert_eq!((&a.notes, Some(a.finish)), (&o.notes, o.finish));
+        assert_eq!(a.text, a.tokens.iter().map(|t| t.text.as_str()).collect::<String>());
+    }
 }
 
 #[test]

@@ -93,7 +93,10 @@ mod tests {
     #[test]
     fn skips_bus_and_branch_labels() {
         assert_eq!(value("The voltage magnitude at bus 5 in p.u. is approximately 1.04 volts."), Some(1.04));
-        assert_eq!(value("The active power flow on branch 4-5 in MW is 0.0176, which is 1.76%."), Some(0.0176));
+        assert_eq!(
+            value("The active power flow on branch 4-5 in MW is 0.0176, which is 1.76%."),
+            Some(0.0176)
+        );
         assert_eq!(value("The flow on branch 4 - 5 is -41.2 MW."), Some(-41.2));
         assert_eq!(value("The angle at Bus 12 is -4.35 degrees."), Some(-4.35));
         assert_eq!(value("From 3 to 7 the flow is 1e2 MW"), Some(100.0));
