@@ -265,3 +265,45 @@ fn conclusions_follow_the_reference_at_its_thresholds() {
     let msg = Manifest::parse(&text, Path::new("m.json")).unwrap_err().to_string();
     assert!(msg.contains("conclusions") && msg.contains("`above`"), "{msg}");
 }
+
+// ----------------------------------------------------------------------------
+// the reference's full shapes (not committed: PIMOE_PIERN_FULL)
+// ----------------------------------------------------------------------------
+
+/// `make_piern_reference.py --full-shapes DIR` writes the reference's own sizes with
+/// random weights (router 151,665 x 1536, a Qwen2.5-0.5B-shaped backbone, the full
+/// DeepONet), converted; `PIMOE_PIERN_FULL=DIR` runs this check on them.
+#[test]
+fn full_reference_shapes_convert_and_load() {
+    let Some(dir) = std::env::var_os("PIMOE_PIERN_FULL").map(PathBuf::from) else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: PIMOE_PIERN_FULL is not set (make_piern_reference.py --full-shapes DIR writes it)"
+        );
+        return;
+    };
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let e = Engine::load_manifest(CpuBackend, &dir.join("converted/piern.json")).unwrap();
+    let c = pimoe(&e);
+    let Gate::Piern(gate) = c.router.gate() else { panic!("not a piern gate") };
+    assert_eq!((gate.embed().vocab(), gate.embed().dim(), e.llm.config.vocab_size), (151_665, 1536, 151_936));
+    for case in r["router"].as_array().unwrap() {
+        let got = gate.probs_from_tokens(&u32s(&case["tokens"])).unwrap()[0] as f64;
+        assert!((got - case["prob"].as_f64().unwrap()).abs() < 1e-6, "router {got} vs {}", case["prob"]);
+    }
+    let ids = u32s(&r["t2c"]["ids"]);
+    let pooled = e.backbones[0].as_ref().unwrap().pooled_hidden(&e.backend, &ids, 64).unwrap();
+    let got = c.inputs(0, &[String::new()], Some(&pooled));
+    assert_rel(
+        "T2C (0.5B backbone)",
+        got[0].as_ref().unwrap(),
+        &expert_order(&f64s(&r["t2c"]["outputs"])),
+        F32_TOL,
+    );
+    let inputs = f64s(&r["deeponet"]["inputs"]);
+    let out: Vec<f64> =
+        c.experts[0].expert.run(&inputs, inputs.len() / 13).into_iter().map(|y| y.unwrap()[0]).collect();
+    assert_rel("DeepONet (reference widths, f64)", &out, &f64s(&r["deeponet"]["outputs"]), 1e-12);
+}
