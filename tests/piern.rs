@@ -266,6 +266,27 @@ fn conclusions_follow_the_reference_at_its_thresholds() {
     assert!(msg.contains("conclusions") && msg.contains("`above`"), "{msg}");
 }
 
+/// The reference's reasoning LLM and T2C backbone, Qwen2.5-0.5B-Instruct: its
+/// config.json in the transformers 4.x layout it is published in (top-level
+/// `rope_theta`, `rope_scaling: null`, a sliding window declared but off).
+#[test]
+fn the_reference_base_model_config_loads() {
+    let text = r#"{
+        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+        "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+        "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21,
+        "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24,
+        "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000.0,
+        "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.1", "use_cache": true, "use_sliding_window": false,
+        "vocab_size": 151936
+    }"#;
+    let c = pimoe::model::ModelConfig::parse(text, Path::new("config.json")).unwrap();
+    assert_eq!((c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim), (896, 14, 2, 64));
+    assert_eq!((c.vocab_size, c.rope_theta, c.tie_word_embeddings), (151_936, 1e6, true));
+    assert_eq!(c.eos_token_ids, vec![151_645]);
+}
+
 // ----------------------------------------------------------------------------
 // the reference's full shapes (not committed: PIMOE_PIERN_FULL)
 // ----------------------------------------------------------------------------
