@@ -441,7 +441,12 @@ def main(argv=None):
     p.add_argument("--base-model", required=True, help="the base model directory (Qwen2.5-0.5B-Instruct)")
     p.add_argument("--out", required=True, help="the output directory")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--backbone-dtype", choices=["keep", "bf16"], default="keep")
+    p.add_argument(
+        "--backbone-dtype",
+        choices=["keep", "bf16"],
+        default="keep",
+        help="the T2C backbone's stored dtype: as in the checkpoint (default) or bfloat16",
+    )
     args = p.parse_args(argv)
     try:
         convert(args)
