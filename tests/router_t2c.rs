@@ -39,39 +39,48 @@ impl Rng {
     }
 }
 
-fn data_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/piern");
-    dir.is_dir().then_some(dir)
+/// The reference's evaluation prompts, committed (tests/fixtures/piern/README.md).
+fn fixture(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/piern").join(file)
 }
 
-fn prompts(file: &str) -> Option<Vec<String>> {
-    let Some(dir) = data_dir() else {
+/// The reference's training prompts (3.6 MB, not committed): in ../shared/piern/ when
+/// the crate sits beside it.
+fn shared(file: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/piern").join(file);
+    if !path.is_file() {
         // Past libtest's capture, so the skip shows in a plain `cargo test`.
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "skipped: no ../shared/piern/ beside the crate (the reference's battery data)"
+            "skipped: no {} (the reference's battery training data beside the crate)",
+            path.display()
         );
         return None;
-    };
-    let text = std::fs::read_to_string(dir.join(file)).unwrap();
-    Some(
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["prompt"].as_str().unwrap().to_string()
-            })
-            .collect(),
-    )
+    }
+    Some(path)
+}
+
+fn prompts(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["prompt"].as_str().unwrap().to_string()
+        })
+        .collect()
 }
 
 /// The prompt's parts as written, found by its known structure with plain string
-/// scanning (no pattern machinery): the list's items, the time t, the current at t.
+/// scanning (no pattern machinery): the list's items, the time t, the current at t,
+/// and the hint's copy of t in parentheses (where the reference's training labels
+/// take t from).
 struct Parts<'a> {
     list: Vec<&'a str>,
     t: &'a str,
     i_t: &'a str,
+    t_hint: &'a str,
 }
 
 fn structural_parts(p: &str) -> Parts<'_> {
@@ -85,7 +94,9 @@ fn structural_parts(p: &str) -> Parts<'_> {
     let t = &after_list[di..di + t_len];
     let lb = p.rfind('{').unwrap();
     let rb = p.rfind('}').unwrap();
-    Parts { list, t, i_t: &p[lb + 1..rb] }
+    let lp = p.rfind('(').unwrap();
+    let rp = p.rfind(')').unwrap();
+    Parts { list, t, i_t: &p[lb + 1..rb], t_hint: &p[lp + 1..rp] }
 }
 
 fn english(parts: &Parts) -> String {
@@ -179,8 +190,9 @@ fn naive_mlp(mlp: &Mlp, x: &[f64]) -> Vec<f64> {
 // extract: the battery data
 // ----------------------------------------------------------------------------
 
-fn check_battery_file(file: &str) {
-    let Some(prompts) = prompts(file) else { return };
+/// Checks every prompt of the file; returns how many there were.
+fn check_battery_file(path: &Path) -> usize {
+    let prompts = prompts(path);
     let zh = ExtractPattern::parse(ZH).unwrap();
     let en = ExtractPattern::parse(EN).unwrap();
     let order = InputOrder::parse("0..11 | 12, 11").unwrap();
@@ -188,6 +200,7 @@ fn check_battery_file(file: &str) {
     for (k, p) in prompts.iter().enumerate() {
         let parts = structural_parts(p);
         assert_eq!(parts.list.len(), 11, "prompt {k}: the structure scan found {} samples", parts.list.len());
+        assert_eq!(parts.t, parts.t_hint, "prompt {k}: the question's t and the hint's differ");
         let want = expected_values(&parts);
 
         let got = zh.extract(p).unwrap_or_else(|e| panic!("prompt {k}: {e}\n{p}"));
@@ -205,17 +218,21 @@ fn check_battery_file(file: &str) {
         assert_eq!(bits(&groups[0]), bits(&want[..11]));
         assert_eq!(bits(&groups[1]), bits(&[want[12], want[11]]));
     }
-    eprintln!("{file}: {} prompts, 13 inputs each, bitwise exact (zh and en)", prompts.len());
+    eprintln!("{}: {} prompts, 13 inputs each, bitwise exact (zh and en)", path.display(), prompts.len());
+    prompts.len()
 }
 
 #[test]
 fn extract_recovers_every_evaluation_prompt_exactly() {
-    check_battery_file("capacity_sample_PiERN.jsonl");
+    let n = check_battery_file(&fixture("capacity_sample_PiERN.jsonl"));
+    assert_eq!(n, 2400, "the reference's evaluation set has 2,400 prompts");
 }
 
 #[test]
 fn extract_recovers_every_training_prompt_exactly() {
-    check_battery_file("train_capacity_text2computation_module.jsonl");
+    if let Some(path) = shared("train_capacity_text2computation_module.jsonl") {
+        assert_eq!(check_battery_file(&path), 7200);
+    }
 }
 
 #[test]

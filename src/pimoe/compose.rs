@@ -70,11 +70,11 @@ impl Composition {
         let at = |p: &PathBuf| base.join(p);
         let idx = |names: &[String]| names.iter().map(|n| m.expert_index(n)).collect::<Vec<_>>();
         let (gate, policy) = match &m.router {
-            RouterSpec::Piern { weights, experts, embed_dim, hidden, prefix, policy } => {
+            RouterSpec::Piern { weights, experts, vocab: rows, embed_dim, hidden, prefix, policy } => {
                 let files = SafetensorFiles::open_file(&at(weights))?;
                 let cfg = PiernGateConfig {
                     prefix: prefix.clone(),
-                    vocab,
+                    vocab: rows.unwrap_or(vocab),
                     embed_dim: *embed_dim,
                     hidden: *hidden,
                     experts: idx(experts),

@@ -82,7 +82,11 @@ impl ResultFormat {
         let conclusion = outputs.first().and_then(|&v| {
             self.conclusions
                 .iter()
-                .find(|c| c.below.is_none_or(|b| v < b) && c.at_least.is_none_or(|a| v >= a))
+                .find(|c| {
+                    c.below.is_none_or(|b| v < b)
+                        && c.at_least.is_none_or(|a| v >= a)
+                        && c.above.is_none_or(|a| v > a)
+                })
                 .map(|c| c.text.as_str())
         });
         let mut out = String::new();

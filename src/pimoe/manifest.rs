@@ -45,6 +45,11 @@ pub enum RouterSpec {
         weights: PathBuf,
         /// Output j fires experts[j] (one name: the reference's single gate).
         experts: Vec<String>,
+        /// Rows of the embedding table; default the LLM's vocab_size. The reference's
+        /// has len(tokenizer) rows (151,665 for Qwen2.5), fewer than the model's padded
+        /// 151,936; a token past the table is then an error.
+        #[serde(default)]
+        vocab: Option<usize>,
         #[serde(default = "d_1536")]
         embed_dim: usize,
         #[serde(default = "d_128")]
@@ -167,6 +172,8 @@ pub struct FormatSpec {
     pub conclusions: Vec<ConclusionSpec>,
 }
 
+/// A conclusion holds when the value is `below` x, `at_least` x or `above` x (at most
+/// one of them); with none it always holds, a fallback for the end of the list.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConclusionSpec {
@@ -174,6 +181,8 @@ pub struct ConclusionSpec {
     pub below: Option<f64>,
     #[serde(default)]
     pub at_least: Option<f64>,
+    #[serde(default)]
+    pub above: Option<f64>,
     pub text: String,
 }
 
@@ -218,9 +227,9 @@ impl Manifest {
                 return Err(format!("experts[{i}].name `{}` is used twice", e.name));
             }
             for c in &e.format.conclusions {
-                if c.below.is_some() && c.at_least.is_some() {
+                if [c.below, c.at_least, c.above].iter().flatten().count() > 1 {
                     return Err(format!(
-                        "experts[{i}].format.conclusions: give `below` or `at_least`, not both"
+                        "experts[{i}].format.conclusions: give one of `below`, `at_least`, `above`"
                     ));
                 }
             }
