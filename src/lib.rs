@@ -16,6 +16,7 @@ pub mod model;
 pub mod pimoe;
 pub mod sampling;
 pub mod scheduler;
+pub mod train;
 
 pub use engine::{Engine, Finish, Generation, Prompt, Request};
 pub use error::{Error, Result};
