@@ -519,14 +519,14 @@ fn train(target: TrainTarget) -> anyhow::Result<()> {
     };
     let w = &outcome.written;
     let bytes = std::fs::metadata(&w.weights).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
+    println!(
         "wrote {} ({bytes} bytes) and {} in {:.1} s",
         w.weights.display(),
         w.fragment.display(),
         started.elapsed().as_secs_f64()
     );
     if let Some(last) = outcome.epoch_losses.last() {
-        eprintln!("final epoch loss {last:.6}");
+        println!("final epoch loss {last:.6}");
     }
     println!("train: {}", outcome.train);
     match &outcome.val {
