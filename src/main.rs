@@ -94,7 +94,7 @@ enum Cmd {
     /// OUT/NAME.safetensors and OUT/NAME.json, the manifest fragment.
     Train {
         #[command(subcommand)]
-        target: TrainTarget,
+        target: Box<TrainTarget>,
     },
 }
 
@@ -358,7 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Train { target } => train(target)?,
+        Cmd::Train { target } => train(*target)?,
         Cmd::Info { model } => info(&model_dir(model)?)?,
         Cmd::ImportGguf { gguf, out_dir } => {
             let s = import::import_gguf(&gguf, &out_dir, true)?;

@@ -22,7 +22,7 @@ use super::float::Float;
 use super::loss::mse;
 use super::metrics::{RegressionReport, Report};
 use super::net::Net;
-use super::output::{self, check_name};
+use super::output;
 use super::standard::Standard;
 use super::{gather, Files, Outcome};
 use crate::error::{Error, Result};
@@ -56,7 +56,7 @@ pub struct ExpertOptions {
 
 /// Fits the expert and writes `OUT/NAME.safetensors` and the `expert` fragment.
 pub fn train_expert(files: &Files, opts: &ExpertOptions, train: &TrainOptions) -> Result<Outcome> {
-    check_name(&files.name)?;
+    output::prepare(files)?;
     let order = check_shape(opts)?;
     let split = load_split::<ExpertRow>(&files.data, &files.holdout, train.seed)?;
     let (n_in, n_out) = (split.train[0].row.inputs.len(), split.train[0].row.outputs.len());

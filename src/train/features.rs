@@ -2,8 +2,9 @@
 //! the final-normed hidden states (what a hidden-state gate and a learned T2C read
 //! at run time), in prefill chunks of `PREFILL_CHUNK` tokens, without the lm_head.
 //!
-//! Rows are run one after another on one KV cache. A row that starts with the same
-//! tokens as the row before (a shared system prompt, several answers to one
+//! Rows are run one after another on one KV cache, in the order of their token ids
+//! (which puts rows with a common prefix next to each other). A row that starts with
+//! the same tokens as the row before (a shared system prompt, several answers to one
 //! question) keeps that prefix's KV entries and runs only the rest: every CPU op
 //! treats token rows independently, so the hidden states are the same bits as a run
 //! from scratch (tested). Finished rows go to the optional [`FeatureCache`].
@@ -56,8 +57,11 @@ impl FeatureModel {
         // Tokens whose KV entries the cache holds, from position 0.
         let mut held: Vec<u32> = Vec::new();
         let mut progress = Progress::new(self.progress, rows.len());
-        let mut out = Vec::with_capacity(rows.len());
-        for &(tokens, from) in rows {
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].0);
+        let mut out = vec![Vec::new(); rows.len()];
+        for i in order {
+            let (tokens, from) = rows[i];
             assert!(
                 from < tokens.len(),
                 "hidden_rows: from {from} is past the row's {} tokens",
@@ -66,7 +70,7 @@ impl FeatureModel {
             let key = row_key("hidden-v1", from, tokens);
             if let Some(v) = self.cache.as_ref().and_then(|c| c.get(key, (tokens.len() - from) * h)) {
                 progress.row(0);
-                out.push(v);
+                out[i] = v;
                 continue;
             }
             let shared = held.iter().zip(tokens).take_while(|(a, b)| a == b).count();
@@ -85,7 +89,7 @@ impl FeatureModel {
                 c.put(key, &rows_h)?;
             }
             progress.row(tokens.len() - start);
-            out.push(rows_h);
+            out[i] = rows_h;
         }
         progress.finish();
         Ok(out)

@@ -28,7 +28,7 @@ use super::fit::{fit, TrainOptions};
 use super::float::Float;
 use super::metrics::Report;
 use super::net::Net;
-use super::output::{self, check_name};
+use super::output;
 use super::standard::Standard;
 use super::{gather, Files, Outcome};
 use crate::error::{Error, Result};
@@ -159,7 +159,7 @@ struct Examples {
 
 /// Fits the gate and writes `OUT/NAME.safetensors` and the `router` fragment.
 pub fn train_hidden_gate(files: &Files, opts: &HiddenGateOptions, train: &TrainOptions) -> Result<Outcome> {
-    check_name(&files.name)?;
+    output::prepare(files)?;
     check_threshold(opts.threshold)?;
     if opts.inner == Some(0) {
         return Err(Error::Request("--inner 0: a hidden layer needs at least one unit".into()));

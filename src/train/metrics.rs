@@ -98,7 +98,15 @@ pub struct RegressionReport {
 }
 
 impl RegressionReport {
-    /// predictions y and targets t (rows, n), in data units.
+    /// Predictions y and targets t (rows, n) in data units, the loss measured in units
+    /// of `scale` (n): the standard deviations the targets were trained in.
+    pub fn scaled(y: &[f64], t: &[f64], rows: usize, scale: &[f64]) -> Self {
+        let n = scale.len();
+        let sq: f64 = y.iter().zip(t).enumerate().map(|(i, (a, b))| ((a - b) / scale[i % n]).powi(2)).sum();
+        Self::new(sq / y.len().max(1) as f64, y, t, rows)
+    }
+
+    /// Predictions y and targets t (rows, n), in data units, and the loss to report.
     pub fn new(loss: f64, y: &[f64], t: &[f64], rows: usize) -> Self {
         let (mut sq, mut max_abs, mut max_rel) = (0f64, 0f64, 0f64);
         for (&a, &b) in y.iter().zip(t) {

@@ -37,11 +37,18 @@ pub struct Written {
 }
 
 /// Checks that `name` can be a file name inside OUT.
-pub fn check_name(name: &str) -> Result<()> {
+fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
         return Err(Error::Request(format!("--name {name:?} must be a plain file name (no directories)")));
     }
     Ok(())
+}
+
+/// Checks the name and makes the output directory before a run starts, so that a
+/// long run does not fail at its end.
+pub fn prepare(files: &super::Files) -> Result<()> {
+    check_name(&files.name)?;
+    std::fs::create_dir_all(&files.out).map_err(|e| Error::io(&files.out, e))
 }
 
 /// Writes the weights, then the fragment with `"weights": "NAME.safetensors"` added.

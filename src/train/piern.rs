@@ -22,7 +22,7 @@ use super::fit::{fit, TrainOptions};
 use super::float::Float;
 use super::metrics::Report;
 use super::net::Net;
-use super::output::{self, check_name};
+use super::output;
 use super::{Files, Outcome};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
@@ -66,7 +66,7 @@ pub struct PiernOptions {
 
 /// Fits the router and writes `OUT/NAME.safetensors` and the `router` fragment.
 pub fn train_piern(files: &Files, opts: &PiernOptions, train: &TrainOptions) -> Result<Outcome> {
-    check_name(&files.name)?;
+    output::prepare(files)?;
     check_threshold(opts.threshold)?;
     if opts.embed_dim == 0 || opts.hidden == 0 {
         return Err(Error::Request("--embed-dim and --hidden must be positive".into()));

@@ -22,7 +22,7 @@ use super::float::Float;
 use super::loss::mse;
 use super::metrics::{RegressionReport, Report};
 use super::net::Net;
-use super::output::{self, check_name};
+use super::output;
 use super::standard::Standard;
 use super::{gather, Files, Outcome};
 use crate::error::{Error, Result};
@@ -64,7 +64,7 @@ struct Set {
 
 /// Fits the head and writes `OUT/NAME.safetensors` and the `t2c` fragment.
 pub fn train_t2c(files: &Files, opts: &T2cOptions, train: &TrainOptions) -> Result<Outcome> {
-    check_name(&files.name)?;
+    output::prepare(files)?;
     if opts.inner == 0 {
         return Err(Error::Request("--inner 0: the head needs at least one inner unit".into()));
     }
