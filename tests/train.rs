@@ -626,7 +626,8 @@ fn a_hidden_gate_fits_its_rows_and_the_runtime_reads_what_was_trained() {
         .unwrap();
         let gate = HiddenGate::load(&st, &cfg).unwrap();
         let model = FeatureModel::load(&tiny(), None, false).unwrap();
-        let a = Aligned::new(model.tokenizer(), "Q1: angle at bus 3? A:", " The angle is 0.2 rad.").unwrap();
+        let a = Aligned::new(model.tokenizer(), "Q1: angle at bus 3? A:", " The angle is 0.2 rad.", None)
+            .unwrap();
         let feats = model.hidden_rows(&[(&a.run_tokens(), a.first_feature())]).unwrap().remove(0);
         let rows = a.answer.len();
         let p = gate.probs(&feats, rows);
@@ -684,7 +685,7 @@ fn hidden_gate_features_are_what_the_decode_step_feeds_the_gate() {
     let gate = DeviceGate::new(&b, &[(&eye, &zero)], false).unwrap();
     for (prompt, answer) in [("Q: angle at bus 3? A:", " The angle is 0.25 rad."), ("x", " héllo wörld 1")]
     {
-        let a = Aligned::new(model.tokenizer(), prompt, answer).unwrap();
+        let a = Aligned::new(model.tokenizer(), prompt, answer, None).unwrap();
         let feats = model.hidden_rows(&[(&a.run_tokens(), a.first_feature())]).unwrap().remove(0);
         assert_eq!(feats.len(), a.answer.len() * h);
 
@@ -713,17 +714,80 @@ fn hidden_gate_features_are_what_the_decode_step_feeds_the_gate() {
 }
 
 #[test]
+fn the_scheduler_fires_where_the_trainers_features_say() {
+    // A greedy answer of the tiny model, then a gate built to fire at one chosen
+    // token: its probability on the trainer's features is the highest of the
+    // answer, and the threshold sits just below it. The scheduler, running the gate
+    // inside its decode steps, must fire right after that token (the expert's T2C
+    // finds no number in this context, so the firing shows as a note and the answer
+    // goes on unchanged).
+    let dir = common::scratch_dir("train-scheduler");
+    let prompt = "Q: angle at bus 3? A:";
+    let req = |n| pimoe::Request {
+        prompt: pimoe::Prompt::Raw(prompt.into()),
+        max_tokens: n,
+        sampling: pimoe::sampling::SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
+    };
+    let plain = Engine::load(CpuBackend, &tiny()).unwrap();
+    let g = plain.generate(&req(24), |_| {}).unwrap();
+    let model = FeatureModel::load(&tiny(), None, false).unwrap();
+    let a = Aligned::new(model.tokenizer(), prompt, &g.text, Some(&g.tokens)).unwrap();
+    let feats = model.hidden_rows(&[(&a.run_tokens(), a.first_feature())]).unwrap().remove(0);
+
+    let mut net = Net::<f32>::init(&[64, 1], Activation::Relu, &mut Rng::new(8));
+    let z = net.forward(&feats, a.answer.len());
+    let mut p = z.clone();
+    activate(&mut p, 1, false);
+    let mut sorted = p.clone();
+    sorted.sort_by(|x, y| y.total_cmp(x));
+    assert!(sorted[0] > sorted[1], "a tie at the top: pick another seed");
+    let fire_at = p.iter().position(|&v| v == sorted[0]).unwrap();
+    // The threshold goes halfway between the best and the second-best probability.
+    let threshold = (sorted[0] + sorted[1]) / 2.0;
+    let out = dir.join("out");
+    pimoe::train::output::write(&out, "gate", &net.tensors("gate"), serde_json::Map::new()).unwrap();
+    let router = serde_json::json!({ "kind": "hidden-gate", "weights": "gate.safetensors", "experts": ["dc"],
+                                     "activation": "sigmoid", "policy": { "threshold": threshold } });
+    let engine = load_manifest(
+        &out,
+        serde_json::json!({ "llm": tiny(), "router": router,
+        "experts": [{ "name": "dc", "t2c": { "kind": "extract", "pattern": "number after \"=\"; number" },
+                      "expert": { "kind": "linear-solve", "n": 1 }, "format": { "template": "{value}" } }] }),
+    )
+    .unwrap();
+    let (mut tokens, mut fired_after) = (0, Vec::new());
+    let routed = engine
+        .generate_events(&req(24), |ev| match ev {
+            pimoe::scheduler::Event::Token { .. } => tokens += 1,
+            pimoe::scheduler::Event::Note { .. } => fired_after.push(tokens),
+            _ => {}
+        })
+        .unwrap();
+    assert_eq!(routed.tokens, g.tokens, "a failed T2C changes nothing");
+    assert_eq!(fired_after, vec![fire_at + 1], "the scheduler fired elsewhere (probs {p:?})");
+}
+
+#[test]
 fn answer_token_ends_follow_the_streamed_text() {
     let tok = Tokenizer::load(&tiny().join("tokenizer.json")).unwrap();
     // 'é' is two byte-level tokens: the first adds no text, the second both bytes.
-    let a = Aligned::new(&tok, "p", "héllo").unwrap();
+    let a = Aligned::new(&tok, "p", "héllo", None).unwrap();
     assert_eq!(a.ends, vec![1, 1, 3, 4, 5, 6]);
     assert_eq!(a.token_ending_at(1), Some(0), "the first token that ends there");
     assert_eq!(a.token_ending_at(2), None, "inside a character");
     assert_eq!(a.token_ending_at(3), Some(2));
     assert_eq!(a.run_tokens().len(), a.prompt.len() + a.answer.len() - 1);
-    assert!(Aligned::new(&tok, "", "x").unwrap_err().contains("prompt is empty"));
-    assert!(Aligned::new(&tok, "p", "").unwrap_err().contains("answer is empty"));
+    assert!(Aligned::new(&tok, "", "x", None).unwrap_err().contains("prompt is empty"));
+    assert!(Aligned::new(&tok, "p", "", None).unwrap_err().contains("answer is empty"));
+    // Ids as generated may segment the text differently from encode(); they must
+    // still spell the answer.
+    let ids = tok.encode(" the").unwrap();
+    let split: Vec<u32> = [" ", "t", "h", "e"].iter().flat_map(|c| tok.encode(c).unwrap()).collect();
+    assert!(split.len() > ids.len(), "the ids are encode()'s");
+    let b = Aligned::new(&tok, "p", " the", Some(&split)).unwrap();
+    assert_eq!((b.answer.clone(), b.ends.clone()), (split.clone(), vec![1, 2, 3, 4]));
+    let e = Aligned::new(&tok, "p", " thy", Some(&split)).unwrap_err();
+    assert!(e.contains("not the text of its tokens") && e.contains("from byte 3"), "{e}");
 }
 
 #[test]

@@ -3,9 +3,12 @@
 //!
 //! Data, one row per answer:
 //! `{"prompt": "<the full prompt as the model saw it>", "answer": "<the answer>",
-//!   "fire": [{"at": <byte offset in the answer>, "expert": "<name>"}]}`.
+//!   "fire": [{"at": <byte offset in the answer>, "expert": "<name>"}],
+//!   "tokens": [<the answer's token ids as generated>]}` (`tokens` optional).
 //! A firing at byte `at` means: the expert's result goes right after the answer
-//! token that ends at `at`.
+//! token that ends at `at`. Without `tokens` the answer is encode(answer); a model
+//! may have generated other ids for the same text (BPE segmentations are not
+//! unique), so rows recorded from generation should carry the ids.
 //!
 //! The features are exactly what the runtime's gate reads. After the scheduler
 //! samples answer token j, the router decides from the final-normed hidden state of
@@ -45,6 +48,8 @@ struct GateRow {
     answer: String,
     #[serde(default)]
     fire: Vec<Firing>,
+    #[serde(default)]
+    tokens: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,10 +85,19 @@ pub struct Aligned {
 }
 
 impl Aligned {
+    /// The answer's ids are `tokens` when given (as generated), else encode(answer).
     /// The error message says what does not fit (the caller names the row).
-    pub fn new(tok: &Tokenizer, prompt: &str, answer: &str) -> std::result::Result<Self, String> {
+    pub fn new(
+        tok: &Tokenizer,
+        prompt: &str,
+        answer: &str,
+        tokens: Option<&[u32]>,
+    ) -> std::result::Result<Self, String> {
         let prompt_ids = tok.encode(prompt).map_err(|e| e.to_string())?;
-        let answer_ids = tok.encode(answer).map_err(|e| e.to_string())?;
+        let answer_ids = match tokens {
+            Some(t) => t.to_vec(),
+            None => tok.encode(answer).map_err(|e| e.to_string())?,
+        };
         if prompt_ids.is_empty() || answer_ids.is_empty() {
             return Err(format!("the {} is empty", if prompt_ids.is_empty() { "prompt" } else { "answer" }));
         }
@@ -97,7 +111,7 @@ impl Aligned {
         if text != answer {
             let k = text.bytes().zip(answer.bytes()).take_while(|(a, b)| a == b).count();
             return Err(format!(
-                "the answer does not come back unchanged from its tokens (they differ from byte {k}: {:?} vs {:?})",
+                "the answer is not the text of its tokens (they differ from byte {k}: {:?} vs {:?})",
                 answer.get(k..).map(|s| s.chars().take(12).collect::<String>()).unwrap_or_default(),
                 text.get(k..).map(|s| s.chars().take(12).collect::<String>()).unwrap_or_default(),
             ));
@@ -177,7 +191,8 @@ pub fn train_hidden_gate(files: &Files, opts: &HiddenGateOptions, train: &TrainO
     let align = |set: &[Line<GateRow>]| -> Result<Vec<(Aligned, Vec<usize>)>> {
         set.iter()
             .map(|l| {
-                let a = Aligned::new(model.tokenizer(), &l.row.prompt, &l.row.answer)
+                let r = &l.row;
+                let a = Aligned::new(model.tokenizer(), &r.prompt, &r.answer, r.tokens.as_deref())
                     .map_err(|m| l.at.error(m))?;
                 if a.prompt.len() + a.answer.len() > ctx {
                     return Err(l.at.error(format!(
