@@ -158,3 +158,14 @@ pub fn check_threshold(t: f32) -> crate::error::Result<()> {
         Err(crate::error::Error::Request(format!("--threshold {t} is not in [0, 1)")))
     }
 }
+
+/// Distinct expert names in order of first appearance: a gate's default outputs.
+pub fn first_appearance<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out
+}

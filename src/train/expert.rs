@@ -86,6 +86,7 @@ pub fn train_expert(files: &Files, opts: &ExpertOptions, train: &TrainOptions) -
     Ok(outcome)
 }
 
+/// Checks the width flags and parses `--order`.
 fn check_shape(opts: &ExpertOptions) -> Result<Option<InputOrder>> {
     let check = |flag: &str, w: &[usize]| {
         if w.len() < 2 || w.contains(&0) {

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::adam::Adam;
-use super::classify::{check_threshold, router_fragment, ClassWeight, Classes};
+use super::classify::{check_threshold, first_appearance, router_fragment, ClassWeight, Classes};
 use super::data::{load_split, Line};
 use super::features::FeatureModel;
 use super::fit::{fit, TrainOptions};
@@ -181,7 +181,9 @@ pub fn train_hidden_gate(files: &Files, opts: &HiddenGateOptions, train: &TrainO
     let split = load_split::<GateRow>(&files.data, &files.holdout, train.seed)?;
     let experts = match &opts.experts {
         Some(e) => e.clone(),
-        None => first_appearance(split.train.iter().chain(&split.val).flat_map(|l| &l.row.fire)),
+        None => first_appearance(
+            split.train.iter().chain(&split.val).flat_map(|l| &l.row.fire).map(|f| &f.expert),
+        ),
     };
     if experts.is_empty() {
         return Err(Error::format(&files.data, "no row fires an expert: there is nothing to learn"));
@@ -224,17 +226,6 @@ pub fn train_hidden_gate(files: &Files, opts: &HiddenGateOptions, train: &TrainO
         Precision::F32 => run::<f32>(files, opts, train, &classes, h, &train_set, &val_set),
         Precision::F64 => run::<f64>(files, opts, train, &classes, h, &train_set, &val_set),
     }
-}
-
-/// Distinct expert names in order of first appearance.
-fn first_appearance<'a>(fire: impl Iterator<Item = &'a Firing>) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for f in fire {
-        if !names.contains(&f.expert) {
-            names.push(f.expert.clone());
-        }
-    }
-    names
 }
 
 fn run<T: Float>(

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer};
 
 use super::adam::Adam;
-use super::classify::{check_threshold, router_fragment, ClassWeight, Classes};
+use super::classify::{check_threshold, first_appearance, router_fragment, ClassWeight, Classes};
 use super::data::{load_split, Line};
 use super::embed::EmbedMean;
 use super::fit::{fit, TrainOptions};
@@ -92,15 +92,7 @@ pub fn train_piern(files: &Files, opts: &PiernOptions, train: &TrainOptions) -> 
             ))
         }
         (Some(e), false) => e.clone(),
-        (None, false) => {
-            let mut names: Vec<String> = Vec::new();
-            for name in all().filter_map(|l| l.row.expert.clone().flatten()) {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-            names
-        }
+        (None, false) => first_appearance(all().filter_map(|l| l.row.expert.as_ref()?.as_ref())),
     };
     if experts.is_empty() {
         return Err(Error::format(&files.data, "no row names an expert: there is nothing to learn"));
