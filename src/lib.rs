@@ -17,6 +17,7 @@ pub mod pimoe;
 pub mod sampling;
 pub mod scheduler;
 pub mod tasks;
+pub mod train;
 
 pub use engine::{Answer, AnswerToken, Engine, Finish, Generation, Prompt, Request};
 pub use error::{Error, Result};

@@ -4,13 +4,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use pimoe::backend::Backend;
 use pimoe::device::{self, DeviceChoice, Opened};
 use pimoe::model::{fetch, import, ModelConfig};
+use pimoe::pimoe::experts::{Activation, Precision};
+use pimoe::pimoe::router::GateActivation;
 use pimoe::sampling::SamplingParams;
 use pimoe::scheduler::{Event, Provenance};
+use pimoe::train::classify::ClassWeight;
+use pimoe::train::{self as tr, Holdout, TrainOptions};
 use pimoe::{Engine, Prompt, Request};
 use std::sync::Arc;
 
@@ -85,6 +89,155 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
+    /// Fit a router gate, a learned T2C head or an expert to JSONL rows (Adam,
+    /// hand-written backward passes, deterministic for a seed); writes
+    /// OUT/NAME.safetensors and OUT/NAME.json, the manifest fragment.
+    Train {
+        #[command(subcommand)]
+        target: Box<TrainTarget>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrainTarget {
+    /// A router: `piern` (its own embedding table over the text generated so far;
+    /// rows {"text", "type": 0|1} or {"text", "expert": name|null}) or `hidden-gate`
+    /// (on the LLM's hidden state; rows {"prompt", "answer", "fire": [{"at", "expert"}]}).
+    Router(RouterArgs),
+    /// The learned T2C head over the mean hidden state of the prompt; rows
+    /// {"prompt", "target": [...]}, or {"prompt"} with --pattern.
+    T2c(T2cArgs),
+    /// An MLP or DeepONet expert; rows {"inputs": [...], "outputs": [...]}.
+    Expert(ExpertArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Training rows (JSONL).
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation rows in a separate file (instead of --val-fraction).
+    #[arg(long, conflicts_with = "val_fraction")]
+    val: Option<PathBuf>,
+    /// Hold out this fraction of --data for validation, chosen by the seed.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// f32 or f64 (default: f32 for routers and T2C, f64 for experts).
+    #[arg(long)]
+    precision: Option<String>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Output file name (default: router, t2c or expert).
+    #[arg(long)]
+    name: Option<String>,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RouterKind {
+    Piern,
+    HiddenGate,
+}
+
+#[derive(Args)]
+struct RouterArgs {
+    #[arg(long, value_enum)]
+    kind: RouterKind,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The LLM (tokenizer, hidden states). Default: SmolLM2-135M-Instruct.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Expert names in output order, comma separated (default: as they first appear).
+    #[arg(long, value_delimiter = ',')]
+    experts: Option<Vec<String>>,
+    /// piern: E, the embedding width (the reference: 1536).
+    #[arg(long)]
+    embed_dim: Option<usize>,
+    /// piern: the MLP's inner width (the reference: 128).
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// hidden-gate: an inner layer of this width (default: one linear layer).
+    #[arg(long)]
+    inner: Option<usize>,
+    /// hidden-gate: softmax (class 0 = no expert) or sigmoid (one gate per expert).
+    #[arg(long)]
+    activation: Option<String>,
+    /// balanced or none.
+    #[arg(long, default_value = "balanced")]
+    class_weight: String,
+    /// The policy's firing threshold, written into the fragment.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    /// Keep LLM features here (default: weights/.cache/features).
+    #[arg(long, conflicts_with = "no_cache")]
+    cache: Option<PathBuf>,
+    /// Compute the LLM features without reading or writing the cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+#[derive(Args)]
+struct T2cArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The model whose hidden states are pooled. Default: SmolLM2-135M-Instruct.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Take the targets from each prompt with this extract pattern.
+    #[arg(long)]
+    pattern: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    inner: usize,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExpertKind {
+    Mlp,
+    Deeponet,
+}
+
+#[derive(Args)]
+struct ExpertArgs {
+    #[arg(long, value_enum)]
+    kind: ExpertKind,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// mlp: [inputs, hidden.., outputs], comma separated.
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<usize>>,
+    /// deeponet: the branch net's widths.
+    #[arg(long, value_delimiter = ',')]
+    branch: Option<Vec<usize>>,
+    /// deeponet: the trunk net's widths.
+    #[arg(long, value_delimiter = ',')]
+    trunk: Option<Vec<usize>>,
+    /// relu, tanh, gelu, silu or identity.
+    #[arg(long, default_value = "relu")]
+    activation: String,
+    /// Input groups as the manifest's `order` (deeponet: "branch | trunk").
+    #[arg(long)]
+    order: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -218,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Train { target } => train(*target)?,
         Cmd::Info { model } => info(&model_dir(model)?)?,
         Cmd::ImportGguf { gguf, out_dir } => {
             let s = import::import_gguf(&gguf, &out_dir, true)?;
@@ -253,6 +407,147 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("wrote {}", path.display());
             }
         }
+    }
+    Ok(())
+}
+
+/// The run's files (named `default_name` unless --name), shared options and
+/// precision (`default` unless --precision).
+fn common(
+    c: CommonArgs,
+    default_name: &str,
+    default: Precision,
+) -> anyhow::Result<(tr::Files, TrainOptions, Precision)> {
+    let holdout = match c.val {
+        Some(path) => Holdout::File(path),
+        None => Holdout::Fraction(c.val_fraction),
+    };
+    let precision = match &c.precision {
+        None => default,
+        Some(p) => Precision::from_name(p).ok_or_else(|| anyhow::anyhow!("--precision {p:?}: f32 or f64"))?,
+    };
+    let name = c.name.unwrap_or_else(|| default_name.to_string());
+    let opts = TrainOptions { epochs: c.epochs, batch: c.batch, lr: c.lr, seed: c.seed, progress: !c.quiet };
+    Ok((tr::Files { data: c.data, holdout, out: c.out, name }, opts, precision))
+}
+
+fn cache_dir(c: &CacheArgs) -> Option<PathBuf> {
+    match (c.no_cache, &c.cache) {
+        (true, _) => None,
+        (false, Some(dir)) => Some(dir.clone()),
+        (false, None) => Some(fetch::weights_root().join(".cache/features")),
+    }
+}
+
+/// Refuses the first flag given that `--kind kind` does not read.
+fn unused(kind: &str, flags: &[(&str, bool)]) -> anyhow::Result<()> {
+    match flags.iter().find(|f| f.1) {
+        Some((flag, _)) => anyhow::bail!("--{flag} does not apply to --kind {kind}"),
+        None => Ok(()),
+    }
+}
+
+fn train(target: TrainTarget) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let outcome = match target {
+        TrainTarget::Router(a) => {
+            let class_weight = ClassWeight::from_name(&a.class_weight)
+                .ok_or_else(|| anyhow::anyhow!("--class-weight {:?}: balanced or none", a.class_weight))?;
+            let (files, opts, precision) = common(a.common, "router", Precision::F32)?;
+            match a.kind {
+                RouterKind::Piern => {
+                    let given = [
+                        ("inner", a.inner.is_some()),
+                        ("activation", a.activation.is_some()),
+                        ("cache", a.cache.cache.is_some()),
+                        ("no-cache", a.cache.no_cache),
+                    ];
+                    unused("piern", &given)?;
+                    let p = tr::piern::PiernOptions {
+                        model: model_dir(a.model)?,
+                        experts: a.experts,
+                        embed_dim: a.embed_dim.unwrap_or(64),
+                        hidden: a.hidden.unwrap_or(64),
+                        class_weight,
+                        threshold: a.threshold,
+                        precision,
+                    };
+                    tr::piern::train_piern(&files, &p, &opts)?
+                }
+                RouterKind::HiddenGate => {
+                    unused(
+                        "hidden-gate",
+                        &[("embed-dim", a.embed_dim.is_some()), ("hidden", a.hidden.is_some())],
+                    )?;
+                    let activation = match a.activation.as_deref().unwrap_or("softmax") {
+                        "softmax" => GateActivation::Softmax,
+                        "sigmoid" => GateActivation::Sigmoid,
+                        other => anyhow::bail!("--activation {other:?}: softmax or sigmoid"),
+                    };
+                    let h = tr::hidden_gate::HiddenGateOptions {
+                        model: model_dir(a.model)?,
+                        experts: a.experts,
+                        inner: a.inner,
+                        activation,
+                        class_weight,
+                        threshold: a.threshold,
+                        precision,
+                        cache: cache_dir(&a.cache),
+                    };
+                    tr::hidden_gate::train_hidden_gate(&files, &h, &opts)?
+                }
+            }
+        }
+        TrainTarget::T2c(a) => {
+            let (files, opts, precision) = common(a.common, "t2c", Precision::F32)?;
+            let t = tr::t2c::T2cOptions {
+                model: model_dir(a.model)?,
+                pattern: a.pattern,
+                inner: a.inner,
+                precision,
+                cache: cache_dir(&a.cache),
+            };
+            tr::t2c::train_t2c(&files, &t, &opts)?
+        }
+        TrainTarget::Expert(a) => {
+            let (files, opts, precision) = common(a.common, "expert", Precision::F64)?;
+            let shape = match (a.kind, a.widths, a.branch, a.trunk) {
+                (ExpertKind::Mlp, Some(widths), None, None) => tr::expert::ExpertShape::Mlp { widths },
+                (ExpertKind::Mlp, ..) => {
+                    anyhow::bail!("--kind mlp takes --widths (and not --branch/--trunk)")
+                }
+                (ExpertKind::Deeponet, None, Some(branch), Some(trunk)) => {
+                    tr::expert::ExpertShape::DeepONet { branch, trunk }
+                }
+                (ExpertKind::Deeponet, ..) => {
+                    anyhow::bail!("--kind deeponet takes --branch and --trunk (and not --widths)")
+                }
+            };
+            let activation = Activation::from_name(&a.activation).ok_or_else(|| {
+                anyhow::anyhow!("--activation {:?}: relu, tanh, gelu, silu or identity", a.activation)
+            })?;
+            let e = tr::expert::ExpertOptions { shape, activation, precision, order: a.order };
+            tr::expert::train_expert(&files, &e, &opts)?
+        }
+    };
+    let w = &outcome.written;
+    let bytes = std::fs::metadata(&w.weights).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({bytes} bytes) and {} in {:.1} s",
+        w.weights.display(),
+        w.fragment.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(last) = outcome.epoch_losses.last() {
+        println!("final epoch loss {last:.6}");
+    }
+    println!("train: {}", outcome.train);
+    match &outcome.val {
+        Some(v) => println!("validation: {v}"),
+        None => println!("validation: none (--val-fraction 0)"),
+    }
+    for n in &outcome.notes {
+        println!("note: {n}");
     }
     Ok(())
 }

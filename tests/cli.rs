@@ -132,3 +132,52 @@ fn errors_are_clean() {
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "only bad.gguf remains: {leftovers:?}");
 }
+
+#[test]
+fn train_fits_an_expert_and_refuses_flags_of_another_kind() {
+    let dir = scratch_dir("cli-train");
+    let rows: Vec<String> = (0..50)
+        .map(|i| format!("{{\"inputs\": [{}], \"outputs\": [{}]}}", i as f64 / 50.0, i as f64 / 25.0))
+        .collect();
+    let data = dir.join("rows.jsonl");
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let (d, o) = (data.to_str().unwrap(), dir.join("out"));
+    let out = pimoe(&[
+        "train",
+        "expert",
+        "--kind",
+        "mlp",
+        "--widths",
+        "1,8,1",
+        "--data",
+        d,
+        "--out",
+        o.to_str().unwrap(),
+        "--name",
+        "lin",
+        "--epochs",
+        "3",
+    ]);
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{se}");
+    assert!(so.contains("validation: loss") && so.contains("RMSE"), "{so}");
+    assert!(se.contains("epoch 3/3: loss"), "one line per epoch off a terminal: {se}");
+    assert!(o.join("lin.safetensors").is_file() && o.join("lin.json").is_file());
+
+    let model = fixtures().join("tiny-llama");
+    let out = pimoe(&[
+        "train",
+        "router",
+        "--kind",
+        "piern",
+        "--inner",
+        "4",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        d,
+        "--out",
+        o.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&out, "--inner does not apply to --kind piern");
+}
