@@ -629,7 +629,7 @@ fn a_hidden_gate_fits_its_rows_and_the_runtime_reads_what_was_trained() {
         let a = Aligned::new(model.tokenizer(), "Q1: angle at bus 3? A:", " The angle is 0.2 rad.", None)
             .unwrap();
         let feats = model.hidden_rows(&[(&a.run_tokens(), a.first_feature())]).unwrap().remove(0);
-        let rows = a.answer.len();
+        let rows = a.answer.len() + 1;
         let p = gate.probs(&feats, rows);
         let net_out = {
             let mut net = Net::<f32>::init(
@@ -671,11 +671,12 @@ fn gate_widths(inner: Option<usize>, out: usize) -> Vec<usize> {
 
 #[test]
 fn hidden_gate_features_are_what_the_decode_step_feeds_the_gate() {
-    // The scheduler samples answer token j from the logits row of position
-    // prompt_len - 1 + j and runs the gate on that row's final-normed hidden state
-    // (`Llm::forward_sample_with`). Replay that loop, feeding the answer's tokens
-    // as if sampled, with a gate that shows its input: identity weights and a
-    // sigmoid, so each gate row is sigmoid(hidden) computed the runtime's way.
+    // The gate decides after a sequence's newest token from that token's
+    // final-normed hidden state, computed in the step that processes it
+    // (`Llm::forward_sample_with`): first the prompt's last token, then each answer
+    // token as it comes in. Replay that loop, feeding the answer's tokens as if
+    // sampled, with a gate that shows its input: identity weights and a sigmoid, so
+    // each gate row is sigmoid(hidden) computed the runtime's way.
     let b = CpuBackend;
     let llm = Llm::load(&b, &tiny()).unwrap();
     let model = FeatureModel::load(&tiny(), None, false).unwrap();
@@ -687,7 +688,7 @@ fn hidden_gate_features_are_what_the_decode_step_feeds_the_gate() {
     {
         let a = Aligned::new(model.tokenizer(), prompt, answer, None).unwrap();
         let feats = model.hidden_rows(&[(&a.run_tokens(), a.first_feature())]).unwrap().remove(0);
-        assert_eq!(feats.len(), a.answer.len() * h);
+        assert_eq!(feats.len(), (a.answer.len() + 1) * h);
 
         let total = a.prompt.len() + a.answer.len();
         let mut cache = llm.new_cache(&b, total);
@@ -699,9 +700,9 @@ fn hidden_gate_features_are_what_the_decode_step_feeds_the_gate() {
         gate_rows.extend(
             llm.forward_sample_with(&b, &mut cache, &step, &greedy, false, Some(&gate)).unwrap().gate,
         );
-        for j in 1..a.answer.len() {
-            let tok = [a.answer[j - 1]];
-            let start = a.prompt.len() + j - 1;
+        for j in 0..a.answer.len() {
+            let tok = [a.answer[j]];
+            let start = a.prompt.len() + j;
             let step = [SeqChunk { tokens: &tok, start, block_table: &table, logits: Logits::Last }];
             gate_rows.extend(
                 llm.forward_sample_with(&b, &mut cache, &step, &greedy, false, Some(&gate)).unwrap().gate,
@@ -734,10 +735,12 @@ fn the_scheduler_fires_where_the_trainers_features_say() {
     let a = Aligned::new(model.tokenizer(), prompt, &g.text, Some(&g.tokens)).unwrap();
     let feats = model.hidden_rows(&[(&a.run_tokens(), a.first_feature())]).unwrap().remove(0);
 
-    let mut net = Net::<f32>::init(&[64, 1], Activation::Relu, &mut Rng::new(8));
-    let z = net.forward(&feats, a.answer.len());
+    let net = Net::<f32>::init(&[64, 1], Activation::Relu, &mut Rng::new(8));
+    let z = net.forward(&feats, a.answer.len() + 1);
     let mut p = z.clone();
     activate(&mut p, 1, false);
+    // The decision after the last token never comes (the answer ends there).
+    p.pop();
     let mut sorted = p.clone();
     sorted.sort_by(|x, y| y.total_cmp(x));
     assert!(sorted[0] > sorted[1], "a tie at the top: pick another seed");
@@ -764,7 +767,8 @@ fn the_scheduler_fires_where_the_trainers_features_say() {
         })
         .unwrap();
     assert_eq!(routed.tokens, g.tokens, "a failed T2C changes nothing");
-    assert_eq!(fired_after, vec![fire_at + 1], "the scheduler fired elsewhere (probs {p:?})");
+    // Decision d comes after d tokens of the answer (d = 0: right after the prompt).
+    assert_eq!(fired_after, vec![fire_at], "the scheduler fired elsewhere (probs {p:?})");
 }
 
 #[test]
@@ -773,10 +777,11 @@ fn answer_token_ends_follow_the_streamed_text() {
     // 'é' is two byte-level tokens: the first adds no text, the second both bytes.
     let a = Aligned::new(&tok, "p", "héllo", None).unwrap();
     assert_eq!(a.ends, vec![1, 1, 3, 4, 5, 6]);
-    assert_eq!(a.token_ending_at(1), Some(0), "the first token that ends there");
-    assert_eq!(a.token_ending_at(2), None, "inside a character");
-    assert_eq!(a.token_ending_at(3), Some(2));
-    assert_eq!(a.run_tokens().len(), a.prompt.len() + a.answer.len() - 1);
+    assert_eq!(a.decision_at(0), Some(0), "right after the prompt");
+    assert_eq!(a.decision_at(1), Some(1), "after the first token that ends there");
+    assert_eq!(a.decision_at(2), None, "inside a character");
+    assert_eq!(a.decision_at(3), Some(3));
+    assert_eq!(a.run_tokens().len(), a.prompt.len() + a.answer.len());
     assert!(Aligned::new(&tok, "", "x", None).unwrap_err().contains("prompt is empty"));
     assert!(Aligned::new(&tok, "p", "", None).unwrap_err().contains("answer is empty"));
     // Ids as generated may segment the text differently from encode(); they must

@@ -10,14 +10,17 @@
 //! may have generated other ids for the same text (BPE segmentations are not
 //! unique), so rows recorded from generation should carry the ids.
 //!
-//! The features are exactly what the runtime's gate reads. After the scheduler
-//! samples answer token j, the router decides from the final-normed hidden state of
-//! the input row whose logits produced token j: the position of token j - 1 (of the
-//! last prompt token for j = 0). So with tokens = encode(prompt) ++ encode(answer),
-//! one forward pass per row gives every example: answer token j has the feature
-//! h[prompt_len - 1 + j] and the label of the firing at its end, else "none". Token
-//! ends are measured as the runtime streams text (a token that stops inside a UTF-8
-//! character adds no text), and the answer must come back unchanged from its tokens.
+//! The features are exactly what the runtime's gate reads. The gate decides about
+//! the position right after a sequence's newest token from the final-normed hidden
+//! state of that token, computed in the step that processes it; when it fires, the
+//! expert's result follows that token (and the token sampled from its row is
+//! dropped). So with tokens = encode(prompt) ++ the answer's ids, one forward pass
+//! per row gives every decision: the one right after the prompt reads
+//! h[prompt_len - 1] and is labelled by a firing at byte 0; the one after answer
+//! token j reads h[prompt_len + j] and is labelled by the firing at that token's
+//! byte end, else "none". Token ends are measured as the runtime streams text (a
+//! token that stops inside a UTF-8 character adds no text), and the answer must come
+//! back unchanged from its tokens.
 
 use std::path::PathBuf;
 
@@ -119,34 +122,37 @@ impl Aligned {
         Ok(Aligned { prompt: prompt_ids, answer: answer_ids, ends })
     }
 
-    /// The tokens to run: the prompt and every answer token but the last (whose
-    /// hidden state no decision reads).
+    /// The tokens to run: the prompt and the whole answer.
     pub fn run_tokens(&self) -> Vec<u32> {
         let mut t = self.prompt.clone();
-        t.extend_from_slice(&self.answer[..self.answer.len() - 1]);
+        t.extend_from_slice(&self.answer);
         t
     }
 
-    /// The position whose hidden state decides after answer token 0.
+    /// The position whose hidden state makes the first decision (right after the
+    /// prompt); decision d reads position first_feature() + d.
     pub fn first_feature(&self) -> usize {
         self.prompt.len() - 1
     }
 
-    /// The answer token after which a result at byte `at` goes: the first whose
-    /// text ends there.
-    pub fn token_ending_at(&self, at: usize) -> Option<usize> {
-        self.ends.iter().position(|&e| e == at)
+    /// The decision a result at byte `at` belongs to: 0 right after the prompt
+    /// (`at` = 0), j + 1 after answer token j, the first whose text ends there.
+    pub fn decision_at(&self, at: usize) -> Option<usize> {
+        if at == 0 {
+            return Some(0);
+        }
+        self.ends.iter().position(|&e| e == at).map(|j| j + 1)
     }
 
-    /// Labels per answer token (0: none, k + 1: experts[k]).
+    /// Labels per decision, answer.len() + 1 of them (0: none, k + 1: experts[k]).
     fn labels(&self, fire: &[Firing], experts: &[String]) -> std::result::Result<Vec<usize>, String> {
-        let mut labels = vec![0; self.answer.len()];
+        let mut labels = vec![0; self.answer.len() + 1];
         for f in fire {
             let k = experts
                 .iter()
                 .position(|e| *e == f.expert)
                 .ok_or_else(|| format!("fire names expert {:?}, which is not among {experts:?}", f.expert))?;
-            let j = self.token_ending_at(f.at).ok_or_else(|| {
+            let j = self.decision_at(f.at).ok_or_else(|| {
                 let before = self.ends.iter().rev().find(|&&e| e < f.at);
                 let after = self.ends.iter().find(|&&e| e > f.at);
                 format!(
@@ -157,7 +163,7 @@ impl Aligned {
                 )
             })?;
             if labels[j] != 0 {
-                return Err(format!("two firings after the token that ends at byte {}", f.at));
+                return Err(format!("two firings at byte {}", f.at));
             }
             labels[j] = k + 1;
         }
