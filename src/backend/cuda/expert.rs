@@ -275,6 +275,7 @@ enum Kind {
     Mlp(GpuMlp),
     DeepONet { branch: GpuMlp, trunk: GpuMlp, bias: Option<f64>, n_branch_in: usize },
     LinearSolve { n: usize, min_rcond: f64 },
+    PowerFlow,
 }
 
 /// An expert uploaded once; `run` answers batches like `Expert::run`.
@@ -296,6 +297,7 @@ impl GpuExpert {
                 n_branch_in: d.branch().n_inputs(),
             },
             Expert::LinearSolve(s) => Kind::LinearSolve { n: s.n(), min_rcond: s.min_rcond() },
+            Expert::PowerFlow(_) => Kind::PowerFlow,
         };
         b.synchronize()?;
         Ok(GpuExpert {
@@ -353,6 +355,9 @@ impl GpuExpert {
                 let out = self.solve(b, inputs, rows, *n, *min_rcond)?;
                 Ok(out.into_iter().map(|s| s.x.map_err(|e| e.to_string())).collect())
             }
+            Kind::PowerFlow => Err(Error::Request(
+                "the power-flow expert has no CUDA kernel yet; run it with --device cpu".into(),
+            )),
         }
     }
 
