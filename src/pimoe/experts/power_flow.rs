@@ -343,7 +343,7 @@ impl PowerFlow {
     /// Decodes, solves and reports one row.
     pub fn solve_row(&self, row: &[f64]) -> std::result::Result<(PfCase, PfSolution), String> {
         let case = self.decode(row)?;
-        let sol = case.solve(self.tolerance, self.max_iterations)?;
+        let sol = case.solve(self.tolerance, self.max_iterations).map_err(|e| e.to_string())?;
         Ok((case, sol))
     }
 
@@ -447,13 +447,20 @@ impl PfCase {
         j
     }
 
+    /// |V| at the start: the set point at slack and PV buses, 1 at PQ buses.
+    pub fn start_magnitudes(&self) -> Vec<f64> {
+        (0..self.n_buses()).map(|i| if self.kinds[i] == BusKind::Pq { 1.0 } else { self.vset[i] }).collect()
+    }
+
     /// Newton-Raphson from the flat start (see the module doc).
-    pub fn solve(&self, tolerance: f64, max_iterations: usize) -> std::result::Result<PfSolution, String> {
+    pub fn solve(
+        &self,
+        tolerance: f64,
+        max_iterations: usize,
+    ) -> std::result::Result<PfSolution, NewtonError> {
         let (ang, mag) = self.unknowns();
         let m = ang.len() + mag.len();
-        let mut vm: Vec<f64> = (0..self.n_buses())
-            .map(|i| if self.kinds[i] == BusKind::Pq { 1.0 } else { self.vset[i] })
-            .collect();
+        let mut vm = self.start_magnitudes();
         let mut va = vec![0.0; self.n_buses()];
         let (mut v, mut vn) = Self::voltages(&vm, &va);
         let mut cur = self.currents(&v);
@@ -464,16 +471,16 @@ impl PfCase {
                 break;
             }
             if norm.is_nan() {
-                return Err(format!("Newton-Raphson diverged: a non-finite mismatch after {it} iterations"));
+                return Err(NewtonError::Diverged { iterations: it });
             }
             if it == max_iterations {
-                return Err(format!(
-                    "Newton-Raphson did not converge in {it} iterations: largest mismatch {norm:.1e} p.u."
-                ));
+                return Err(NewtonError::NotConverged { iterations: it, mismatch: norm });
             }
             it += 1;
             let j = self.jacobian(&v, &vn, &cur, &ang, &mag);
-            let dx = solve_system(&j, &f, m, DEFAULT_MIN_RCOND).x.map_err(|e| jacobian_error(e, it))?;
+            let dx = solve_system(&j, &f, m, DEFAULT_MIN_RCOND)
+                .x
+                .map_err(|error| NewtonError::Jacobian { iteration: it, error })?;
             for (a, &i) in ang.iter().enumerate() {
                 va[i] -= dx[a];
             }
@@ -507,16 +514,84 @@ impl PfCase {
     }
 }
 
-fn jacobian_error(e: SolveError, it: usize) -> String {
-    match e {
-        SolveError::Singular { column } => {
-            format!("Newton-Raphson iteration {it}: the Jacobian is singular (zero pivot in column {column})")
+/// Why Newton-Raphson stopped without a solution; `Display` gives the row's message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NewtonError {
+    NotConverged {
+        iterations: usize,
+        mismatch: f64,
+    },
+    /// The mismatch became non-finite.
+    Diverged {
+        iterations: usize,
+    },
+    /// The LU of the Jacobian refused at this iteration.
+    Jacobian {
+        iteration: usize,
+        error: SolveError,
+    },
+}
+
+impl std::fmt::Display for NewtonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NewtonError::NotConverged { iterations, mismatch } => write!(
+                f,
+                "Newton-Raphson did not converge in {iterations} iterations: largest mismatch {mismatch:.1e} p.u."
+            ),
+            NewtonError::Diverged { iterations } => {
+                write!(f, "Newton-Raphson diverged: a non-finite mismatch after {iterations} iterations")
+            }
+            NewtonError::Jacobian { iteration, error } => match error {
+                SolveError::Singular { column } => write!(
+                    f,
+                    "Newton-Raphson iteration {iteration}: the Jacobian is singular (zero pivot in column {column})"
+                ),
+                SolveError::IllConditioned { rcond, .. } => write!(
+                    f,
+                    "Newton-Raphson iteration {iteration}: the Jacobian is ill-conditioned (reciprocal condition \
+                     estimate {rcond:.1e})"
+                ),
+                _ => write!(f, "Newton-Raphson diverged at iteration {iteration}: non-finite values"),
+            },
         }
-        SolveError::IllConditioned { rcond, .. } => format!(
-            "Newton-Raphson iteration {it}: the Jacobian is ill-conditioned (reciprocal condition estimate {rcond:.1e})"
-        ),
-        SolveError::NonFiniteA { .. } | SolveError::NonFiniteB { .. } | SolveError::Overflow => {
-            format!("Newton-Raphson diverged at iteration {it}: non-finite values")
-        }
+    }
+}
+
+impl std::error::Error for NewtonError {}
+
+/// Status codes of `power_flow_f64` (PF_* in kernels/expert_f64.cu).
+pub(crate) mod status {
+    pub const OK: u32 = 0;
+    pub const NOT_CONVERGED: u32 = 1;
+    pub const DIVERGED: u32 = 2;
+    pub const JACOBIAN: u32 = 3;
+}
+
+impl NewtonError {
+    /// The kernel's outcome as an error (None for success): its code, the LU's code
+    /// and info for a Jacobian it refused, the iterations, final mismatch and the LU's
+    /// rcond.
+    pub(crate) fn from_status(
+        code: u32,
+        lu_code: u32,
+        lu_info: u32,
+        iterations: usize,
+        mismatch: f64,
+        rcond: f64,
+    ) -> Option<Self> {
+        Some(match code {
+            status::OK => return None,
+            status::NOT_CONVERGED => NewtonError::NotConverged { iterations, mismatch },
+            status::DIVERGED => NewtonError::Diverged { iterations },
+            // (An LU "success" here cannot come from the kernel; it is still no solution.)
+            status::JACOBIAN => NewtonError::Jacobian {
+                iteration: iterations,
+                error: SolveError::from_status(lu_code, lu_info, rcond, DEFAULT_MIN_RCOND)
+                    .unwrap_or(SolveError::Overflow),
+            },
+            // The kernel writes no other code; if it ever did, the row is still an error.
+            _ => NewtonError::Diverged { iterations },
+        })
     }
 }
