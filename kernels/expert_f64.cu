@@ -1,6 +1,7 @@
 // Computation-expert math in f64 (f32 where an expert's precision says so): dense
-// layers, the DeepONet combine and a batched dense LU solve. CPU twin (the readable
-// reference): src/pimoe/experts/{mlp,deeponet,linear_solve}.rs; launcher:
+// layers, the DeepONet combine, a batched dense LU solve and AC power flow by
+// Newton-Raphson. CPU twin (the readable reference):
+// src/pimoe/experts/{mlp,deeponet,linear_solve,power_flow}.rs; launcher:
 // src/backend/cuda/expert.rs.
 //
 // Entry points
@@ -11,6 +12,9 @@
 //   lu_solve_f64                      x (sys, n) = A^-1 b for packed systems
 //                                      (sys, n*n + n): A row-major, then b; n <= 64;
 //                                      status (sys, 2) u32 = (code, info), rcond (sys)
+//   power_flow_f64                    Newton-Raphson for packed systems (see pf_stride):
+//                                      vm, va (sys, nb_max), stats (sys, 3) f64,
+//                                      status (sys, 3) u32
 //
 // Thread mapping
 //   dense: block (32, 8) = 256 threads owns a tile of 8 rows x 32 outputs, one output
@@ -20,6 +24,10 @@
 //   lu_solve: one block of 64 threads per system, the whole matrix in shared memory
 //     (32 KB at n = 64); pivot search by warp 0, row updates spread over the block,
 //     the condition estimate's control flow on thread 0.
+//   power_flow: one block of 64 threads per system; the state, V and I in shared memory
+//     (PfShared, 5 KB) beside the LU's (LuShared, 35 KB), Ybus read from global memory;
+//     each Newton step builds the Jacobian one entry per thread step into the LU's
+//     matrix and calls the LU's own code (lu_solve_shared) on it.
 //
 // Determinism and agreement with the CPU. No fast-math, and every multiply-add that
 // could be contracted is written as an explicit fma() (the CPU uses f64::mul_add):
@@ -32,6 +40,10 @@
 //   pivot, in-place row swaps, l = a_ik / pivot, a_ij = fma(-l, a_kj, a_ij),
 //   column-oriented triangular solves, 1-norms summed in index order), so x, rcond and
 //   the error status are the CPU's bits.
+// - power_flow: the same operations in the same order as PfCase in power_flow.rs
+//   (complex products as the same fma chains, sums over k in order, the LU above), from
+//   the same Ybus bits (built on the host). Only cos and sin differ (CUDA's vs libm's,
+//   within 1-2 ulp), so the state agrees to ~1e-13 relative rather than bitwise.
 // Every kernel is bitwise repeatable: no atomics on values, no order that depends on
 // scheduling (the only atomic, atomicMin on an index, is order-independent).
 //
@@ -287,30 +299,20 @@ __device__ double lu_inv_norm1_estimate(LuShared& sh, u32 n) {
     return sh.est;
 }
 
-// grid (sys), block LU_THREADS; requires 1 <= n <= LU_MAX_N (the launcher checks).
-extern "C" __global__ void __launch_bounds__(LU_THREADS)
-    lu_solve_f64(double* __restrict__ x_out,          // (sys, n)
-                 u32* __restrict__ status,            // (sys, 2): code, info
-                 double* __restrict__ rcond_out,      // (sys)
-                 const double* __restrict__ systems,  // (sys, n*n + n)
-                 u32 n, double min_rcond) {
-    __shared__ LuShared sh;
+// Solves the system in shared memory: sh.a (n, n) row-major and sh.y (n) hold A and b
+// (written and synced by the caller); on LU_OK sh.v holds x. Exactly solve_system in
+// linear_solve.rs: non-finite check, 1-norm, factorisation, condition estimate, solve.
+// Whole block; every thread returns the same code, info and rcond. Used by lu_solve_f64
+// and, for each Newton step, by power_flow_f64.
+__device__ __forceinline__ void lu_solve_shared(LuShared& sh, u32 n, double min_rcond, u32& code_out,
+                                                u32& info_out, double& rcond_out) {
     const u32 t = threadIdx.x, nt = blockDim.x;
-    const size_t sys = blockIdx.x;
-    const double* __restrict__ A = systems + sys * ((size_t)n * n + n);
-    const double* __restrict__ B = A + (size_t)n * n;
-
     if (t == 0) sh.bad_a = sh.bad_b = NO_INDEX;
     __syncthreads();
-    for (u32 i = t; i < n * n; i += nt) {
-        const double v = A[i];
-        sh.a[i] = v;
-        if (!isfinite(v)) atomicMin(&sh.bad_a, i);
-    }
+    for (u32 i = t; i < n * n; i += nt)
+        if (!isfinite(sh.a[i])) atomicMin(&sh.bad_a, i);
     for (u32 i = t; i < n; i += nt) {
-        const double v = B[i];
-        sh.y[i] = v;
-        if (!isfinite(v)) atomicMin(&sh.bad_b, i);
+        if (!isfinite(sh.y[i])) atomicMin(&sh.bad_b, i);
         sh.perm[i] = i;
     }
     __syncthreads();
@@ -404,6 +406,28 @@ extern "C" __global__ void __launch_bounds__(LU_THREADS)
         __syncthreads();
         code = sh.stop;
     }
+    code_out = code, info_out = info, rcond_out = rcond;
+}
+
+// grid (sys), block LU_THREADS; requires 1 <= n <= LU_MAX_N (the launcher checks).
+extern "C" __global__ void __launch_bounds__(LU_THREADS)
+    lu_solve_f64(double* __restrict__ x_out,          // (sys, n)
+                 u32* __restrict__ status,            // (sys, 2): code, info
+                 double* __restrict__ rcond_out,      // (sys)
+                 const double* __restrict__ systems,  // (sys, n*n + n)
+                 u32 n, double min_rcond) {
+    __shared__ LuShared sh;
+    const u32 t = threadIdx.x, nt = blockDim.x;
+    const size_t sys = blockIdx.x;
+    const double* __restrict__ A = systems + sys * ((size_t)n * n + n);
+    const double* __restrict__ B = A + (size_t)n * n;
+    for (u32 i = t; i < n * n; i += nt) sh.a[i] = A[i];
+    for (u32 i = t; i < n; i += nt) sh.y[i] = B[i];
+    __syncthreads();
+
+    u32 code, info;
+    double rcond;
+    lu_solve_shared(sh, n, min_rcond, code, info, rcond);
 
     double* __restrict__ xo = x_out + sys * n;
     for (u32 i = t; i < n; i += nt) xo[i] = code == LU_OK ? sh.v[i] : __longlong_as_double(0x7ff8000000000000ll);
@@ -411,5 +435,195 @@ extern "C" __global__ void __launch_bounds__(LU_THREADS)
         status[2 * sys] = code;
         status[2 * sys + 1] = info;
         rcond_out[sys] = rcond;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// AC power flow: Newton-Raphson
+// ---------------------------------------------------------------------------------
+
+#define PF_MAX_BUS 64  // power_flow::MAX_BUSES
+
+// Status codes: power_flow::status in src/pimoe/experts/power_flow.rs.
+#define PF_OK 0
+#define PF_NOT_CONVERGED 1
+#define PF_DIVERGED 2
+#define PF_JACOBIAN 3
+
+struct PfShared {
+    double vm[PF_MAX_BUS], va[PF_MAX_BUS];    // the state: |V|, angle (rad)
+    double vre[PF_MAX_BUS], vim[PF_MAX_BUS];  // V
+    double cs[PF_MAX_BUS], sn[PF_MAX_BUS];    // V / |V| = (cos va, sin va)
+    double ire[PF_MAX_BUS], iim[PF_MAX_BUS];  // I = Ybus V
+    double f[LU_MAX_N];                       // the mismatch F
+    u32 bus_of[LU_MAX_N];                     // unknown r -> its bus: angles, then magnitudes
+    u32 n_ang, m;
+    double norm;                              // max |F|, NaN when some F is not finite
+};
+
+// Values per packed system for max_buses NB (PowerFlow's GPU layout, packed by
+// src/backend/cuda/expert.rs): nb, then per bus (NB each) the type code, P and Q
+// specified (p.u.), the start magnitude, then Ybus (nb, nb) as (re, im) pairs.
+__device__ __forceinline__ size_t pf_stride(u32 nb_max) {
+    return 1 + 4 * (size_t)nb_max + 2 * (size_t)nb_max * nb_max;
+}
+
+// V, V/|V|, I = Ybus V, F and max |F| for the current state, as PfCase::voltages,
+// currents and mismatch in power_flow.rs compute them. Whole block; ends synced.
+__device__ void pf_mismatch(PfShared& ps, const double* __restrict__ y, const double* __restrict__ p,
+                            const double* __restrict__ q, u32 nb) {
+    const u32 t = threadIdx.x, nt = blockDim.x;
+    for (u32 i = t; i < nb; i += nt) {
+        const double c = cos(ps.va[i]), s = sin(ps.va[i]);
+        ps.cs[i] = c, ps.sn[i] = s;
+        ps.vre[i] = ps.vm[i] * c, ps.vim[i] = ps.vm[i] * s;
+    }
+    __syncthreads();
+    for (u32 i = t; i < nb; i += nt) {
+        double re = 0.0, im = 0.0;
+        for (u32 k = 0; k < nb; ++k) {
+            const double yr = y[2 * ((size_t)i * nb + k)], yi = y[2 * ((size_t)i * nb + k) + 1];
+            re = fma(yr, ps.vre[k], fma(-yi, ps.vim[k], re));
+            im = fma(yr, ps.vim[k], fma(yi, ps.vre[k], im));
+        }
+        ps.ire[i] = re, ps.iim[i] = im;
+    }
+    __syncthreads();
+    for (u32 r = t; r < ps.m; r += nt) {
+        const u32 i = ps.bus_of[r];
+        // S_i = V_i conj(I_i)
+        const double sre = fma(ps.vre[i], ps.ire[i], ps.vim[i] * ps.iim[i]);
+        const double sim = fma(ps.vim[i], ps.ire[i], -(ps.vre[i] * ps.iim[i]));
+        ps.f[r] = r < ps.n_ang ? sre - p[i] : sim - q[i];
+    }
+    __syncthreads();
+    if (t == 0) {
+        double norm = 0.0;
+        for (u32 r = 0; r < ps.m; ++r) {
+            if (!isfinite(ps.f[r])) {
+                norm = __longlong_as_double(0x7ff8000000000000ll);
+                break;
+            }
+            norm = fmax(norm, fabs(ps.f[r]));
+        }
+        ps.norm = norm;
+    }
+    __syncthreads();
+}
+
+// The Jacobian (m, m) into sh.a and F into sh.y, as PfCase::jacobian: rows P at the
+// angle unknowns' buses then Q at the magnitude unknowns' buses; columns d/dVa then
+// d/dVm, from dS/dVa = j V_i conj(delta_ik I_i - Y_ik V_k) and
+// dS/dVm = V_i conj(Y_ik V_k/|V_k|) + delta_ik conj(I_i) V_i/|V_i|. One entry per
+// thread step. Whole block; ends synced.
+__device__ void pf_jacobian(LuShared& sh, const PfShared& ps, const double* __restrict__ y, u32 nb) {
+    const u32 t = threadIdx.x, nt = blockDim.x, m = ps.m, na = ps.n_ang;
+    for (u32 e = t; e < m * m; e += nt) {
+        const u32 r = e / m, c = e % m, i = ps.bus_of[r], k = ps.bus_of[c];
+        const double yr = y[2 * ((size_t)i * nb + k)], yi = y[2 * ((size_t)i * nb + k) + 1];
+        double dre, dim;
+        if (c < na) {
+            const double are = fma(yr, ps.vre[k], -(yi * ps.vim[k]));
+            const double aim = fma(yr, ps.vim[k], yi * ps.vre[k]);
+            const double wre = i == k ? ps.ire[i] - are : -are;
+            const double wim = i == k ? ps.iim[i] - aim : -aim;
+            const double tre = fma(ps.vre[i], wre, ps.vim[i] * wim);
+            const double tim = fma(ps.vim[i], wre, -(ps.vre[i] * wim));
+            dre = -tim, dim = tre;
+        } else {
+            const double bre = fma(yr, ps.cs[k], -(yi * ps.sn[k]));
+            const double bim = fma(yr, ps.sn[k], yi * ps.cs[k]);
+            dre = fma(ps.vre[i], bre, ps.vim[i] * bim);
+            dim = fma(ps.vim[i], bre, -(ps.vre[i] * bim));
+            if (i == k) {
+                const double ure = fma(ps.cs[i], ps.ire[i], ps.sn[i] * ps.iim[i]);
+                const double uim = fma(ps.sn[i], ps.ire[i], -(ps.cs[i] * ps.iim[i]));
+                dre = dre + ure, dim = dim + uim;
+            }
+        }
+        sh.a[e] = r < na ? dre : dim;
+    }
+    for (u32 r = t; r < m; r += nt) sh.y[r] = ps.f[r];
+    __syncthreads();
+}
+
+// grid (sys), block LU_THREADS: one system per block, the Jacobian (order <= 64) in
+// the LU's shared matrix. Ybus, the checks and the answer are the host's (PowerFlow
+// decode/answer), so both backends start from the same bits and report alike.
+extern "C" __global__ void __launch_bounds__(LU_THREADS)
+    power_flow_f64(double* __restrict__ vm_out,         // (sys, nb_max)
+                   double* __restrict__ va_out,         // (sys, nb_max), radians
+                   double* __restrict__ stats,          // (sys, 3): iterations, max |F|, last rcond
+                   u32* __restrict__ status,            // (sys, 3): PF code, LU code, LU info
+                   const double* __restrict__ systems,  // (sys, pf_stride(nb_max))
+                   u32 nb_max, double tol, u32 max_it, double min_rcond) {
+    __shared__ LuShared sh;
+    __shared__ PfShared ps;
+    const u32 t = threadIdx.x, nt = blockDim.x;
+    const size_t sys = blockIdx.x;
+    const double* __restrict__ in = systems + sys * pf_stride(nb_max);
+    const u32 nb = (u32)in[0];
+    const double* __restrict__ kind = in + 1;
+    const double* __restrict__ p = kind + nb_max;
+    const double* __restrict__ q = p + nb_max;
+    const double* __restrict__ v0 = q + nb_max;
+    const double* __restrict__ y = v0 + nb_max;
+
+    if (t == 0) {
+        u32 r = 0;
+        for (u32 i = 0; i < nb; ++i)
+            if (kind[i] != 0.0) ps.bus_of[r++] = i;  // not the slack: its angle
+        ps.n_ang = r;
+        for (u32 i = 0; i < nb; ++i)
+            if (kind[i] == 2.0) ps.bus_of[r++] = i;  // PQ: its magnitude
+        ps.m = r;
+    }
+    for (u32 i = t; i < nb; i += nt) ps.vm[i] = v0[i], ps.va[i] = 0.0;
+    __syncthreads();
+    pf_mismatch(ps, y, p, q, nb);
+
+    u32 it = 0, code = PF_OK, lu_code = LU_OK, lu_info = 0;
+    double rcond = __longlong_as_double(0x7ff8000000000000ll);
+    for (;;) {
+        const double norm = ps.norm;  // the same in every thread: pf_mismatch ended synced
+        if (norm < tol) break;
+        if (isnan(norm)) {
+            code = PF_DIVERGED;
+            break;
+        }
+        if (it == max_it) {
+            code = PF_NOT_CONVERGED;
+            break;
+        }
+        ++it;
+        pf_jacobian(sh, ps, y, nb);
+        lu_solve_shared(sh, ps.m, min_rcond, lu_code, lu_info, rcond);
+        if (lu_code != LU_OK) {
+            code = PF_JACOBIAN;
+            break;
+        }
+        for (u32 r = t; r < ps.m; r += nt) {
+            const u32 i = ps.bus_of[r];
+            if (r < ps.n_ang) {
+                ps.va[i] = ps.va[i] - sh.v[r];
+            } else {
+                ps.vm[i] = ps.vm[i] - sh.v[r];
+            }
+        }
+        __syncthreads();
+        pf_mismatch(ps, y, p, q, nb);
+    }
+
+    for (u32 i = t; i < nb; i += nt) {
+        vm_out[sys * nb_max + i] = ps.vm[i];
+        va_out[sys * nb_max + i] = ps.va[i];
+    }
+    if (t == 0) {
+        stats[3 * sys] = (double)it;
+        stats[3 * sys + 1] = ps.norm;
+        stats[3 * sys + 2] = rcond;
+        status[3 * sys] = code;
+        status[3 * sys + 1] = lu_code;
+        status[3 * sys + 2] = lu_info;
     }
 }

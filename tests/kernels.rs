@@ -18,6 +18,8 @@ mod gemm;
 mod kv;
 #[path = "kernels/mlp.rs"]
 mod mlp;
+#[path = "kernels/power_flow.rs"]
+mod power_flow;
 #[path = "kernels/ptx.rs"]
 mod ptx;
 #[path = "kernels/rmsnorm.rs"]

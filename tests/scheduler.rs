@@ -259,6 +259,9 @@ fn load_err(name: &str, edit: impl Fn(&str) -> String) -> String {
     }
 }
 
+/// The T2C pattern of `composition`, as the manifest file spells it.
+const PATTERN: &str = r#""pattern": "list[4] after \"A =\"; list[2] after \"b =\"""#;
+
 #[test]
 fn malformed_manifests_name_what_is_wrong() {
     type Edit = Box<dyn Fn(&str) -> String>;
@@ -289,6 +292,42 @@ fn malformed_manifests_name_what_is_wrong() {
             "nope.safetensors",
         ),
         ("not-json", Box::new(|t: &str| t[..t.len() / 2].to_string()), "manifest"),
+        (
+            "pattern-and-grid",
+            Box::new(|t: &str| {
+                t.replace("\"kind\": \"extract\", ", "\"kind\": \"extract\", \"grid\": \"dc\", ")
+            }),
+            "not both",
+        ),
+        (
+            "extract-neither",
+            Box::new(|t: &str| t.replace(PATTERN, "\"grid\": null")),
+            "needs `pattern` or `grid`",
+        ),
+        ("grid-unknown", Box::new(|t: &str| t.replace(PATTERN, "\"grid\": \"hvdc\"")), "hvdc"),
+        (
+            "grid-wrong-expert",
+            Box::new(|t: &str| t.replace(PATTERN, "\"grid\": \"ac\"")),
+            "feeds a power_flow expert",
+        ),
+        (
+            "grid-with-order",
+            Box::new(|t: &str| {
+                t.replace(PATTERN, "\"grid\": \"dc\"")
+                    .replace("\"expert\": {", "\"order\": \"0..6\", \"expert\": {")
+            }),
+            "leave it out",
+        ),
+        (
+            "power-flow-limits",
+            Box::new(|t: &str| {
+                t.replace(PATTERN, "\"grid\": \"ac\"").replace(
+                    "\"kind\": \"linear-solve\", \"n\": 2",
+                    "\"kind\": \"power-flow\", \"max_buses\": 100",
+                )
+            }),
+            "max_buses",
+        ),
     ];
     for (name, edit, needle) in cases {
         let err = load_err(&format!("manifest-{name}"), edit);
@@ -475,7 +514,9 @@ fn the_readme_manifest_parses() {
     let m = pimoe::pimoe::manifest::Manifest::parse(json, Path::new("README.md")).unwrap();
     assert_eq!(m.experts[0].name, "soh");
     // The battery pattern in it is valid and recovers 13 numbers from a prompt.
-    let pimoe::pimoe::manifest::T2cSpec::Extract { pattern } = &m.experts[0].t2c else { panic!() };
+    let pimoe::pimoe::manifest::T2cSpec::Extract { pattern: Some(pattern), .. } = &m.experts[0].t2c else {
+        panic!()
+    };
     let p = pimoe::pimoe::t2c::ExtractPattern::parse(pattern).unwrap();
     let prompt = "锂电池的现在的SoH为1.0。2小时内，每12分钟测量一次的电流数据为[1.0, 0.8, 0.6, 0.4, 0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0]，请计算电池第3600.0秒后的SoH。提示：时间跨度为7200秒、第(3600.0)秒时电流数据为{0.0}。";
     assert_eq!(p.extract(prompt).unwrap().values.len(), 13);

@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::grid::Analysis;
 use crate::model::safetensors::SafetensorFiles;
 use crate::model::ModelConfig;
 use crate::pimoe::experts::{
-    Activation, DeepONet, DeepONetSpec, Expert, LinearSolve, Mlp, Precision, RowResult, WeightFile,
+    Activation, DeepONet, DeepONetSpec, Expert, LinearSolve, Mlp, PowerFlow, Precision, RowResult, WeightFile,
 };
 use crate::pimoe::format::ResultFormat;
 use crate::pimoe::manifest::{Manifest, ModelSpec, RouterSpec, T2cSpec};
@@ -17,7 +18,7 @@ use crate::pimoe::router::{
     Decision, Gate, HiddenGate, HiddenGateConfig, PiernGate, PiernGateConfig, Router, RouterInputs,
     RouterPolicy, Trigger, TriggerGate,
 };
-use crate::pimoe::t2c::{ExtractPattern, InputOrder, LearnedT2c, LearnedT2cConfig};
+use crate::pimoe::t2c::{grid_inputs, ExtractPattern, InputOrder, LearnedT2c, LearnedT2cConfig};
 
 pub use crate::pimoe::router::RouterState;
 
@@ -35,6 +36,9 @@ pub enum Computed {
 
 pub enum T2c {
     Extract(ExtractPattern),
+    /// A power-flow question in the grid text form (src/grid/), for the linear-solve
+    /// expert (DC) or the power-flow expert (AC).
+    Grid(Analysis),
     /// Over the mean of the LLM's last hidden states across the context.
     Learned(LearnedT2c),
 }
@@ -112,8 +116,12 @@ impl Composition {
             let field = |f: &str| format!("experts[{i}] (`{}`).{f}", e.name);
             let bad = |f: &str, msg: String| Error::Request(format!("manifest: {}: {msg}", field(f)));
             let t2c = match &e.t2c {
-                T2cSpec::Extract { pattern } => {
+                T2cSpec::Extract { pattern: Some(pattern), .. } => {
                     T2c::Extract(ExtractPattern::parse(pattern).map_err(|msg| bad("t2c.pattern", msg))?)
+                }
+                T2cSpec::Extract { grid: Some(analysis), .. } => T2c::Grid(*analysis),
+                T2cSpec::Extract { .. } => {
+                    return Err(bad("t2c", "extract needs `pattern` or `grid`".into()))
                 }
                 T2cSpec::Piern { weights, backbone, outputs, inner, prefix } => {
                     let files = SafetensorFiles::open_file(&at(weights))?;
@@ -168,11 +176,35 @@ impl Composition {
                     Expert::Mlp(Mlp::load(&file, prefix, 2, widths, act(activation)?, prec(precision)?)?)
                 }
                 ModelSpec::LinearSolve { n } => Expert::LinearSolve(LinearSolve::new(*n)?),
+                ModelSpec::PowerFlow { max_buses, max_branches, tolerance, max_iterations } => {
+                    Expert::PowerFlow(PowerFlow::new(*max_buses, *max_branches, *tolerance, *max_iterations)?)
+                }
             };
+            if let T2c::Grid(analysis) = &t2c {
+                let needs = match analysis {
+                    Analysis::Dc => "linear_solve",
+                    Analysis::Ac => "power_flow",
+                };
+                if expert.kind() != needs {
+                    let msg = format!(
+                        "a grid {} T2C feeds a {needs} expert, not {}",
+                        analysis.name(),
+                        expert.kind()
+                    );
+                    return Err(bad("t2c.grid", msg));
+                }
+                if order.is_some() {
+                    return Err(bad(
+                        "order",
+                        "a grid T2C builds the expert's inputs itself; leave it out".into(),
+                    ));
+                }
+            }
             // The order's output must be exactly the expert's inputs.
             let produced = match (&order, &t2c) {
                 (Some(o), _) => Some(o.groups().iter().map(Vec::len).sum::<usize>()),
                 (None, T2c::Extract(p)) => p.output_len(),
+                (None, T2c::Grid(_)) => None,
                 (None, T2c::Learned(l)) => Some(l.outputs()),
             };
             if let Some(n) = produced.filter(|&n| n != expert.n_inputs()) {
@@ -262,6 +294,7 @@ impl Composition {
             T2c::Extract(p) => {
                 contexts.iter().map(|c| p.extract(c).map(|x| x.values).map_err(|e| e.to_string())).collect()
             }
+            T2c::Grid(analysis) => contexts.iter().map(|c| grid_inputs(*analysis, &slot.expert, c)).collect(),
             T2c::Learned(l) => match pooled {
                 Some(means) => {
                     let out = l.batch(means, contexts.len());

@@ -114,8 +114,15 @@ pub struct ExpertSpec {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum T2cSpec {
-    /// Exact: numbers read from the context by a pattern (see t2c.rs).
-    Extract { pattern: String },
+    /// Exact: numbers read from the context by a `pattern` (see t2c.rs), or a power-flow
+    /// question in the grid text form (`grid`: `dc` for a linear-solve expert, `ac` for
+    /// a power-flow expert; see src/grid/). Exactly one of the two.
+    Extract {
+        #[serde(default)]
+        pattern: Option<String>,
+        #[serde(default)]
+        grid: Option<crate::grid::Analysis>,
+    },
     /// Learned: mean-pooled last hidden states over the context ->
     /// Linear-ReLU-Linear -> outputs numbers. The hidden states are the reasoning
     /// LLM's own (already computed, no second copy) unless `backbone` names a
@@ -157,6 +164,17 @@ pub enum ModelSpec {
     LinearSolve {
         n: usize,
     },
+    /// AC power flow by Newton-Raphson (src/pimoe/experts/power_flow.rs).
+    PowerFlow {
+        #[serde(default = "d_max_buses")]
+        max_buses: usize,
+        #[serde(default = "d_max_branches")]
+        max_branches: usize,
+        #[serde(default = "d_tolerance")]
+        tolerance: f64,
+        #[serde(default = "d_max_iterations")]
+        max_iterations: usize,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +210,18 @@ fn d_1536() -> usize {
 fn d_128() -> usize {
     128
 }
+fn d_max_buses() -> usize {
+    crate::pimoe::experts::power_flow::DEFAULT_MAX_BUSES
+}
+fn d_max_branches() -> usize {
+    crate::pimoe::experts::power_flow::DEFAULT_MAX_BRANCHES
+}
+fn d_tolerance() -> f64 {
+    crate::pimoe::experts::power_flow::DEFAULT_TOLERANCE
+}
+fn d_max_iterations() -> usize {
+    crate::pimoe::experts::power_flow::DEFAULT_MAX_ITERATIONS
+}
 fn relu() -> String {
     "relu".into()
 }
@@ -225,6 +255,17 @@ impl Manifest {
             }
             if self.experts[..i].iter().any(|p| p.name == e.name) {
                 return Err(format!("experts[{i}].name `{}` is used twice", e.name));
+            }
+            if let T2cSpec::Extract { pattern, grid } = &e.t2c {
+                match (pattern, grid) {
+                    (Some(_), Some(_)) => {
+                        return Err(format!("experts[{i}].t2c: give `pattern` or `grid`, not both"))
+                    }
+                    (None, None) => {
+                        return Err(format!("experts[{i}].t2c: extract needs `pattern` or `grid`"))
+                    }
+                    _ => {}
+                }
             }
             for c in &e.format.conclusions {
                 if [c.below, c.at_least, c.above].iter().flatten().count() > 1 {

@@ -62,8 +62,10 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
+use super::experts::Expert;
 use super::router::Mlp;
 use crate::error::{Error, Result};
+use crate::grid::{self, Analysis};
 use crate::model::safetensors::SafetensorFiles;
 
 // ----------------------------------------------------------------------------
@@ -514,6 +516,33 @@ fn parse_string(src: &str) -> std::result::Result<(String, &str), String> {
         }
     }
     Err("unterminated string".into())
+}
+
+// ----------------------------------------------------------------------------
+// Grid questions
+// ----------------------------------------------------------------------------
+
+/// The inputs of `expert` for the power-flow question in `context` (the grid text
+/// form, src/grid/): the DC system of a linear-solve expert, or the input row of a
+/// power-flow expert. `analysis` is what the manifest says this expert answers.
+pub fn grid_inputs(
+    analysis: Analysis,
+    expert: &Expert,
+    context: &str,
+) -> std::result::Result<Vec<f64>, String> {
+    let (case, question) = grid::parse(context).map_err(|e| e.to_string())?;
+    if question.analysis != analysis {
+        return Err(format!(
+            "the question asks for the {} power flow; this expert answers {} questions",
+            question.analysis.name(),
+            analysis.name()
+        ));
+    }
+    match expert {
+        Expert::LinearSolve(s) => grid::dc_system(&case, &question, s.n()),
+        Expert::PowerFlow(p) => p.encode(&case, &question),
+        other => Err(format!("a grid question cannot feed a {} expert", other.kind())),
+    }
 }
 
 // ----------------------------------------------------------------------------

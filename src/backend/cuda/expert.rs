@@ -13,8 +13,9 @@ use bytemuck::Pod;
 use super::{Arg, CudaBackend, DevBuf, Grid};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::pimoe::experts::linear_solve::{SolveError, Solved, MAX_N};
-use crate::pimoe::experts::{finish_rows, Activation, Expert, Mlp, Precision, RowResult};
+use crate::pimoe::experts::linear_solve::{SolveError, Solved, DEFAULT_MIN_RCOND, MAX_N};
+use crate::pimoe::experts::power_flow::{NewtonError, PfCase, PfSolution};
+use crate::pimoe::experts::{finish_rows, Activation, Expert, Mlp, PowerFlow, Precision, RowResult};
 
 const MODULE: &str = "expert_f64";
 
@@ -217,6 +218,85 @@ pub fn lu_solve(
     Ok(())
 }
 
+/// Values per packed power-flow system for `nb_max` buses (`pf_stride` in the kernel):
+/// nb, then per bus the type code (0 slack, 1 PV, 2 PQ), P and Q specified (p.u.) and the
+/// start magnitude, then Ybus (nb, nb) as (re, im) pairs.
+pub fn pf_stride(nb_max: usize) -> usize {
+    1 + 4 * nb_max + 2 * nb_max * nb_max
+}
+
+/// `case` in the kernel's packed layout (`dst` has `pf_stride(nb_max)` values).
+fn pf_pack(case: &PfCase, nb_max: usize, dst: &mut [f64]) {
+    let nb = case.n_buses();
+    dst[0] = nb as f64;
+    let start = case.start_magnitudes();
+    for i in 0..nb {
+        dst[1 + i] = match case.kinds[i] {
+            crate::grid::BusKind::Slack => 0.0,
+            crate::grid::BusKind::Pv => 1.0,
+            crate::grid::BusKind::Pq => 2.0,
+        };
+        dst[1 + nb_max + i] = case.p[i];
+        dst[1 + 2 * nb_max + i] = case.q[i];
+        dst[1 + 3 * nb_max + i] = start[i];
+    }
+    let y = &mut dst[1 + 4 * nb_max..];
+    for (e, v) in case.y.iter().enumerate() {
+        (y[2 * e], y[2 * e + 1]) = (v.re, v.im);
+    }
+}
+
+/// Newton-Raphson for `sys` packed systems (sys, pf_stride(nb_max)) -> vm, va (sys,
+/// nb_max) f64, stats (sys, 3) f64 (iterations, max |F|, last rcond), status (sys, 3)
+/// u32 (code, LU code, LU info). Requires 1 <= nb_max <= 64 and Jacobians of order
+/// <= 64, which `PowerFlow::decode` checks for every packed system.
+#[allow(clippy::too_many_arguments)]
+pub fn power_flow(
+    b: &CudaBackend,
+    vm: &DevBuf,
+    va: &DevBuf,
+    stats: &DevBuf,
+    status: &DevBuf,
+    systems: &DevBuf,
+    sys: usize,
+    nb_max: usize,
+    tolerance: f64,
+    max_iterations: usize,
+) -> Result<()> {
+    if sys == 0 {
+        return Ok(());
+    }
+    if nb_max == 0 || nb_max > crate::pimoe::experts::power_flow::MAX_BUSES {
+        return Err(Error::Request(format!("power flow: max_buses = {nb_max} is outside 1..=64")));
+    }
+    assert!(
+        vm.bytes() >= sys * nb_max * 8
+            && va.bytes() >= sys * nb_max * 8
+            && stats.bytes() >= sys * 3 * 8
+            && status.bytes() >= sys * 3 * 4
+            && systems.bytes() >= sys * pf_stride(nb_max) * 8,
+        "power_flow: a buffer is smaller than its shape"
+    );
+    let grid = Grid::new(sys as u32, LU_THREADS, 0);
+    let args = [
+        Arg::Word(vm.ptr()),
+        Arg::Word(va.ptr()),
+        Arg::Word(stats.ptr()),
+        Arg::Word(status.ptr()),
+        Arg::Word(systems.ptr()),
+        Arg::from(nb_max as u32),
+        Arg::from(tolerance),
+        Arg::from(max_iterations as u32),
+        Arg::from(DEFAULT_MIN_RCOND),
+    ];
+    // SAFETY (launch contract): matches power_flow_f64(vm, va, stats, status, systems,
+    // nb_max, tol, max_it, min_rcond); buffers asserted above; every packed system was
+    // checked by PowerFlow::decode (nb <= nb_max, Jacobian order <= 64); shared memory
+    // is static (40 KB).
+    b.launch(MODULE, "power_flow_f64", grid, &args);
+    Ok(())
+}
+
 // ----------------------------------------------------------------------------------
 // Experts on the device
 // ----------------------------------------------------------------------------------
@@ -275,6 +355,7 @@ enum Kind {
     Mlp(GpuMlp),
     DeepONet { branch: GpuMlp, trunk: GpuMlp, bias: Option<f64>, n_branch_in: usize },
     LinearSolve { n: usize, min_rcond: f64 },
+    PowerFlow(PowerFlow),
 }
 
 /// An expert uploaded once; `run` answers batches like `Expert::run`.
@@ -296,6 +377,7 @@ impl GpuExpert {
                 n_branch_in: d.branch().n_inputs(),
             },
             Expert::LinearSolve(s) => Kind::LinearSolve { n: s.n(), min_rcond: s.min_rcond() },
+            Expert::PowerFlow(p) => Kind::PowerFlow(p.clone()),
         };
         b.synchronize()?;
         Ok(GpuExpert {
@@ -353,7 +435,82 @@ impl GpuExpert {
                 let out = self.solve(b, inputs, rows, *n, *min_rcond)?;
                 Ok(out.into_iter().map(|s| s.x.map_err(|e| e.to_string())).collect())
             }
+            Kind::PowerFlow(p) => self.power_flow(b, p, inputs, rows),
         }
+    }
+
+    /// Power-flow rows: checked and turned into Ybus on the host (`PowerFlow::decode`,
+    /// the CPU's own code, so both backends start from the same bits and refuse the same
+    /// rows alike), Newton-Raphson on the device, the answer from the final state on the
+    /// host (`PfCase::answer`).
+    fn power_flow(
+        &self,
+        b: &CudaBackend,
+        p: &PowerFlow,
+        inputs: &[f64],
+        rows: usize,
+    ) -> Result<Vec<RowResult>> {
+        Ok(self
+            .power_flow_rows(b, p, inputs, rows)?
+            .into_iter()
+            .map(|r| {
+                let (c, s) = r?;
+                Ok(vec![c.answer(&s), s.iterations as f64, s.mismatch])
+            })
+            .collect())
+    }
+
+    /// Per power-flow row, like `PowerFlow::solve_row`: the decoded case and the final
+    /// state, or the row's message.
+    pub fn power_flow_rows(
+        &self,
+        b: &CudaBackend,
+        p: &PowerFlow,
+        inputs: &[f64],
+        rows: usize,
+    ) -> Result<Vec<std::result::Result<(PfCase, PfSolution), String>>> {
+        let nb_max = p.max_buses();
+        let stride = pf_stride(nb_max);
+        let decoded: Vec<std::result::Result<PfCase, String>> =
+            inputs.chunks_exact(p.n_inputs()).take(rows).map(|r| p.decode(r)).collect();
+        let ok: Vec<&PfCase> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
+        let mut states = Vec::new();
+        if !ok.is_empty() {
+            let mut packed = vec![0.0; ok.len() * stride];
+            for (c, dst) in ok.iter().zip(packed.chunks_exact_mut(stride)) {
+                pf_pack(c, nb_max, dst);
+            }
+            let n = ok.len();
+            let systems = upload(b, &packed)?;
+            let (vm, va) = (alloc::<f64>(b, n * nb_max)?, alloc::<f64>(b, n * nb_max)?);
+            let (stats, status) = (alloc::<f64>(b, n * 3)?, alloc::<u32>(b, n * 3)?);
+            power_flow(b, &vm, &va, &stats, &status, &systems, n, nb_max, p.tolerance(), p.max_iterations())?;
+            let (vm, va) = (download::<f64>(b, &vm, n * nb_max)?, download::<f64>(b, &va, n * nb_max)?);
+            let (stats, status) = (download::<f64>(b, &stats, n * 3)?, download::<u32>(b, &status, n * 3)?);
+            for (j, c) in ok.iter().enumerate() {
+                let nb = c.n_buses();
+                let (it, mismatch, rcond) = (stats[3 * j] as usize, stats[3 * j + 1], stats[3 * j + 2]);
+                let st = &status[3 * j..3 * j + 3];
+                states.push(match NewtonError::from_status(st[0], st[1], st[2], it, mismatch, rcond) {
+                    Some(e) => Err(e.to_string()),
+                    None => Ok(PfSolution {
+                        vm: vm[j * nb_max..j * nb_max + nb].to_vec(),
+                        va: va[j * nb_max..j * nb_max + nb].to_vec(),
+                        iterations: it,
+                        mismatch,
+                    }),
+                });
+            }
+        }
+        let mut states = states.into_iter();
+        Ok(decoded
+            .into_iter()
+            .map(|c| {
+                let c = c?;
+                let s = states.next().expect("one state per decoded row")?;
+                Ok((c, s))
+            })
+            .collect())
     }
 
     /// Packed systems -> (x or error, rcond) per system, like `LinearSolve::run`.

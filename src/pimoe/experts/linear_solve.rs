@@ -150,7 +150,9 @@ impl LinearSolve {
     }
 }
 
-fn solve_system(a: &[f64], b: &[f64], n: usize, min_rcond: f64) -> Solved {
+/// Solves one system a (n, n) x = b (n); shared with the power-flow expert's Newton
+/// steps.
+pub(crate) fn solve_system(a: &[f64], b: &[f64], n: usize, min_rcond: f64) -> Solved {
     let fail = |e| Solved { x: Err(e), rcond: f64::NAN };
     if let Some(index) = a.iter().position(|v| !v.is_finite()) {
         return fail(SolveError::NonFiniteA { index });

@@ -6,7 +6,9 @@
 //! - [`Mlp`]: a dense layer stack;
 //! - [`DeepONet`]: branch net x trunk net, the reference's state-of-health expert;
 //! - [`LinearSolve`]: dense A x = b for n <= 64, with singular and ill-conditioned
-//!   systems reported as errors.
+//!   systems reported as errors;
+//! - [`PowerFlow`]: AC power flow by Newton-Raphson, its Jacobian solved by the same
+//!   LU, non-convergence reported as an error.
 //!
 //! An expert takes a batch of rows (rows, n_inputs) and answers per row, so that one
 //! bad row (a non-finite input, a singular system) does not spoil the others. All rows
@@ -16,6 +18,7 @@
 pub mod deeponet;
 pub mod linear_solve;
 pub mod mlp;
+pub mod power_flow;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,7 @@ use safetensors::{Dtype, SafeTensors};
 pub use deeponet::{DeepONet, DeepONetSpec};
 pub use linear_solve::{LinearSolve, SolveError, Solved};
 pub use mlp::{Activation, Linear, Mlp};
+pub use power_flow::PowerFlow;
 
 use crate::error::{Error, Result};
 
@@ -61,6 +65,7 @@ pub enum Expert {
     Mlp(Mlp),
     DeepONet(DeepONet),
     LinearSolve(LinearSolve),
+    PowerFlow(PowerFlow),
 }
 
 impl Expert {
@@ -69,6 +74,7 @@ impl Expert {
             Expert::Mlp(_) => "mlp",
             Expert::DeepONet(_) => "deeponet",
             Expert::LinearSolve(_) => "linear_solve",
+            Expert::PowerFlow(_) => "power_flow",
         }
     }
 
@@ -77,6 +83,7 @@ impl Expert {
             Expert::Mlp(m) => m.n_inputs(),
             Expert::DeepONet(d) => d.n_inputs(),
             Expert::LinearSolve(s) => s.n_inputs(),
+            Expert::PowerFlow(p) => p.n_inputs(),
         }
     }
 
@@ -85,15 +92,16 @@ impl Expert {
             Expert::Mlp(m) => m.n_outputs(),
             Expert::DeepONet(d) => d.n_outputs(),
             Expert::LinearSolve(s) => s.n_outputs(),
+            Expert::PowerFlow(p) => p.n_outputs(),
         }
     }
 
-    /// The linear solver is always f64.
+    /// The solvers are always f64.
     pub fn precision(&self) -> Precision {
         match self {
             Expert::Mlp(m) => m.precision(),
             Expert::DeepONet(d) => d.precision(),
-            Expert::LinearSolve(_) => Precision::F64,
+            Expert::LinearSolve(_) | Expert::PowerFlow(_) => Precision::F64,
         }
     }
 
@@ -113,6 +121,7 @@ impl Expert {
             Expert::LinearSolve(s) => {
                 s.run(inputs, rows).into_iter().map(|r| r.x.map_err(|e| e.to_string())).collect()
             }
+            Expert::PowerFlow(p) => p.run(inputs, rows),
         }
     }
 }
