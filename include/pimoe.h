@@ -42,9 +42,10 @@
  * Strings passed in are NUL-terminated UTF-8 (paths too); invalid UTF-8 is
  * PIMOE_ERR_ARGUMENT. Input pointers are only read during the call.
  *
- * Threads. Any handle may be passed between threads. Sessions of one engine may run on
- * different threads at the same time. One session must not be used by two threads at
- * once. pimoe_last_error() is per thread.
+ * Threads. Any handle may be passed between threads. One session must not be used by
+ * two threads at once. Sessions of one CPU engine may run on different threads at the
+ * same time; for an engine on the GPU that has not been checked yet, so use its
+ * sessions from one thread at a time. pimoe_last_error() is per thread.
  */
 #ifndef PIMOE_H
 #define PIMOE_H

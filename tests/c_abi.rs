@@ -228,7 +228,9 @@ fn c_program_generates_with_provenance_and_reports_errors() {
 
     let model = fixtures().join("tiny-qwen2");
     let manifest = composition("c-abi-compose", r#"{ "refractory": 3, "max_firings": 2 }"#);
-    let output = run(Command::new(&dynamic).arg(&model).arg(&manifest));
+    // Cargo's LD_LIBRARY_PATH for tests names target/release, where an older
+    // libpimoe.so from `cargo build` may lie; the program must load this build's, by its rpath.
+    let output = run(Command::new(&dynamic).env_remove("LD_LIBRARY_PATH").arg(&model).arg(&manifest));
     eprintln!("{output}");
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines[0], format!("version {} abi 1", env!("CARGO_PKG_VERSION")));
