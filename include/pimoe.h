@@ -131,7 +131,8 @@ typedef struct pimoe_limits {
     uint32_t max_step_tokens; /* tokens per step over all requests (default 512) */
     uint32_t max_running;     /* requests generating at once (default 64) */
     uint32_t kv_tokens;       /* KV cache capacity in tokens, allocated when the session is
-                                 created (default 16384; at least 16) */
+                                 created (default 16384; at least 16); as in Rust, an
+                                 allocation the machine cannot make aborts the process */
 } pimoe_limits;
 
 typedef struct pimoe_stats {

@@ -379,8 +379,8 @@ impl<B: Backend> Stepper for Scheduler<'_, B> {
     }
 }
 
-// The header lets sessions of one engine run on different threads at once and lets
-// any handle move between threads; this fails to compile if that stops being true.
+// The header lets sessions of one (CPU) engine run on different threads at once and
+// lets any handle move between threads; this fails to compile if that stops being true.
 const _: fn() = || {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<AnyEngine>();
