@@ -10,6 +10,7 @@ pub mod bench;
 pub mod device;
 pub mod engine;
 pub mod error;
+mod ffi;
 pub mod grid;
 pub mod kv;
 pub mod llm;

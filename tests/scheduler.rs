@@ -14,61 +14,8 @@ use pimoe::sampling::SamplingParams;
 use pimoe::scheduler::{Event, Provenance, RequestId, Scheduler, SchedulerConfig};
 use pimoe::{Engine, Finish, Prompt, Request};
 
+use common::compose::{composition, write_router, write_safetensors, GOOD};
 use common::{fixtures, scratch_dir};
-
-/// A piern router whose output bias makes it fire on every token it may fire on.
-fn write_router(path: &Path, vocab: usize) {
-    let (e, h) = (8usize, 4usize);
-    let mut rng = pimoe::sampling::Rng::new(5);
-    let mut r = |n: usize| (0..n).map(|_| rng.next_f32() - 0.5).collect::<Vec<f32>>();
-    let tensors = vec![
-        ("embedding.weight", vec![vocab, e], r(vocab * e)),
-        ("fc.0.weight", vec![h, e], r(h * e)),
-        ("fc.0.bias", vec![h], r(h)),
-        ("fc.2.weight", vec![1, h], r(h)),
-        ("fc.2.bias", vec![1], vec![10.0]),
-    ];
-    write_safetensors(path, &tensors);
-}
-
-fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, shape, data)| {
-            let v = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                shape.clone(),
-                bytemuck::cast_slice(data),
-            )
-            .unwrap();
-            (n.to_string(), v)
-        })
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
-/// A manifest composing the tiny Qwen2 with the always-firing router and a 2x2
-/// linear-solve expert fed by an exact T2C pattern.
-fn composition(name: &str, policy: &str) -> PathBuf {
-    let dir = scratch_dir(name);
-    write_router(&dir.join("router.safetensors"), 360);
-    let manifest = format!(
-        r#"{{
-  "llm": {llm:?},
-  "router": {{ "kind": "piern", "weights": "router.safetensors", "experts": ["solve"],
-              "embed_dim": 8, "hidden": 4, "policy": {policy} }},
-  "experts": [{{
-    "name": "solve",
-    "t2c": {{ "kind": "extract", "pattern": "list[4] after \"A =\"; list[2] after \"b =\"" }},
-    "expert": {{ "kind": "linear-solve", "n": 2 }},
-    "format": {{ "template": " x = {{values:.6f}}." }}
-  }}]
-}}"#,
-        llm = fixtures().join("tiny-qwen2")
-    );
-    std::fs::write(dir.join("pimoe.json"), manifest).unwrap();
-    dir.join("pimoe.json")
-}
 
 fn request(prompt: &str, max_tokens: usize, seed: u64) -> Request {
     let temperature = if seed % 2 == 0 { 0.0 } else { 0.9 };
@@ -117,8 +64,6 @@ fn alone(engine: &Engine<CpuBackend>, req: &Request) -> Outcome {
     let cfg = SchedulerConfig { max_step_tokens: 512, max_running: 1, kv_tokens: 1024 };
     run_all(engine, cfg, std::slice::from_ref(req)).pop().unwrap()
 }
-
-const GOOD: &str = "Solve A = [2, 1, 1, 3] and b = [3, 5] for x.";
 
 #[test]
 fn expert_result_is_injected_with_provenance() {

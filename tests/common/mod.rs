@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod compose;
+
 /// Relative error thresholds by precision (DESIGN.md).
 pub const F32_TOL: f64 = 1e-5;
 pub const BF16_TOL: f64 = 1e-2;
