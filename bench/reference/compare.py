@@ -129,7 +129,8 @@ def main():
         "reference": {k: first[k] for k in ("torch", "transformers", "max_new_tokens", "warmup")},
         "shapes": composition(first["composition"]),
         "goal": f"reference / pimoe latency per answer >= {GOAL}",
-        "goal_met": head["same_work"] and head["ratio_of_medians"] >= GOAL,
+        # The goal is about the GPU; a CPU run is a smoke check of the pieces.
+        "goal_met": head["same_work"] and head["ratio_of_medians"] >= GOAL if ours["backend"] == "cuda" else None,
         "runs": runs,
     }
     tmp = a.out + ".tmp"

@@ -209,7 +209,12 @@ def answer(c, user, max_new_tokens, policy, device):
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.machine()
+    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def main():
