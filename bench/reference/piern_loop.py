@@ -127,7 +127,8 @@ class Composition:
         (e,) = m["experts"]
         t2c = e["t2c"]
         self.t2c = LMRegression13D(backbone(os.path.join(base, t2c["backbone"])), t2c["outputs"])
-        self.t2c.head.load_state_dict({k.removeprefix("head."): v for k, v in load_file(os.path.join(base, t2c["weights"])).items()})
+        head = load_file(os.path.join(base, t2c["weights"]))
+        self.t2c.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
         self.t2c.head.to(device, dtype).eval()
         d = e["expert"]
         self.deeponet = DeepONet(d["branch"][0], d["trunk"][0], d["branch"][1:-1], d["trunk"][1:-1])
