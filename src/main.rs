@@ -89,6 +89,22 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
+    /// Time answers served one at a time, greedy, each to its token budget (generated
+    /// plus injected), from a workload file as bench/reference/piern_loop.py writes it:
+    /// {"warmup": N, "answers": [{"prompt": TEXT, "max_tokens": N}, ...]}. Writes the
+    /// latency and token counts of each answer to --json (see bench/NOTES.md).
+    BenchAnswers {
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[arg(long, conflicts_with = "manifest")]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        workload: PathBuf,
+        #[arg(long)]
+        json: PathBuf,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
     /// Fit a router gate, a learned T2C head or an expert to JSONL rows (Adam,
     /// hand-written backward passes, deterministic for a seed); writes
     /// OUT/NAME.safetensors and OUT/NAME.json, the manifest fragment.
@@ -370,6 +386,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     with_engine!(device, Engine::load, dir, |engine| generate(&engine, &req, trace)?)
                 }
             }
+        }
+        Cmd::BenchAnswers { manifest, model, workload, json, device } => {
+            use pimoe::bench::answers;
+            let work = answers::Workload::load(&workload)?;
+            let n = work.answers.len();
+            let show = |i: usize, a: &answers::AnswerTiming| {
+                eprintln!(
+                    "answer {}/{n}: {:.3} s, {} prompt + {} generated + {} injected tokens, {} expert calls",
+                    i + 1,
+                    a.latency_s,
+                    a.prompt_tokens,
+                    a.generated_tokens,
+                    a.injected_tokens,
+                    a.expert_calls
+                )
+            };
+            let report = match manifest {
+                Some(path) => with_engine!(device, Engine::load_manifest, path, |e| answers::run(
+                    &e,
+                    &path.display().to_string(),
+                    &work,
+                    show
+                )?),
+                None => {
+                    let dir = model_dir(model)?;
+                    with_engine!(device, Engine::load, dir, |e| answers::run(
+                        &e,
+                        &dir.display().to_string(),
+                        &work,
+                        show
+                    )?)
+                }
+            };
+            pimoe::bench::write_atomic(&json, serde_json::to_string_pretty(&report)?.as_bytes())?;
+            eprintln!("median {:.3} s per answer; wrote {}", report.median_latency_s, json.display());
         }
         Cmd::Train { target } => train(*target)?,
         Cmd::Info { model } => info(&model_dir(model)?)?,

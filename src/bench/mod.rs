@@ -2,6 +2,7 @@
 //! throughput as a fraction of this machine's memory read bandwidth (CPU), and the
 //! GPU figures against copy bandwidth and GEMM rate (`gpu`).
 
+pub mod answers;
 pub mod gpu;
 
 use std::path::Path;
