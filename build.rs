@@ -20,8 +20,19 @@ fn main() {
     for var in ["NVCC", "CUDA_HOME", "CARGO_TARGET_DIR", "PIMOE_CUDA_ARCH", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
+    // Watch the commit through git's own paths: in a worktree `.git` is a file, and
+    // a path that does not exist would make cargo rerun this script every build.
+    for what in ["HEAD", "refs/heads"] {
+        let path = Command::new("git")
+            .args(["rev-parse", "--git-path", what])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+        if let Some(p) = path.filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

@@ -12,7 +12,8 @@ use pimoe::model::{fetch, import, ModelConfig};
 use pimoe::pimoe::experts::{Activation, Precision};
 use pimoe::pimoe::router::GateActivation;
 use pimoe::sampling::SamplingParams;
-use pimoe::scheduler::{Event, Provenance};
+use pimoe::scheduler::{Event, Provenance, SchedulerConfig};
+use pimoe::tasks::demo::brief;
 use pimoe::train::classify::ClassWeight;
 use pimoe::train::{self as tr, Holdout, TrainOptions};
 use pimoe::{Engine, Prompt, Request};
@@ -72,6 +73,44 @@ enum Cmd {
     ImportGguf { gguf: PathBuf, out_dir: PathBuf },
     /// Fetch and import the default model (SmolLM2-135M-Instruct) if it is missing.
     Fetch,
+    /// The default demo: SmolLM2 reasons, a trained router calls the DC and AC
+    /// power-flow experts, and a few grid questions are answered with numbers
+    /// computed in f64 (checked against PYPOWER).
+    Demo {
+        /// Also print each expert's inputs and outputs.
+        #[arg(long)]
+        trace: bool,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Accuracy on the power-flow tasks: the same questions answered by the LLM alone
+    /// and by a composition, scored against PYPOWER, with the router's precision and
+    /// recall.
+    Eval {
+        /// The composition (default: the demo's).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        q: QuestionArgs,
+        /// Write the JSON report here (a summary is printed either way).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// The router's training data: the LLM's own answers to the training split's grid
+    /// questions, with where each answer's number starts (JSONL for `pimoe train
+    /// router --kind hidden-gate`).
+    RouterData {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        q: QuestionArgs,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
     /// Measure decode speed against ceilings taken in the same run: on the CPU,
     /// batch-1 decode vs memory bandwidth; on CUDA, decode at batch 1 and 64 vs copy
     /// bandwidth and a 2,048-token prefill vs our GEMM rate (see src/bench/gpu.rs).
@@ -256,6 +295,29 @@ struct ExpertArgs {
     order: Option<String>,
 }
 
+/// How many grid questions, drawn how, answered how.
+#[derive(clap::Args)]
+struct QuestionArgs {
+    /// Questions per task (DC and AC).
+    #[arg(long, default_value_t = 200)]
+    per_task: usize,
+    /// Draws the questions.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Tokens per answer at most.
+    #[arg(long, default_value_t = 48)]
+    max_tokens: usize,
+    /// Sequences decoded at once.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+}
+
+impl QuestionArgs {
+    fn sched(&self) -> SchedulerConfig {
+        SchedulerConfig { max_running: self.batch, ..SchedulerConfig::default() }
+    }
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -343,17 +405,6 @@ fn generate<B: Backend>(engine: &Engine<B>, req: &Request, trace: bool) -> anyho
     Ok(())
 }
 
-/// A value list for the trace: whole when short; a grid's padded system is long,
-/// so only its head and its length then.
-fn brief(v: &[f64]) -> String {
-    const SHOWN: usize = 16;
-    if v.len() <= SHOWN {
-        format!("{v:?}")
-    } else {
-        format!("{:?} ... ({} values)", &v[..SHOWN], v.len())
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Generate {
@@ -427,6 +478,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::ImportGguf { gguf, out_dir } => {
             let s = import::import_gguf(&gguf, &out_dir, true)?;
             eprintln!("{s}");
+        }
+        Cmd::Demo { trace, device } => {
+            fetch::ensure_default_model(true)?;
+            let path = pimoe::tasks::demo::ensure_manifest()?;
+            let summary = with_engine!(device, Engine::load_manifest, path, |engine| {
+                pimoe::tasks::demo::run(&engine, trace, &mut std::io::stdout())?
+            });
+            eprintln!(
+                "{} questions in {:.1} s; {} answered with an expert's number that agrees with PYPOWER",
+                summary.questions, summary.seconds, summary.computed_right
+            );
+        }
+        Cmd::Eval { manifest, q, json, device } => {
+            let path = match manifest {
+                Some(p) => p,
+                None => {
+                    fetch::ensure_default_model(true)?;
+                    pimoe::tasks::demo::ensure_manifest()?
+                }
+            };
+            let cfg = pimoe::tasks::eval::EvalConfig {
+                per_task: q.per_task,
+                seed: q.seed,
+                max_tokens: q.max_tokens,
+                sched: q.sched(),
+            };
+            let report = with_engine!(device, Engine::load_manifest, path, |engine| {
+                let mut engine = engine;
+                let bar = progress_bar(2 * 2 * q.per_task as u64, "answers");
+                let tasks =
+                    pimoe::tasks::eval::run(&mut engine, &cfg, |done, _| bar.set_position(done as u64))?;
+                bar.finish_and_clear();
+                pimoe::tasks::eval::Report::new(&engine, &path, &cfg, tasks)
+            });
+            eprint!("{}", report.summary());
+            if let Some(out) = json {
+                pimoe::bench::write_atomic(&out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+                eprintln!("wrote {}", out.display());
+            }
+        }
+        Cmd::RouterData { model, q, out, device } => {
+            let dir = model_dir(model)?;
+            let (rows, summary) = with_engine!(device, Engine::load, dir, |engine| {
+                let bar = progress_bar(2 * q.per_task as u64, "answers");
+                let r = pimoe::tasks::router_data::router_rows(
+                    &engine,
+                    q.per_task,
+                    q.seed,
+                    q.max_tokens,
+                    q.sched(),
+                    |d, _| bar.set_position(d as u64),
+                )?;
+                bar.finish_and_clear();
+                r
+            });
+            let mut text = String::new();
+            for r in &rows {
+                text.push_str(&serde_json::to_string(r)?);
+                text.push('\n');
+            }
+            pimoe::bench::write_atomic(&out, text.as_bytes())?;
+            eprintln!(
+                "wrote {}: {} rows, {} with a number to fire at",
+                out.display(),
+                summary.rows,
+                summary.with_number
+            );
         }
         Cmd::Fetch => {
             let dir = fetch::ensure_default_model(true)?;
@@ -601,6 +719,16 @@ fn train(target: TrainTarget) -> anyhow::Result<()> {
         println!("note: {n}");
     }
     Ok(())
+}
+
+fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{pos}}/{{len}} {what} ({{elapsed}}, eta {{eta}})"
+    ))
+    .expect("a valid template");
+    bar.set_style(style);
+    bar
 }
 
 fn info(dir: &Path) -> anyhow::Result<()> {

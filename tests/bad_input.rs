@@ -159,4 +159,8 @@ fn prompt_longer_than_context_is_an_error() {
         sampling: SamplingParams { top_p: 2.0, ..Default::default() },
     };
     assert!(engine.generate(&bad, |_| {}).unwrap_err().to_string().contains("top-p"));
+    let none =
+        Request { prompt: Prompt::Raw("hi".into()), max_tokens: 0, sampling: SamplingParams::default() };
+    let e = engine.generate(&none, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("max_tokens is 0"), "{e}");
 }

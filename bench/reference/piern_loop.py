@@ -72,7 +72,7 @@ from make_piern_reference import (  # noqa: E402
     write_json,
 )
 
-# The reference's system message (its evaluation input, stored with the prompts).
+# A system message of about the reference's length (our wording; see tests/fixtures/piern/README.md).
 with open(os.path.join(ROOT, "tests", "fixtures", "piern", "system_prompt.json"), encoding="utf-8") as _f:
     SYSTEM = json.load(_f)["system"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -103,8 +103,13 @@ struct RawBranch {
 /// must have one value per bus and per branch.
 pub fn load_cases(path: &Path) -> Result<Vec<SolvedCase>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_cases(&text, path)
+}
+
+/// The same from the file's text; `path` names it in errors.
+pub fn parse_cases(text: &str, path: &Path) -> Result<Vec<SolvedCase>> {
     let file: File =
-        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("power-flow cases: {e}")))?;
+        serde_json::from_str(text).map_err(|e| Error::format(path, format!("power-flow cases: {e}")))?;
     let bad = |name: &str, msg: String| Error::format(path, format!("case {name}: {msg}"));
     let mut out = Vec::with_capacity(file.cases.len());
     for c in file.cases {

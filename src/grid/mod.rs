@@ -53,6 +53,6 @@ mod model;
 mod text;
 
 pub use dc::{dc_system, dc_unknowns};
-pub use fixture::{load_cases, AcSolution, DcSolution, SolvedCase};
+pub use fixture::{load_cases, parse_cases, AcSolution, DcSolution, SolvedCase};
 pub use model::{Analysis, Branch, Bus, BusKind, Case, CaseError, Item, Quantity, Question, Target};
 pub use text::{parse, render, GridTextError};

@@ -197,6 +197,11 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 ids.len()
             )));
         }
+        if req.max_tokens == 0 {
+            return Err(Error::Request(
+                "max_tokens is 0: a request must be allowed at least one token".into(),
+            ));
+        }
         let sampler = Sampler::new(req.sampling.clone())?;
         let id = self.next_id;
         self.next_id += 1;
