@@ -506,10 +506,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = with_engine!(device, Engine::load_manifest, path, |engine| {
                 let mut engine = engine;
-                let bar = progress_bar(2 * 2 * q.per_task as u64, "answers");
-                let tasks =
-                    pimoe::tasks::eval::run(&mut engine, &cfg, |done, _| bar.set_position(done as u64))?;
-                bar.finish_and_clear();
+                let mut bar = Progress::new(2 * 2 * q.per_task as u64, "answers");
+                let tasks = pimoe::tasks::eval::run(&mut engine, &cfg, |done, _| bar.set(done as u64))?;
+                bar.finish();
                 pimoe::tasks::eval::Report::new(&engine, &path, &cfg, tasks)
             });
             eprint!("{}", report.summary());
@@ -521,16 +520,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::RouterData { model, q, out, device } => {
             let dir = model_dir(model)?;
             let (rows, summary) = with_engine!(device, Engine::load, dir, |engine| {
-                let bar = progress_bar(2 * q.per_task as u64, "answers");
+                let mut bar = Progress::new(2 * q.per_task as u64, "answers");
                 let r = pimoe::tasks::router_data::router_rows(
                     &engine,
                     q.per_task,
                     q.seed,
                     q.max_tokens,
                     q.sched(),
-                    |d, _| bar.set_position(d as u64),
+                    |d, _| bar.set(d as u64),
                 )?;
-                bar.finish_and_clear();
+                bar.finish();
                 r
             });
             let mut text = String::new();
@@ -721,14 +720,37 @@ fn train(target: TrainTarget) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(&format!(
-        "{{bar:40}} {{pos}}/{{len}} {what} ({{elapsed}}, eta {{eta}})"
-    ))
-    .expect("a valid template");
-    bar.set_style(style);
-    bar
+/// Progress on stderr: a bar on a terminal; in a log (not a terminal, where the bar
+/// stays hidden) a line at each tenth, so a long run there still says how far it is.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    what: &'static str,
+    logged: u64,
+}
+
+impl Progress {
+    fn new(len: u64, what: &'static str) -> Self {
+        let bar = indicatif::ProgressBar::new(len);
+        let style = indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {what} ({{elapsed}}, eta {{eta}})"
+        ))
+        .expect("a valid template");
+        bar.set_style(style);
+        Progress { bar, what, logged: 0 }
+    }
+
+    fn set(&mut self, done: u64) {
+        self.bar.set_position(done);
+        let len = self.bar.length().unwrap_or(0).max(1);
+        if self.bar.is_hidden() && done * 10 / len > self.logged * 10 / len {
+            self.logged = done;
+            eprintln!("{done}/{len} {} ({:.0} s)", self.what, self.bar.elapsed().as_secs_f64());
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 fn info(dir: &Path) -> anyhow::Result<()> {
