@@ -1,7 +1,12 @@
-//! Criterion benches of the CPU backend's heavy ops at SmolLM2-135M shapes.
-//! matmul reports weight bytes (the decode bound), attention reports FLOPs.
+//! Criterion benches of the CPU backend, a group per kernel family: matmul and
+//! attention here at SmolLM2-135M shapes (matmul reports weight bytes, the decode
+//! bound; attention reports FLOPs), the other families through the backend-generic
+//! benches in ops/ that cuda_ops runs on the GPU.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+#[path = "ops/mod.rs"]
+mod ops;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
 use pimoe::backend::cpu::{gemm, CpuBackend, CpuWeight};
 use pimoe::backend::{AttnPlan, AttnShape, Backend, SeqSpan};
 use pimoe::model::safetensors::HostData;
@@ -65,5 +70,11 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, attention);
-criterion_main!(benches);
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let b = CpuBackend;
+    matmul(&mut c);
+    attention(&mut c);
+    ops::bench_all(&mut c, &b);
+    c.final_summary();
+}

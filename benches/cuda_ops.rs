@@ -1,5 +1,7 @@
-//! Criterion benches of every CUDA kernel family (benches/cuda/<family>.rs), each
-//! synchronising the stream before the clock stops and reporting bytes or FLOPs.
+//! Criterion benches of every CUDA kernel family: the GPU-only ones in
+//! benches/cuda/ (GEMM with its cuBLAS comparison, attention), the others through the
+//! backend-generic benches in ops/ that cpu_ops also runs. Each synchronises the
+//! stream before the clock stops and reports bytes, FLOPs or rows.
 //! Without a GPU it prints why and measures nothing.
 
 use criterion::Criterion;
@@ -7,22 +9,10 @@ use pimoe::backend::cuda::CudaBackend;
 
 #[path = "cuda/attention.rs"]
 mod attention;
-#[path = "cuda/embed.rs"]
-mod embed;
 #[path = "cuda/gemm.rs"]
 mod gemm;
-#[path = "cuda/kv.rs"]
-mod kv;
-#[path = "cuda/mlp.rs"]
-mod mlp;
-#[path = "cuda/rmsnorm.rs"]
-mod rmsnorm;
-#[path = "cuda/rope.rs"]
-mod rope;
-#[path = "cuda/sampling.rs"]
-mod sampling;
-#[path = "cuda/timing.rs"]
-mod timing;
+#[path = "ops/mod.rs"]
+mod ops;
 
 fn main() {
     let b = match CudaBackend::new(0) {
@@ -35,11 +25,6 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     gemm::bench(&mut c, &b);
     attention::bench(&mut c, &b);
-    embed::bench(&mut c, &b);
-    rmsnorm::bench(&mut c, &b);
-    rope::bench(&mut c, &b);
-    kv::bench(&mut c, &b);
-    mlp::bench(&mut c, &b);
-    sampling::bench(&mut c, &b);
+    ops::bench_all(&mut c, &b);
     c.final_summary();
 }

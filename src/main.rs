@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use pimoe::backend::cuda::CudaBackend;
 use pimoe::backend::Backend;
+use pimoe::bench::nvml::Nvml;
+use pimoe::bench::scenario::{Harness, ScenarioConfig, ScenarioReport};
 use pimoe::device::{self, DeviceChoice, Opened};
 use pimoe::model::{fetch, import, ModelConfig};
 use pimoe::pimoe::experts::{Activation, Precision};
@@ -114,9 +117,39 @@ enum Cmd {
     /// Measure decode speed against ceilings taken in the same run: on the CPU,
     /// batch-1 decode vs memory bandwidth; on CUDA, decode at batch 1 and 64 vs copy
     /// bandwidth and a 2,048-token prefill vs our GEMM rate (see src/bench/gpu.rs).
+    ///
+    /// With --scenario: a composition (default: the demo's) answers the scenario's
+    /// questions three ways (LLM alone, PiMoE, a tool-call pipeline) at each
+    /// concurrency level, with latency, tokens, accuracy and GPU energy per answer
+    /// (src/bench/scenario.rs). With --profile-steps: only that many scheduler steps
+    /// of the PiMoE way, for a profiler.
     Bench {
         #[arg(long)]
         model: Option<PathBuf>,
+        /// A scenario: grid (DC and AC questions), dc or ac.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// The composition for --scenario (default: the demo's).
+        #[arg(long, conflicts_with = "model")]
+        manifest: Option<PathBuf>,
+        /// Questions per task in the scenario.
+        #[arg(long, default_value_t = 4)]
+        per_task: usize,
+        /// Draws the scenario's questions.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Tokens per answer at most (each request, for the tool-call way).
+        #[arg(long, default_value_t = 48)]
+        max_tokens: usize,
+        /// Concurrency levels: clients with one question in flight each.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        concurrency: Vec<usize>,
+        /// Run this many scheduler steps of the scenario's PiMoE way (at the highest
+        /// concurrency, after 4 warm-up steps) with the profiler's capture on, and
+        /// nothing else: for `nsys --capture-range=cudaProfilerApi` or
+        /// `ncu --profile-from-start off`.
+        #[arg(long)]
+        profile_steps: Option<usize>,
         /// Tokens to decode per repeat (CPU).
         #[arg(long, default_value_t = 64)]
         tokens: usize,
@@ -127,6 +160,14 @@ enum Cmd {
         json: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
+    },
+    /// Serve a composition's T2C and experts as a separate tool process, the expert
+    /// side of `bench --scenario`'s tool-call way: one JSON call per line on stdin
+    /// ({"id", "tool", "context"}), one reply per line on stdout ({"id", "result"} or
+    /// {"id", "error"}).
+    ExpertServer {
+        #[arg(long)]
+        manifest: PathBuf,
     },
     /// Time answers served one at a time, greedy, each to its token budget (generated
     /// plus injected), from a workload file as bench/reference/piern_loop.py writes it:
@@ -549,7 +590,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = fetch::ensure_default_model(true)?;
             println!("{}", dir.display());
         }
-        Cmd::Bench { model, tokens, repeats, json, device } => {
+        Cmd::ExpertServer { manifest } => {
+            let comp = pimoe::bench::toolcall::load_tools(&manifest)?;
+            pimoe::bench::toolcall::serve(&comp, std::io::stdin().lock(), std::io::stdout().lock())?;
+        }
+        Cmd::Bench {
+            scenario,
+            manifest,
+            per_task,
+            seed,
+            max_tokens,
+            concurrency,
+            profile_steps,
+            json,
+            device,
+            ..
+        } if scenario.is_some() || profile_steps.is_some() => {
+            let path = match manifest {
+                Some(p) => p,
+                None => {
+                    fetch::ensure_default_model(true)?;
+                    pimoe::tasks::demo::ensure_manifest()?
+                }
+            };
+            let cfg = ScenarioConfig {
+                scenario: scenario.unwrap_or_else(|| "grid".into()),
+                per_task,
+                seed,
+                max_tokens,
+                concurrency,
+                max_step_tokens: SchedulerConfig::default().max_step_tokens,
+            };
+            let n = cfg.check()?.len();
+            if let Some(steps) = profile_steps {
+                let c = cfg.concurrency.iter().copied().max().unwrap_or(1);
+                let ran = with_engine!(device, Engine::load_manifest, path, |engine| {
+                    pimoe::bench::scenario::profile_steps(&engine, &cfg, c, 4, steps)?
+                });
+                eprintln!("profiled {ran} scheduler steps at concurrency {c}");
+                return Ok(());
+            }
+            let (opened, note) = device::open(device)?;
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+            let report = match opened {
+                Opened::Cpu(b) => {
+                    let machine = (pimoe::bench::cpu_device(), None);
+                    let h = Harness {
+                        ceiling_name: "CPU all-thread memory read bandwidth",
+                        ceiling: Box::new(|_| Ok(pimoe::bench::memory_read_bandwidth())),
+                        energy: Err("the CPU backend has no energy counter (NVML counts a GPU's)".into()),
+                        tool_command: Box::new(|| tool_command(&path)),
+                        on_answer: Box::new(|| ()),
+                    };
+                    scenario_run(Engine::load_manifest(b, &path)?, &path, &cfg, h, machine, n)?
+                }
+                Opened::Cuda(b) => {
+                    let machine = (b.device_name.clone(), Some(pimoe::bench::gpu::driver_version()));
+                    let energy = pimoe::bench::nvml::cuda_bus_id(0).and_then(|bus| Nvml::open(&bus));
+                    let h = Harness {
+                        ceiling_name: "GPU device-to-device copy bandwidth (bytes read + written)",
+                        ceiling: Box::new(|b: &CudaBackend| pimoe::bench::gpu::copy_bandwidth(b)),
+                        energy,
+                        tool_command: Box::new(|| tool_command(&path)),
+                        on_answer: Box::new(|| ()),
+                    };
+                    scenario_run(Engine::load_manifest(*b, &path)?, &path, &cfg, h, machine, n)?
+                }
+            };
+            eprint!("{}", report.summary());
+            if let Some(out) = json {
+                pimoe::bench::write_atomic(&out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+                eprintln!("wrote {}", out.display());
+            }
+        }
+        Cmd::Bench { model, tokens, repeats, json, device, .. } => {
             let dir = model_dir(model)?;
             let name =
                 dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
@@ -720,6 +836,35 @@ fn train(target: TrainTarget) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a scenario with a progress bar over every answer of every way and level.
+fn scenario_run<B: Backend>(
+    mut engine: Engine<B>,
+    manifest: &Path,
+    cfg: &ScenarioConfig,
+    mut h: Harness<B>,
+    machine: (String, Option<String>),
+    n: usize,
+) -> anyhow::Result<ScenarioReport> {
+    let total = (pimoe::bench::scenario::Way::ALL.len() * cfg.concurrency.len() * n) as u64;
+    let mut bar = Progress::new(total, "answers");
+    let mut done = 0;
+    h.on_answer = Box::new(move || {
+        done += 1;
+        bar.set(done);
+    });
+    let r = pimoe::bench::scenario::run(&mut engine, cfg, &mut h);
+    h.on_answer = Box::new(|| ()); // drops the bar, which clears it
+    Ok(ScenarioReport::new(&engine, manifest, cfg, &h, machine, r?))
+}
+
+/// `pimoe expert-server` for `manifest`, from this very binary.
+fn tool_command(manifest: &Path) -> std::process::Command {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "pimoe".into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("expert-server").arg("--manifest").arg(manifest);
+    cmd
+}
+
 /// Progress on stderr: a bar on a terminal; in a log (not a terminal, where the bar
 /// stays hidden) a line at each tenth, so a long run there still says how far it is.
 struct Progress {
@@ -750,6 +895,12 @@ impl Progress {
 
     fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

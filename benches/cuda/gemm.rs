@@ -6,7 +6,7 @@
 //! Decode reports weight bytes per call (the bound the gemv should reach: compare with
 //! the device's copy bandwidth); prefill and the square GEMMs report FLOPs (2 m n k).
 
-use crate::timing::time;
+use crate::ops::timing::time;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use pimoe::backend::cuda::{gemm, CudaBackend, CudaTensor, CudaWeight};

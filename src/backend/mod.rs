@@ -102,9 +102,20 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Waits until every op issued so far has finished (CUDA ops are asynchronous;
+    /// CPU ops are done when they return).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Names the work that follows in a profiler's timeline (NVTX on CUDA).
     fn push_range(&self, _name: &str) {}
     fn pop_range(&self) {}
+    /// Starts or stops a profiler's capture, for profilers told to record only in
+    /// between (`nsys --capture-range=cudaProfilerApi`, `ncu --profile-from-start off`).
+    fn profiler_capture(&self, _on: bool) -> Result<()> {
+        Ok(())
+    }
 
     fn upload(&self, t: &HostTensor) -> Result<Self::Weight>;
     /// A zero-filled f32 tensor of `len` elements.

@@ -89,7 +89,7 @@ pub fn run(b: &CudaBackend, llm: &Llm<CudaBackend>, model: &str) -> Result<GpuRe
     })
 }
 
-fn driver_version() -> String {
+pub fn driver_version() -> String {
     let mut v = 0;
     // SAFETY: writes one int; the driver is loaded (the backend exists).
     match unsafe { sys::cuDriverGetVersion(&mut v).result() } {
@@ -99,7 +99,7 @@ fn driver_version() -> String {
 }
 
 /// Best of 10 copies of 1 GiB, timed with the host clock around a synchronize.
-fn copy_bandwidth(b: &CudaBackend) -> Result<f64> {
+pub fn copy_bandwidth(b: &CudaBackend) -> Result<f64> {
     let bytes = 1usize << 30;
     let src = b.tensor(bytes / 4);
     let dst = b.tensor(bytes / 4);

@@ -4,6 +4,9 @@
 
 pub mod answers;
 pub mod gpu;
+pub mod nvml;
+pub mod scenario;
+pub mod toolcall;
 
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -138,6 +141,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// The CPU as reports name it, with the threads the backend uses.
+pub fn cpu_device() -> String {
+    format!("cpu: {} ({} threads)", cpu_name(), rayon::current_num_threads())
 }
 
 pub(crate) fn cpu_name() -> String {

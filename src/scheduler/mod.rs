@@ -239,6 +239,16 @@ impl<'e, B: Backend> Scheduler<'e, B> {
         true
     }
 
+    /// Ends a request where it stands (as a harness does when a stop condition of its
+    /// own is met) and returns its stats; no Finished event is sent.
+    pub fn stop(&mut self, id: RequestId) -> Option<Stats> {
+        let i = self.seqs.iter().position(|s| s.id == id)?;
+        let mut stats = self.seqs[i].stats.clone();
+        stats.total_secs = self.seqs[i].started.elapsed().as_secs_f64();
+        self.cancel(id);
+        Some(stats)
+    }
+
     pub fn is_idle(&self) -> bool {
         self.seqs.is_empty()
     }
@@ -384,6 +394,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
         events: &mut Vec<Event>,
         done: &mut Vec<(usize, Finish)>,
     ) -> Result<Vec<usize>> {
+        let e = self.engine;
         // Batch order is sequence order, so the router's rows line up with `fresh`.
         let mut fresh = rows.to_vec();
         fresh.sort_unstable();
@@ -398,7 +409,10 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 });
                 states.push(s.router.as_mut().expect("a composition gives every sequence a router state"));
             }
-            pimoe.route(&mut states, &views)?
+            e.backend.push_range("route");
+            let fired = pimoe.route(&mut states, &views);
+            e.backend.pop_range();
+            fired?
         };
         let mut injected = Vec::new();
         // fired[j] belongs to fresh[j]; group by expert, keeping batch order.
@@ -436,12 +450,13 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 }),
             };
             // T2C on the host, the expert on the backend (f64 kernels on the GPU).
+            e.backend.push_range(&format!("expert {}", pimoe.expert_name(expert)));
             let inputs = pimoe.inputs(expert, &contexts, pooled.as_deref());
             let (flat, rows) = ok_rows(&inputs);
-            let e = self.engine;
             let outputs =
-                e.backend.run_expert(&e.experts[expert], &pimoe.experts[expert].expert, &flat, rows)?;
-            let results = pimoe.finish(expert, inputs, outputs);
+                e.backend.run_expert(&e.experts[expert], &pimoe.experts[expert].expert, &flat, rows);
+            e.backend.pop_range();
+            let results = pimoe.finish(expert, inputs, outputs?);
             for (&i, result) in members.iter().zip(results) {
                 if matches!(result, Computed::Ok { .. }) {
                     injected.push(i);

@@ -239,6 +239,14 @@ pub fn firings(a: &Answer) -> Vec<(usize, String)> {
     out
 }
 
+/// The composition's LLM as reports name it: its folder's name.
+pub fn model_name<B: Backend>(engine: &Engine<B>, manifest: &Path) -> String {
+    crate::pimoe::manifest::Manifest::load(manifest)
+        .ok()
+        .and_then(|(m, _)| m.llm.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| engine.llm.config.arch.hf_name().to_string())
+}
+
 /// The whole run, as committed under bench/results/.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -262,17 +270,14 @@ impl Report {
         tasks: Vec<TaskReport>,
     ) -> Self {
         let device = match engine.backend.name() {
-            "cpu" => format!("cpu: {} ({} threads)", crate::bench::cpu_name(), rayon::current_num_threads()),
+            "cpu" => crate::bench::cpu_device(),
             other => other.to_string(),
         };
         Report {
             device,
             commit: crate::bench::git_commit(),
             date: crate::bench::utc_now(),
-            model: crate::pimoe::manifest::Manifest::load(manifest)
-                .ok()
-                .and_then(|(m, _)| m.llm.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| engine.llm.config.arch.hf_name().to_string()),
+            model: model_name(engine, manifest),
             manifest: manifest.display().to_string(),
             per_task: cfg.per_task,
             seed: cfg.seed,

@@ -825,6 +825,26 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn synchronize(&self) -> Result<()> {
+        CudaBackend::synchronize(self)
+    }
+
+    fn profiler_capture(&self, on: bool) -> Result<()> {
+        if !on {
+            self.synchronize()?;
+        }
+        self.bind();
+        // SAFETY: no arguments; the context is bound to this thread.
+        let r = unsafe {
+            if on {
+                sys::cuProfilerStart()
+            } else {
+                sys::cuProfilerStop()
+            }
+        };
+        r.result().map_err(|e| driver_err("cuProfilerStart/Stop", e))
+    }
+
     fn pop_range(&self) {
         if self.nvtx {
             // SAFETY: as push_range.

@@ -1,11 +1,10 @@
-//! kernels/embed.cu at Qwen2.5-0.5B sizes (hidden 896, vocab 151936): the embedding
+//! kernels/embed.cu, or its CPU twin, at Qwen2.5-0.5B sizes (hidden 896, vocab 151936): the embedding
 //! lookup of a decode step (n = 1), a prefill chunk (64) and a long prefill (2048),
 //! and the gather of logits rows. Throughput is the bytes each launch must move.
 
-use crate::timing::time;
+use super::timing::time;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use pimoe::backend::cuda::CudaBackend;
 use pimoe::backend::Backend;
 use pimoe::model::safetensors::{HostData, HostTensor};
 use pimoe::sampling::Rng;
@@ -19,8 +18,8 @@ fn rand_ids(n: usize, below: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| rng.next_u32() % below as u32).collect()
 }
 
-pub fn bench(c: &mut Criterion, b: &CudaBackend) {
-    let mut g = c.benchmark_group("cuda_embed");
+pub fn bench<B: Backend>(c: &mut Criterion, b: &B) {
+    let mut g = c.benchmark_group(format!("{}_embed", b.name()));
     // Values do not matter to a copy; any bf16 bits will do.
     let bits = (0..VOCAB * HIDDEN).map(|i| 0x3f80 + (i % 127) as u16).collect();
     let table = b

@@ -1,19 +1,18 @@
-//! kernels/rope.cu at Qwen2.5-0.5B sizes (hq 14, hk 2, head_dim 64, theta 1e6) for a
+//! kernels/rope.cu, or its CPU twin, at Qwen2.5-0.5B sizes (hq 14, hk 2, head_dim 64, theta 1e6) for a
 //! decode step (n = 1), a prefill chunk (64) and a long prefill (2048). Throughput
 //! is the bytes each launch must move.
 
-use crate::timing::time;
+use super::timing::time;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use pimoe::backend::cuda::CudaBackend;
 use pimoe::backend::{AttnShape, Backend};
 
 const SHAPE: AttnShape = AttnShape { num_heads: 14, num_kv_heads: 2, head_dim: 64 };
 const THETA: f32 = 1_000_000.0;
 const TOKENS: [usize; 3] = [1, 64, 2048];
 
-pub fn bench(c: &mut Criterion, b: &CudaBackend) {
-    let mut g = c.benchmark_group("cuda_rope");
+pub fn bench<B: Backend>(c: &mut Criterion, b: &B) {
+    let mut g = c.benchmark_group(format!("{}_rope", b.name()));
     let (hq, hk, d) = (SHAPE.num_heads, SHAPE.num_kv_heads, SHAPE.head_dim);
     for &n in &TOKENS {
         // A prefill's positions 0..n; a decode token late in a 2k context.

@@ -1,11 +1,10 @@
-//! kernels/kv.cu at Qwen2.5-0.5B sizes (hq 14, hk 2, head_dim 64) for a decode step
+//! kernels/kv.cu, or its CPU twin, at Qwen2.5-0.5B sizes (hq 14, hk 2, head_dim 64) for a decode step
 //! (n = 1), a prefill chunk (64) and a long prefill (2048), into a cache of 4096
 //! slots. Throughput is the bytes each launch must move.
 
-use crate::timing::time;
+use super::timing::time;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use pimoe::backend::cuda::CudaBackend;
 use pimoe::backend::{AttnPlan, AttnShape, Backend, SeqSpan};
 
 const SHAPE: AttnShape = AttnShape { num_heads: 14, num_kv_heads: 2, head_dim: 64 };
@@ -13,8 +12,8 @@ const TOKENS: [usize; 3] = [1, 64, 2048];
 const BLOCK_SIZE: usize = 16;
 const NUM_BLOCKS: usize = 256;
 
-pub fn bench(c: &mut Criterion, b: &CudaBackend) {
-    let mut g = c.benchmark_group("cuda_kv");
+pub fn bench<B: Backend>(c: &mut Criterion, b: &B) {
+    let mut g = c.benchmark_group(format!("{}_kv", b.name()));
     let (hq, hk, d) = (SHAPE.num_heads, SHAPE.num_kv_heads, SHAPE.head_dim);
     let kv = hk * d;
     let mut k_cache = b.cache(NUM_BLOCKS * BLOCK_SIZE * kv);

@@ -1,14 +1,13 @@
-//! kernels/sampling.cu at Qwen2.5's vocabulary (151936) for one decode row and a
+//! kernels/sampling.cu, or its CPU twin, at Qwen2.5's vocabulary (151936) for one decode row and a
 //! batch of 64: greedy (one read of the row), temperature with top-k and top-p (the
 //! full path: argmax, top-k select, top-p select, draw), and top-p alone (its select
 //! computes a weight for every token). Throughput is the logits bytes per launch, so
 //! the number reads against the device's copy bandwidth; the kernel re-reads each
 //! row from L2 up to 8 times, so a fraction of it is expected.
 
-use crate::timing::time;
+use super::timing::time;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use pimoe::backend::cuda::{sampling, CudaBackend};
 use pimoe::backend::Backend;
 
 const VOCAB: usize = 151936;
@@ -39,8 +38,8 @@ fn logits(rows: usize) -> Vec<f32> {
     out
 }
 
-pub fn bench(c: &mut Criterion, b: &CudaBackend) {
-    let mut g = c.benchmark_group("cuda_sample");
+pub fn bench<B: Backend>(c: &mut Criterion, b: &B) {
+    let mut g = c.benchmark_group(format!("{}_sample", b.name()));
     for &rows in &ROWS {
         let l = b.tensor_from(&logits(rows));
         let mut out = b.index(&vec![0; rows]);
@@ -51,11 +50,7 @@ pub fn bench(c: &mut Criterion, b: &CudaBackend) {
             g.throughput(Throughput::Bytes((rows * VOCAB * 4) as u64));
             g.bench_function(
                 BenchmarkId::new(format!("sample_f32_{name}"), format!("rows{rows}_vocab{VOCAB}")),
-                |bch| {
-                    bch.iter_custom(|iters| {
-                        time(b, iters, || sampling::sample(b, &mut out, &l, &params, VOCAB))
-                    })
-                },
+                |bch| bch.iter_custom(|iters| time(b, iters, || b.sample(&mut out, &l, &params, VOCAB))),
             );
         }
     }

@@ -1,11 +1,10 @@
-//! kernels/rmsnorm.cu at Qwen2.5-0.5B sizes (hidden 896) for a decode step (n = 1),
+//! kernels/rmsnorm.cu, or its CPU twin, at Qwen2.5-0.5B sizes (hidden 896) for a decode step (n = 1),
 //! a prefill chunk (64) and a long prefill (2048). Throughput is the bytes each
 //! launch must move.
 
-use crate::timing::time;
+use super::timing::time;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use pimoe::backend::cuda::CudaBackend;
 use pimoe::backend::Backend;
 use pimoe::model::safetensors::{HostData, HostTensor};
 
@@ -13,8 +12,8 @@ const HIDDEN: usize = 896;
 const TOKENS: [usize; 3] = [1, 64, 2048];
 const EPS: f32 = 1e-6;
 
-pub fn bench(c: &mut Criterion, b: &CudaBackend) {
-    let mut g = c.benchmark_group("cuda_rmsnorm");
+pub fn bench<B: Backend>(c: &mut Criterion, b: &B) {
+    let mut g = c.benchmark_group(format!("{}_rmsnorm", b.name()));
     let w = b
         .upload(&HostTensor {
             name: "norm".into(),

@@ -1,18 +1,17 @@
-//! kernels/mlp.cu at Qwen2.5-0.5B sizes (intermediate 4864) for a decode step
+//! kernels/mlp.cu, or its CPU twin, at Qwen2.5-0.5B sizes (intermediate 4864) for a decode step
 //! (n = 1), a prefill chunk (64) and a long prefill (2048). Throughput is the bytes
 //! each launch must move.
 
-use crate::timing::time;
+use super::timing::time;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use pimoe::backend::cuda::CudaBackend;
 use pimoe::backend::Backend;
 
 const INTER: usize = 4864;
 const TOKENS: [usize; 3] = [1, 64, 2048];
 
-pub fn bench(c: &mut Criterion, b: &CudaBackend) {
-    let mut g = c.benchmark_group("cuda_mlp");
+pub fn bench<B: Backend>(c: &mut Criterion, b: &B) {
+    let mut g = c.benchmark_group(format!("{}_mlp", b.name()));
     for &n in &TOKENS {
         let gate_up = b.tensor_from(&vec![0.5; n * 2 * INTER]);
         let mut out = b.tensor(n * INTER);

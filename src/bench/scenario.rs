@@ -1,0 +1,711 @@
+//! `pimoe bench --scenario NAME`: the same questions answered three ways in one
+//! run, at several concurrency levels, with latency, tokens and (on a GPU) energy
+//! per answer, and each speed figure as a ratio to a ceiling measured in the run.
+//!
+//! The ways:
+//! - `llm-only`: the composition's LLM answers alone (experts set aside);
+//! - `pimoe`: router, T2C and experts inside the generation loop;
+//! - `tool-call`: the model writes a JSON tool call, its request ends, the tool runs
+//!   in another process behind a pipe, its result comes back as a new message and
+//!   the whole conversation is prefilled again (`toolcall`).
+//!
+//! Concurrency c means c clients, each sending its next question as soon as its
+//! last answer is complete (a closed loop), all served by one scheduler. Per answer:
+//! time to first token of the final message (for tool-call: the message after the
+//! tool's result), the intervals between successive steps that gave the answer
+//! tokens (the tool's round trip and the re-prefill are one such interval), and the
+//! end-to-end time. The ceiling is the memory bandwidth (CPU: all-thread read;
+//! GPU: device copy), measured before each way: one decode step cannot take less
+//! than the weight bytes over it, which bounds per-token latency from below and
+//! the token rate at concurrency c from above (c / that time).
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::nvml::{Nvml, MIN_SPAN_SECS};
+use super::toolcall::{conversation, parse_call, shots, tool_system, Call, Shot, ToolProcess};
+use crate::backend::Backend;
+use crate::engine::{Engine, Prompt, Request};
+use crate::error::{Error, Result};
+use crate::grid::Analysis;
+use crate::sampling::SamplingParams;
+use crate::scheduler::{Event, RequestId, Scheduler, SchedulerConfig, Stats};
+use crate::tasks::answer::answer_number;
+use crate::tasks::eval::REL_TOL;
+use crate::tasks::questions::{expert_name, question_set, GridQuestion, Split};
+
+pub const SCENARIOS: &[&str] = &["grid", "dc", "ac"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Way {
+    LlmOnly,
+    Pimoe,
+    ToolCall,
+}
+
+impl Way {
+    pub const ALL: [Way; 3] = [Way::LlmOnly, Way::Pimoe, Way::ToolCall];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Way::LlmOnly => "llm-only",
+            Way::Pimoe => "pimoe",
+            Way::ToolCall => "tool-call",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ScenarioConfig {
+    pub scenario: String,
+    /// Questions per task the scenario covers.
+    pub per_task: usize,
+    pub seed: u64,
+    pub max_tokens: usize,
+    pub concurrency: Vec<usize>,
+    pub max_step_tokens: usize,
+}
+
+impl ScenarioConfig {
+    /// The scenario's questions, or why the configuration cannot run.
+    pub fn check(&self) -> Result<Vec<GridQuestion>> {
+        if self.concurrency.is_empty() || self.concurrency.contains(&0) {
+            return Err(Error::Request(format!(
+                "concurrency levels must be positive: {:?}",
+                self.concurrency
+            )));
+        }
+        if self.max_tokens == 0 {
+            return Err(Error::Request("max_tokens is 0: an answer needs at least one token".into()));
+        }
+        questions(&self.scenario, self.per_task, self.seed)
+    }
+}
+
+/// The evaluation questions of a scenario: `grid` both analyses (DC first), `dc`
+/// or `ac` one.
+pub fn questions(scenario: &str, per_task: usize, seed: u64) -> Result<Vec<GridQuestion>> {
+    let analyses: &[Analysis] = match scenario {
+        "grid" => &[Analysis::Dc, Analysis::Ac],
+        "dc" => &[Analysis::Dc],
+        "ac" => &[Analysis::Ac],
+        other => {
+            return Err(Error::Request(format!(
+                "unknown scenario {other:?}; the scenarios are {SCENARIOS:?}"
+            )))
+        }
+    };
+    let mut out = Vec::new();
+    for &a in analyses {
+        out.extend(question_set(a, Split::Eval, per_task, seed)?);
+    }
+    Ok(out)
+}
+
+/// Measures a ceiling on the backend, in bytes/s.
+pub type Ceiling<'a, B> = Box<dyn FnMut(&B) -> Result<f64> + 'a>;
+
+/// What the machine gives the run: the ceiling, measured on demand, the energy
+/// counter if any, how to start the tool process, and a tick per answer.
+pub struct Harness<'a, B> {
+    /// Name of the ceiling, e.g. "CPU all-thread memory read bandwidth".
+    pub ceiling_name: &'static str,
+    /// Measures the ceiling now, in bytes/s.
+    pub ceiling: Ceiling<'a, B>,
+    /// The counter, or why there is none.
+    pub energy: std::result::Result<Nvml, String>,
+    /// The command that starts `pimoe expert-server` for the composition.
+    pub tool_command: Box<dyn Fn() -> Command + 'a>,
+    pub on_answer: Box<dyn FnMut() + 'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScenarioReport {
+    pub bench: &'static str,
+    pub scenario: String,
+    pub device: String,
+    pub driver: Option<String>,
+    pub commit: String,
+    pub date: String,
+    pub model: String,
+    pub manifest: String,
+    pub backend: &'static str,
+    pub questions: usize,
+    pub seed: u64,
+    pub max_tokens: usize,
+    pub rel_tol: f64,
+    pub concurrency: Vec<usize>,
+    /// How energy was measured, or why it was not.
+    pub energy: String,
+    pub ceiling: &'static str,
+    /// Weight bytes one decode step streams.
+    pub weight_bytes_per_step: usize,
+    pub ways: Vec<WayReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WayReport {
+    pub way: Way,
+    /// The ceiling, measured right before this way ran.
+    pub ceiling_bytes_per_s: f64,
+    /// weight_bytes_per_step / ceiling: no decode step can be faster.
+    pub step_floor_s: f64,
+    pub levels: Vec<LevelReport>,
+    /// Each question's answer at the first concurrency level.
+    pub answers: Vec<AnswerRow>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct LevelReport {
+    pub concurrency: usize,
+    /// Passes over the questions (more than one on a GPU, so that the energy
+    /// counter's span is at least MIN_SPAN_SECS).
+    pub repeats: usize,
+    pub answers: usize,
+    pub seconds: f64,
+    pub correct: usize,
+    pub accuracy: f64,
+    pub no_number: usize,
+    /// Tool-call only: answers whose model wrote a call, and calls the tool refused.
+    pub tool_calls: Option<usize>,
+    pub tool_errors: Option<usize>,
+    pub ttft_s: Dist,
+    pub per_token_s: Dist,
+    pub e2e_s: Dist,
+    pub answers_per_s: f64,
+    /// Tokens of the answers (sampled and injected) per second.
+    pub tokens_per_s: f64,
+    /// Every token run through the model for an answer (each prefill counts).
+    pub processed_tokens_per_answer: f64,
+    /// Tokens sampled from the LLM (a tool call's tokens included).
+    pub generated_tokens_per_answer: f64,
+    /// Tokens injected from expert results (PiMoE).
+    pub injected_tokens_per_answer: f64,
+    pub energy_j_per_answer: Option<f64>,
+    /// step_floor_s / per_token_s.p50.
+    pub per_token_p50_to_floor: f64,
+    /// tokens_per_s / (concurrency / step_floor_s).
+    pub tokens_per_s_to_roofline: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Dist {
+    pub p50: f64,
+    pub p99: f64,
+    pub mean: f64,
+}
+
+impl Dist {
+    fn of(mut x: Vec<f64>) -> Dist {
+        if x.is_empty() {
+            return Dist::default();
+        }
+        x.sort_by(f64::total_cmp);
+        let at = |q: f64| x[((q * x.len() as f64).ceil() as usize).clamp(1, x.len()) - 1];
+        Dist { p50: at(0.5), p99: at(0.99), mean: x.iter().sum::<f64>() / x.len() as f64 }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AnswerRow {
+    pub case: String,
+    pub question: String,
+    pub truth: f64,
+    pub number: Option<f64>,
+    pub text: String,
+}
+
+/// The tool-call way's first prompt: its system message and worked examples.
+pub struct ToolPrompt {
+    pub system: String,
+    pub shots: Vec<Shot>,
+}
+
+impl ToolPrompt {
+    fn conversation(&self, q: &GridQuestion, since: &[(&str, &str)]) -> String {
+        conversation(&self.system, &self.shots, &crate::grid::render(&q.case.case, &q.question), since)
+    }
+}
+
+/// What every pass of one way shares.
+struct WayRun<'a, B: Backend> {
+    engine: &'a Engine<B>,
+    way: Way,
+    qs: &'a [GridQuestion],
+    cfg: &'a ScenarioConfig,
+    system: &'a ToolPrompt,
+}
+
+/// One answer as the client saw it.
+#[derive(Clone, Debug, Default)]
+struct Timed {
+    ttft: f64,
+    gaps: Vec<f64>,
+    e2e: f64,
+    processed: usize,
+    generated: usize,
+    injected: usize,
+    text: String,
+    tool_call: bool,
+    tool_error: bool,
+}
+
+enum Phase {
+    /// Generating; for tool-call, the first request (the call) or the second (the answer).
+    Asking { req: RequestId, second: bool },
+    /// The call is out to the tool process.
+    Calling,
+}
+
+struct Client {
+    question: usize,
+    phase: Phase,
+    started: Instant,
+    last: Option<Instant>,
+    /// When the first token of any message arrived.
+    first_any: Option<f64>,
+    /// The first request's rendered prompt and text (tool-call).
+    prompt_text: String,
+    first_text: String,
+    t: Timed,
+}
+
+/// Runs the scenario: every way, every concurrency level. Returns the ways'
+/// reports and the number of questions.
+pub fn run<B: Backend>(
+    engine: &mut Engine<B>,
+    cfg: &ScenarioConfig,
+    h: &mut Harness<B>,
+) -> Result<(Vec<WayReport>, usize)> {
+    let qs = cfg.check()?;
+    let Some(comp) = engine.pimoe.as_ref() else {
+        return Err(Error::Request("a scenario needs a composition (a manifest), not a plain model".into()));
+    };
+    let tools: Vec<(&str, Analysis, &str)> =
+        [(Analysis::Dc, "a DC power flow"), (Analysis::Ac, "an AC power flow")]
+            .iter()
+            .map(|&(a, when)| (expert_name(a), a, when))
+            .filter(|(name, ..)| (0..comp.num_experts()).any(|i| comp.expert_name(i) == *name))
+            .collect();
+    let asking = ToolPrompt {
+        system: tool_system(&tools.iter().map(|&(n, _, w)| (n, w)).collect::<Vec<_>>()),
+        shots: shots(comp, &tools.iter().map(|&(n, a, _)| (n, a)).collect::<Vec<_>>())?,
+    };
+    let system = &asking;
+    let mut comp = engine.pimoe.take();
+    let mut ways = Vec::new();
+    let mut outcome = Ok(());
+    for way in Way::ALL {
+        if way == Way::Pimoe {
+            engine.pimoe = comp.take();
+        }
+        let r = run_way(&WayRun { engine, way, qs: &qs, cfg, system }, h);
+        if way == Way::Pimoe {
+            comp = engine.pimoe.take();
+        }
+        match r {
+            Ok(w) => ways.push(w),
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    engine.pimoe = comp;
+    outcome.map(|()| (ways, qs.len()))
+}
+
+fn run_way<B: Backend>(run: &WayRun<B>, h: &mut Harness<B>) -> Result<WayReport> {
+    let WayRun { engine, way, qs, cfg, .. } = *run;
+    let bw = (h.ceiling)(&engine.backend)?;
+    let floor = engine.llm.weight_bytes as f64 / bw;
+    let mut tool = match way {
+        Way::ToolCall => Some(ToolProcess::spawn((h.tool_command)())?),
+        _ => None,
+    };
+    let mut levels = Vec::new();
+    let mut rows = Vec::new();
+    for &c in &cfg.concurrency {
+        let (level, answers) = level(run, c, tool.as_mut(), floor, h)?;
+        if rows.is_empty() {
+            rows = qs
+                .iter()
+                .zip(&answers)
+                .map(|(q, a)| AnswerRow {
+                    case: q.case.case.name.clone(),
+                    question: q.sentence(),
+                    truth: q.truth,
+                    number: answer_number(&a.text).map(|(v, _)| v),
+                    text: a.text.clone(),
+                })
+                .collect();
+        }
+        levels.push(level);
+    }
+    Ok(WayReport { way, ceiling_bytes_per_s: bw, step_floor_s: floor, levels, answers: rows })
+}
+
+/// One concurrency level of one way, repeated until the energy counter's span is
+/// long enough (once without a counter).
+fn level<B: Backend>(
+    run: &WayRun<B>,
+    c: usize,
+    mut tool: Option<&mut ToolProcess>,
+    floor: f64,
+    h: &mut Harness<B>,
+) -> Result<(LevelReport, Vec<Timed>)> {
+    let (way, qs) = (run.way, run.qs);
+    let mut all = Vec::new();
+    let mut first = Vec::new();
+    let mut secs = 0.0;
+    let mut repeats = 0;
+    let mut joules = 0.0;
+    loop {
+        let before = h.energy.as_ref().ok().map(|n| n.millijoules()).transpose().map_err(Error::Device)?;
+        let t = Instant::now();
+        let answers = pass(run, c, tool.as_deref_mut(), &mut *h.on_answer)?;
+        secs += t.elapsed().as_secs_f64();
+        if let (Some(b), Ok(n)) = (before, &h.energy) {
+            joules += (n.millijoules().map_err(Error::Device)? - b) as f64 / 1e3;
+        }
+        repeats += 1;
+        if first.is_empty() {
+            first = answers.clone();
+        }
+        all.extend(answers);
+        if h.energy.is_err() || secs >= MIN_SPAN_SECS {
+            break;
+        }
+    }
+    let n = all.len() as f64;
+    let mut r =
+        LevelReport { concurrency: c, repeats, answers: all.len(), seconds: secs, ..Default::default() };
+    for (i, a) in all.iter().enumerate() {
+        let q = &qs[i % qs.len()];
+        match answer_number(&a.text) {
+            Some((v, _)) => r.correct += usize::from((v - q.truth).abs() <= REL_TOL * q.truth.abs()),
+            None => r.no_number += 1,
+        }
+    }
+    r.accuracy = r.correct as f64 / n;
+    if way == Way::ToolCall {
+        r.tool_calls = Some(all.iter().filter(|a| a.tool_call).count());
+        r.tool_errors = Some(all.iter().filter(|a| a.tool_error).count());
+    }
+    r.ttft_s = Dist::of(all.iter().map(|a| a.ttft).collect());
+    r.per_token_s = Dist::of(all.iter().flat_map(|a| a.gaps.iter().copied()).collect());
+    r.e2e_s = Dist::of(all.iter().map(|a| a.e2e).collect());
+    r.answers_per_s = n / secs;
+    let tokens: usize = all.iter().map(|a| a.generated + a.injected).sum();
+    r.tokens_per_s = tokens as f64 / secs;
+    r.processed_tokens_per_answer = all.iter().map(|a| a.processed).sum::<usize>() as f64 / n;
+    r.generated_tokens_per_answer = all.iter().map(|a| a.generated).sum::<usize>() as f64 / n;
+    r.injected_tokens_per_answer = all.iter().map(|a| a.injected).sum::<usize>() as f64 / n;
+    r.energy_j_per_answer = h.energy.is_ok().then(|| joules / n);
+    r.per_token_p50_to_floor = if r.per_token_s.p50 > 0.0 { floor / r.per_token_s.p50 } else { 0.0 };
+    r.tokens_per_s_to_roofline = r.tokens_per_s * floor / c as f64;
+    Ok((r, first))
+}
+
+fn greedy(prompt: Prompt, max_tokens: usize) -> Request {
+    Request { prompt, max_tokens, sampling: SamplingParams { temperature: 0.0, ..Default::default() } }
+}
+
+/// Room in the KV cache for c answers at once: the longest prompt (with the
+/// tool-call system message when there is one), the tool call's conversation on
+/// top, and the answer.
+fn kv_tokens<B: Backend>(
+    engine: &Engine<B>,
+    qs: &[GridQuestion],
+    c: usize,
+    cfg: &ScenarioConfig,
+    tool: Option<&ToolPrompt>,
+) -> Result<usize> {
+    let mut longest = 0;
+    for q in qs {
+        longest = longest.max(engine.prompt_ids(&q.prompt())?.len());
+        if let Some(t) = tool {
+            longest = longest.max(engine.prompt_ids(&Prompt::Raw(t.conversation(q, &[])))?.len());
+        }
+    }
+    let per = (longest + 2 * cfg.max_tokens + 64).next_multiple_of(crate::kv::BLOCK_SIZE);
+    Ok(per * c)
+}
+
+/// Every question once, through `c` closed-loop clients.
+fn pass<B: Backend>(
+    run: &WayRun<B>,
+    c: usize,
+    mut tool: Option<&mut ToolProcess>,
+    on_answer: &mut dyn FnMut(),
+) -> Result<Vec<Timed>> {
+    let WayRun { engine, way, qs, cfg, system } = *run;
+    let sched_cfg = SchedulerConfig {
+        max_step_tokens: cfg.max_step_tokens,
+        max_running: c,
+        kv_tokens: kv_tokens(engine, qs, c, cfg, Some(system))?,
+    };
+    let mut sched = Scheduler::new(engine, sched_cfg)?;
+    let mut out: Vec<Option<Timed>> = vec![None; qs.len()];
+    let mut clients: HashMap<usize, Client> = HashMap::new(); // by question
+    let mut owner: HashMap<RequestId, usize> = HashMap::new();
+    let mut next = 0;
+    let mut done = 0;
+    let prompt_of = |q: &GridQuestion| match way {
+        Way::ToolCall => Prompt::Raw(system.conversation(q, &[])),
+        _ => q.prompt(),
+    };
+    while done < qs.len() {
+        while clients.len() < c && next < qs.len() {
+            let prompt = prompt_of(&qs[next]);
+            let prompt_text = engine.prompt_text(&prompt)?;
+            let req = sched.submit(&greedy(prompt, cfg.max_tokens))?;
+            owner.insert(req, next);
+            clients.insert(
+                next,
+                Client {
+                    question: next,
+                    phase: Phase::Asking { req, second: false },
+                    started: Instant::now(),
+                    last: None,
+                    first_any: None,
+                    prompt_text,
+                    first_text: String::new(),
+                    t: Timed::default(),
+                },
+            );
+            next += 1;
+        }
+        let mut replies = Vec::new();
+        if sched.is_idle() {
+            // Only tool calls are out: wait for one.
+            let tp = tool.as_deref_mut().ok_or_else(|| Error::Request("idle with answers owed".into()))?;
+            replies.push(tp.recv()?);
+        } else {
+            let events = sched.step()?;
+            let now = Instant::now();
+            let mut finished: Vec<(usize, Stats)> = Vec::new();
+            let mut fed: Vec<usize> = Vec::new();
+            for ev in events {
+                match ev {
+                    Event::Token { id, text, .. } => {
+                        let q = owner[&id];
+                        let cl = clients.get_mut(&q).expect("a live client");
+                        if !fed.contains(&q) {
+                            fed.push(q);
+                            if let Some(last) = cl.last {
+                                cl.t.gaps.push((now - last).as_secs_f64());
+                            }
+                            cl.last = Some(now);
+                            if cl.first_any.is_none() {
+                                cl.first_any = Some((now - cl.started).as_secs_f64());
+                            }
+                            let final_message = !matches!(cl.phase, Phase::Asking { second: false, .. })
+                                || way != Way::ToolCall;
+                            if final_message && cl.t.ttft == 0.0 {
+                                cl.t.ttft = (now - cl.started).as_secs_f64();
+                            }
+                        }
+                        match cl.phase {
+                            Phase::Asking { second: false, .. } if way == Way::ToolCall => {
+                                cl.first_text.push_str(&text)
+                            }
+                            _ => cl.t.text.push_str(&text),
+                        }
+                    }
+                    Event::Note { .. } => {}
+                    Event::Finished { id, stats, .. } => finished.push((owner[&id], stats)),
+                }
+            }
+            // Tool-call: a request whose text now holds a complete call ends there.
+            if way == Way::ToolCall {
+                for &q in &fed {
+                    let cl = &clients[&q];
+                    let Phase::Asking { req, second: false } = cl.phase else { continue };
+                    if finished.iter().any(|(f, _)| *f == q) {
+                        continue;
+                    }
+                    if let Call::Found { .. } = parse_call(&cl.first_text) {
+                        let stats = sched.stop(req).expect("a live request");
+                        finished.push((q, stats));
+                    }
+                }
+            }
+            for (q, stats) in finished {
+                let cl = clients.get_mut(&q).expect("a live client");
+                cl.t.processed += stats.processed_tokens;
+                cl.t.generated += stats.generated_tokens;
+                cl.t.injected += stats.injected_tokens;
+                let Phase::Asking { req, second } = cl.phase else { unreachable!("only requests finish") };
+                owner.remove(&req);
+                if way == Way::ToolCall && !second {
+                    if let Call::Found { end, tool: name } = parse_call(&cl.first_text) {
+                        cl.first_text.truncate(end);
+                        cl.t.tool_call = true;
+                        let context = format!("{}{}", cl.prompt_text, cl.first_text);
+                        let tp = tool.as_deref_mut().expect("tool-call has a tool process");
+                        tp.send(q as u64, name.as_deref().unwrap_or(""), &context)?;
+                        cl.phase = Phase::Calling;
+                        continue;
+                    }
+                    // No call: the first message is the answer.
+                    cl.t.text = std::mem::take(&mut cl.first_text);
+                    cl.t.ttft = cl.first_any.unwrap_or_default();
+                }
+                let mut cl = clients.remove(&q).expect("a live client");
+                cl.t.e2e = cl.started.elapsed().as_secs_f64();
+                if cl.t.ttft == 0.0 {
+                    cl.t.ttft = cl.t.e2e;
+                }
+                out[cl.question] = Some(cl.t);
+                done += 1;
+                on_answer();
+            }
+        }
+        if let Some(tp) = tool.as_deref_mut() {
+            while let Some(r) = tp.try_recv()? {
+                replies.push(r);
+            }
+        }
+        for reply in replies {
+            let q = reply.id as usize;
+            let cl = clients
+                .get_mut(&q)
+                .ok_or_else(|| Error::Request(format!("a reply to no call: {}", reply.id)))?;
+            let (result, failed) = match reply.result {
+                Ok(text) => (text, false),
+                Err(e) => (format!("Error: {e}"), true),
+            };
+            cl.t.tool_error = failed;
+            let conversation =
+                system.conversation(&qs[q], &[("assistant", &cl.first_text), ("tool", &result)]);
+            let req = sched.submit(&greedy(Prompt::Raw(conversation), cfg.max_tokens))?;
+            owner.insert(req, q);
+            cl.phase = Phase::Asking { req, second: true };
+        }
+    }
+    Ok(out.into_iter().map(|t| t.expect("every question answered")).collect())
+}
+
+/// For a profiler: `steps` scheduler steps of the PiMoE way at concurrency `c`,
+/// with the profiler's capture on around them only (after `warmup` steps, so that
+/// one-time work such as graph capture stays out).
+pub fn profile_steps<B: Backend>(
+    engine: &Engine<B>,
+    cfg: &ScenarioConfig,
+    c: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<usize> {
+    if engine.pimoe.is_none() {
+        return Err(Error::Request("profiling a scenario needs a composition (a manifest)".into()));
+    }
+    let qs = questions(&cfg.scenario, cfg.per_task, cfg.seed)?;
+    let sched_cfg = SchedulerConfig {
+        max_step_tokens: cfg.max_step_tokens,
+        max_running: c,
+        kv_tokens: kv_tokens(engine, &qs, c, cfg, None)?,
+    };
+    let mut sched = Scheduler::new(engine, sched_cfg)?;
+    let mut next = qs.iter().cycle();
+    let mut live = 0;
+    let mut ran = 0;
+    for i in 0..warmup + steps {
+        while live < c {
+            sched.submit(&greedy(next.next().expect("a cycle").prompt(), cfg.max_tokens))?;
+            live += 1;
+        }
+        if i == warmup {
+            engine.backend.profiler_capture(true)?;
+        }
+        engine.backend.push_range(&format!("scheduler step {i}"));
+        let events = sched.step();
+        engine.backend.pop_range();
+        live -= events?.iter().filter(|e| matches!(e, Event::Finished { .. })).count();
+        ran += usize::from(i >= warmup);
+    }
+    engine.backend.profiler_capture(false)?;
+    Ok(ran)
+}
+
+impl ScenarioReport {
+    /// The report of a finished `run`; `device` and `driver` describe the machine.
+    pub fn new<B: Backend>(
+        engine: &Engine<B>,
+        manifest: &std::path::Path,
+        cfg: &ScenarioConfig,
+        h: &Harness<B>,
+        (device, driver): (String, Option<String>),
+        (ways, questions): (Vec<WayReport>, usize),
+    ) -> Self {
+        ScenarioReport {
+            bench: "scenario",
+            scenario: cfg.scenario.clone(),
+            device,
+            driver,
+            commit: super::git_commit(),
+            date: super::utc_now(),
+            model: crate::tasks::eval::model_name(engine, manifest),
+            manifest: manifest.display().to_string(),
+            backend: engine.backend.name(),
+            questions,
+            seed: cfg.seed,
+            max_tokens: cfg.max_tokens,
+            rel_tol: REL_TOL,
+            concurrency: cfg.concurrency.clone(),
+            energy: match &h.energy {
+                Ok(_) => format!(
+                    "NVML total-energy counter, read before and after each level; a level is repeated \
+                     until it spans at least {MIN_SPAN_SECS} s"
+                ),
+                Err(why) => format!("not measured: {why}"),
+            },
+            ceiling: h.ceiling_name,
+            weight_bytes_per_step: engine.llm.weight_bytes,
+            ways,
+        }
+    }
+
+    /// The short table printed at the end.
+    pub fn summary(&self) -> String {
+        let ms = |s: f64| format!("{:.1}", s * 1e3);
+        let mut s = format!(
+            "{:<9} {:>3} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}\n",
+            "way",
+            "c",
+            "accuracy",
+            "TTFT ms",
+            "tok p50",
+            "tok p99",
+            "e2e s",
+            "tok/s",
+            "processed",
+            "generated",
+            "J/answer"
+        );
+        for w in &self.ways {
+            for l in &w.levels {
+                s += &format!(
+                    "{:<9} {:>3} {:>7.1}% {:>9} {:>9} {:>9} {:>8.2} {:>8.1} {:>9.0} {:>9.1} {:>9}\n",
+                    w.way.name(),
+                    l.concurrency,
+                    100.0 * l.accuracy,
+                    ms(l.ttft_s.p50),
+                    ms(l.per_token_s.p50),
+                    ms(l.per_token_s.p99),
+                    l.e2e_s.p50,
+                    l.tokens_per_s,
+                    l.processed_tokens_per_answer,
+                    l.generated_tokens_per_answer,
+                    l.energy_j_per_answer.map_or("-".to_string(), |j| format!("{j:.2}")),
+                );
+            }
+        }
+        s += &format!("energy: {}\n", self.energy);
+        s
+    }
+}

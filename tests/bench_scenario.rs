@@ -1,0 +1,129 @@
+//! `pimoe bench --scenario` (src/bench/scenario.rs, src/bench/toolcall.rs): the three
+//! ways on the demo composition with its real model, the tool process over its pipe,
+//! and the command's errors.
+
+use std::io::Cursor;
+use std::process::Command;
+
+use pimoe::backend::cpu::CpuBackend;
+use pimoe::bench::scenario::{self, Harness, ScenarioConfig, ScenarioReport, Way};
+use pimoe::bench::toolcall::{load_tools, serve};
+use pimoe::model::fetch::ensure_default_model;
+use pimoe::tasks::demo;
+use pimoe::Engine;
+use serde_json::Value;
+
+fn manifest() -> std::path::PathBuf {
+    ensure_default_model(false).expect("fetch and import the default model");
+    demo::ensure_manifest().expect("write the demo's manifest")
+}
+
+#[test]
+fn three_ways_two_levels_on_the_demo() {
+    let path = manifest();
+    let mut engine = Engine::load_manifest(CpuBackend, &path).unwrap();
+    let cfg = ScenarioConfig {
+        scenario: "grid".into(),
+        per_task: 1,
+        seed: 1,
+        max_tokens: 48,
+        concurrency: vec![1, 2],
+        max_step_tokens: 512,
+    };
+    let mut ticks = 0;
+    let mut h = Harness {
+        ceiling_name: "test",
+        ceiling: Box::new(|_| Ok(pimoe::bench::memory_read_bandwidth())),
+        energy: Err("none on the CPU".into()),
+        tool_command: Box::new(|| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_pimoe"));
+            c.arg("expert-server").arg("--manifest").arg(&path);
+            c
+        }),
+        on_answer: Box::new(|| ticks += 1),
+    };
+    let run = scenario::run(&mut engine, &cfg, &mut h).unwrap();
+    assert!(engine.pimoe.is_some(), "the composition is put back");
+    let report = ScenarioReport::new(&engine, &path, &cfg, &h, ("cpu".into(), None), run);
+    drop(h);
+    assert_eq!(ticks, 3 * 2 * 2, "a tick per answer, every way and level");
+    assert_eq!(report.questions, 2);
+    assert!(report.energy.starts_with("not measured"), "{}", report.energy);
+    let ways: Vec<Way> = report.ways.iter().map(|w| w.way).collect();
+    assert_eq!(ways, Way::ALL);
+    for w in &report.ways {
+        assert_eq!(w.levels.len(), 2);
+        assert!(w.step_floor_s > 0.0 && w.ceiling_bytes_per_s > 0.0);
+        for l in &w.levels {
+            assert_eq!((l.answers, l.repeats), (2, 1), "{:?} c={}", w.way, l.concurrency);
+            assert!(l.energy_j_per_answer.is_none());
+            assert!(l.ttft_s.p50 > 0.0 && l.ttft_s.p50 <= l.e2e_s.p50, "{:?}", w.way);
+            assert!(l.per_token_s.p50 > 0.0 && l.per_token_s.p50 <= l.per_token_s.p99);
+            assert!(l.per_token_p50_to_floor > 0.0 && l.per_token_p50_to_floor <= 1.0);
+            assert!(l.tokens_per_s_to_roofline > 0.0 && l.tokens_per_s_to_roofline <= 1.0);
+            assert!(l.generated_tokens_per_answer >= 1.0);
+        }
+        // On the CPU a request's tokens do not depend on its batch.
+        let (a, b) = (&w.levels[0], &w.levels[1]);
+        assert_eq!(a.correct, b.correct, "{:?}", w.way);
+        assert_eq!(a.processed_tokens_per_answer, b.processed_tokens_per_answer, "{:?}", w.way);
+    }
+    let [alone, pimoe, tool] = &report.ways[..] else { unreachable!() };
+    // The demo's router hands both numbers to the experts; the LLM alone gets neither.
+    assert_eq!(pimoe.levels[0].correct, 2, "{:?}", pimoe.answers);
+    assert!(pimoe.levels[0].injected_tokens_per_answer > 0.0);
+    assert_eq!(alone.levels[0].injected_tokens_per_answer, 0.0);
+    // With its worked examples the model writes both calls, the tool answers them, and
+    // the conversation is prefilled twice: more tokens through the model than PiMoE.
+    assert_eq!(tool.levels[0].tool_calls, Some(2), "{:?}", tool.answers);
+    assert_eq!(tool.levels[0].tool_errors, Some(0));
+    assert_eq!(tool.levels[0].correct, 2, "{:?}", tool.answers);
+    assert!(tool.levels[0].processed_tokens_per_answer > 2.0 * pimoe.levels[0].processed_tokens_per_answer);
+    let table = report.summary();
+    assert_eq!(table.lines().count(), 1 + 6 + 1, "{table}");
+    assert!(table.contains("tool-call"), "{table}");
+}
+
+#[test]
+fn the_expert_server_answers_refuses_and_names_its_tools() {
+    let comp = load_tools(&manifest()).unwrap();
+    let q = &demo::questions().unwrap()[0];
+    let pimoe::Prompt::Chat { user, .. } = q.prompt() else { panic!("grid prompts are chat prompts") };
+    let calls = [
+        serde_json::json!({"id": 1, "tool": q.expert(), "context": user}),
+        serde_json::json!({"id": 2, "tool": "calculator", "context": user}),
+        serde_json::json!({"id": 3, "tool": q.expert(), "context": "no grid here"}),
+    ];
+    let input: String = calls.iter().map(|c| format!("{c}\n")).collect();
+    let mut out = Vec::new();
+    serve(&comp, Cursor::new(input), &mut out).unwrap();
+    let replies: Vec<Value> =
+        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(replies.len(), 3);
+    let number: f64 = replies[0]["result"].as_str().unwrap().trim_end_matches('.').parse().unwrap();
+    assert!((number - q.truth).abs() <= 1e-6 * q.truth.abs().max(1.0), "{number} vs {}", q.truth);
+    let e = replies[1]["error"].as_str().unwrap();
+    assert!(e.contains("no tool named \"calculator\"") && e.contains("dc-power-flow"), "{e}");
+    assert!(replies[2]["error"].is_string() && replies[2].get("result").is_none(), "{}", replies[2]);
+    // A line that is not a call ends the server with an error naming it.
+    let e = serve(&comp, Cursor::new("{\"id\": 4}\n"), Vec::new()).unwrap_err().to_string();
+    assert!(e.contains("not valid JSON") && e.contains("{\"id\": 4}"), "{e}");
+}
+
+#[test]
+fn bad_scenario_arguments_are_clear_errors() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pimoe")).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    manifest();
+    let e = run(&["bench", "--scenario", "chess", "--device", "cpu"]);
+    assert!(e.contains("unknown scenario \"chess\"") && e.contains("grid"), "{e}");
+    let e = run(&["bench", "--scenario", "dc", "--concurrency", "0", "--device", "cpu"]);
+    assert!(e.contains("concurrency levels must be positive"), "{e}");
+    let e = run(&["bench", "--scenario", "dc", "--manifest", "/nonexistent/m.json", "--device", "cpu"]);
+    assert!(e.contains("/nonexistent/m.json"), "{e}");
+    let e = run(&["expert-server", "--manifest", "/nonexistent/m.json"]);
+    assert!(e.contains("/nonexistent/m.json"), "{e}");
+}
