@@ -16,7 +16,7 @@ cp target/release/pimoe bench/carry/
 python3 bench/reference/qwen_tokenizer.py --fetch-ranks bench/carry/qwen.tiktoken
 if [ "${1:-all}" != reference ]; then
     # cargo prints each test/bench executable as a JSON artifact; keep the GPU ones.
-    cargo test --release --no-run --message-format=json --test kernels --test gpu_model --test experts 2>/dev/null |
+    cargo test --release --no-run --message-format=json --test kernels --test gpu_model --test experts --test profile 2>/dev/null |
         python3 -c '
 import json, sys, shutil
 for line in sys.stdin:
@@ -25,7 +25,7 @@ for line in sys.stdin:
         shutil.copy(m["executable"], "bench/carry/" + m["target"]["name"])
         print("carry:", m["target"]["name"])
 '
-    cargo bench --no-run --message-format=json --bench cuda_ops 2>/dev/null |
+    cargo bench --no-run --message-format=json --bench cuda_ops --bench end_to_end 2>/dev/null |
         python3 -c '
 import json, sys, shutil
 for line in sys.stdin:

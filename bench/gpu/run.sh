@@ -4,6 +4,8 @@
 #   bench/gpu/run.sh tests     kernel table + PTX check + graph/end-to-end tests
 #   bench/gpu/run.sh qwen      random Qwen2.5-0.5B vs transformers, then pimoe bench
 #   bench/gpu/run.sh bench     criterion benches per kernel family
+#   bench/gpu/run.sh scenario  pimoe bench --scenario grid: LLM-only, PiMoE, tool-call
+#                              (needs the default model in weights/, bench/NOTES.md)
 #   bench/gpu/run.sh reference the PiERN reference's loop vs pimoe, same random
 #                              full-shape composition, built here (bench/reference/)
 set -uo pipefail
@@ -14,12 +16,19 @@ mkdir -p "$OUT"
 NV=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)
 for d in "$NV"/nvidia/*/lib; do LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$d"; done
 export LD_LIBRARY_PATH
+# The profile test runs the carried CLI under ncu.
+export PIMOE_BIN=$C/pimoe
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 case "${1:-tests}" in
 tests)
     $C/kernels --test-threads=1 2>&1 | tee "$OUT/kernels.log"
     $C/gpu_model --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu_model.log"
     $C/experts 2>&1 | tee "$OUT/experts.log"
+    $C/profile --nocapture 2>&1 | tee "$OUT/profile.log"
+    ;;
+scenario)
+    $C/pimoe bench --scenario grid --device cuda --per-task "${PER_TASK:-8}" --concurrency 1,8,32 \
+        --json "$OUT/scenario-grid-gpu.json" 2>&1 | tail -n 20
     ;;
 qwen)
     python3 bench/gpu/qwen_reference.py /tmp/qwen25 2>&1 | tail -n 3 | tee "$OUT/qwen_ref.log"
@@ -28,6 +37,7 @@ qwen)
     ;;
 bench)
     $C/bench-cuda_ops --bench 2>&1 | tee "$OUT/criterion.log"
+    $C/bench-end_to_end --bench 2>&1 | tee "$OUT/criterion-e2e.log"
     ;;
 reference)
     # About 4 minutes on an H100/H200 (bench/NOTES.md). The weights (~7 GB) are made
