@@ -127,3 +127,17 @@ fn bad_scenario_arguments_are_clear_errors() {
     let e = run(&["expert-server", "--manifest", "/nonexistent/m.json"]);
     assert!(e.contains("/nonexistent/m.json"), "{e}");
 }
+
+#[test]
+fn profile_steps_run_that_many_steps() {
+    manifest();
+    let out = Command::new(env!("CARGO_BIN_EXE_pimoe"))
+        .args(["bench", "--scenario", "dc", "--per-task", "1", "--concurrency", "2"])
+        .args(["--profile-steps", "3", "--device", "cpu"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("profiled 3 scheduler steps at concurrency 2"), "{err}");
+    assert!(out.stdout.is_empty(), "a profiling run writes no report");
+}
