@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use pimoe::backend::cpu::CpuBackend;
 use pimoe::backend::cuda::CudaBackend;
 use pimoe::backend::Backend;
 use pimoe::bench::nvml::Nvml;
-use pimoe::bench::scenario::{Harness, ScenarioConfig, ScenarioReport};
+use pimoe::bench::scenario::{Ceilings, Harness, ScenarioConfig, ScenarioReport};
 use pimoe::device::{self, DeviceChoice, Opened};
 use pimoe::model::{fetch, import, ModelConfig};
 use pimoe::pimoe::experts::{Activation, Precision};
@@ -638,8 +639,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Opened::Cpu(b) => {
                     let machine = (pimoe::bench::cpu_device(), None);
                     let h = Harness {
-                        ceiling_name: "CPU all-thread memory read bandwidth",
-                        ceiling: Box::new(|_| Ok(pimoe::bench::memory_read_bandwidth())),
+                        ceiling_name:
+                            "CPU all-thread memory read bandwidth; our bf16 matmul, 512 rows, widest layer",
+                        ceiling: Box::new(|e: &Engine<CpuBackend>| {
+                            let c = &e.llm.config;
+                            Ok(Ceilings {
+                                bytes_per_s: pimoe::bench::memory_read_bandwidth(),
+                                flop_per_s: pimoe::bench::cpu_matmul_rate(
+                                    2 * c.intermediate_size,
+                                    c.hidden_size,
+                                ),
+                            })
+                        }),
                         energy: Err("the CPU backend has no energy counter (NVML counts a GPU's)".into()),
                         tool_command: Box::new(|| tool_command(&path)),
                         on_answer: Box::new(|| ()),
@@ -650,8 +661,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let machine = (b.device_name.clone(), Some(pimoe::bench::gpu::driver_version()));
                     let energy = pimoe::bench::nvml::cuda_bus_id(0).and_then(|bus| Nvml::open(&bus));
                     let h = Harness {
-                        ceiling_name: "GPU device-to-device copy bandwidth (bytes read + written)",
-                        ceiling: Box::new(|b: &CudaBackend| pimoe::bench::gpu::copy_bandwidth(b)),
+                        ceiling_name: "GPU device-to-device copy bandwidth (bytes read + written); our bf16 GEMM at 8192^3",
+                        ceiling: Box::new(|e: &Engine<CudaBackend>| {
+                            Ok(Ceilings {
+                                bytes_per_s: pimoe::bench::gpu::copy_bandwidth(&e.backend)?,
+                                flop_per_s: pimoe::bench::gpu::gemm_rate(&e.backend, 8192)?,
+                            })
+                        }),
                         energy,
                         tool_command: Box::new(|| tool_command(&path)),
                         on_answer: Box::new(|| ()),

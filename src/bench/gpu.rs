@@ -123,7 +123,7 @@ fn random_bf16(name: &str, rows: usize, cols: usize, seed: u64) -> HostTensor {
 }
 
 /// Our bf16 x bf16 GEMM at n^3: best of 5 after a warm-up.
-fn gemm_rate(b: &CudaBackend, n: usize) -> Result<f64> {
+pub fn gemm_rate(b: &CudaBackend, n: usize) -> Result<f64> {
     let a = b.upload(&random_bf16("a", n, n, 1))?;
     let w = b.upload(&random_bf16("w", n, n, 2))?;
     let mut out = b.tensor(n * n);

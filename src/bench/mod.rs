@@ -122,6 +122,30 @@ pub fn memory_read_bandwidth() -> f64 {
     best
 }
 
+/// Our CPU bf16 matmul's rate in FLOP/s, best of five after a warm-up: 512 rows
+/// (a full prefill chunk) through an (n, k) weight. The ceiling for prefill on the
+/// CPU; a prefill runs the same kernel, so on a noisy machine it can come out a
+/// little above it.
+pub fn cpu_matmul_rate(n: usize, k: usize) -> f64 {
+    use crate::backend::cpu::{gemm, CpuWeight};
+    use crate::model::safetensors::HostData;
+    let m = 512;
+    let mut rng = crate::sampling::Rng::new(3);
+    let data = (0..n * k).map(|_| half::bf16::from_f32(rng.next_f32() - 0.5).to_bits()).collect();
+    let w = CpuWeight { rows: n, cols: k, data: HostData::Bf16(data) };
+    let x: Vec<f32> = (0..m * k).map(|_| rng.next_f32() - 0.5).collect();
+    let mut out = vec![0f32; m * n];
+    gemm::matmul(&mut out, &x, &w, None, m);
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        gemm::matmul(&mut out, &x, &w, None, m);
+        best = best.max(2.0 * (m * n * k) as f64 / t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&out);
+    best
+}
+
 /// Eight independent partial sums, so the loop is bound by loads, not adds.
 fn sum8(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];

@@ -14,10 +14,17 @@
 //! time to first token of the final message (for tool-call: the message after the
 //! tool's result), the intervals between successive steps that gave the answer
 //! tokens (the tool's round trip and the re-prefill are one such interval), and the
-//! end-to-end time. The ceiling is the memory bandwidth (CPU: all-thread read;
-//! GPU: device copy), measured before each way: one decode step cannot take less
-//! than the weight bytes over it, which bounds per-token latency from below and
-//! the token rate at concurrency c from above (c / that time).
+//! end-to-end time.
+//!
+//! Two ceilings are measured before each way: the memory bandwidth (CPU: all-thread
+//! read; GPU: device copy) and our own bf16 GEMM rate (CPU: a batch of 512 rows
+//! through the model's widest layer; GPU: 8192^3). A decode step cannot take less
+//! than the weight bytes over the bandwidth (the step floor), which bounds per-token
+//! latency from below and the token rate at concurrency c from above (c over it).
+//! A prefilled token costs at least its linear-layer FLOPs at our GEMM's best rate
+//! (a bound on what our kernels reach, not on the hardware). An answer's floor is
+//! its prefilled tokens at that rate plus its decode steps at the step floor; TTFT
+//! and end-to-end are reported as floor / measured.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -106,15 +113,21 @@ pub fn questions(scenario: &str, per_task: usize, seed: u64) -> Result<Vec<GridQ
     Ok(out)
 }
 
-/// Measures a ceiling on the backend, in bytes/s.
-pub type Ceiling<'a, B> = Box<dyn FnMut(&B) -> Result<f64> + 'a>;
+/// The ceilings, measured on the backend.
+pub type Ceiling<'a, B> = Box<dyn FnMut(&Engine<B>) -> Result<Ceilings> + 'a>;
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Ceilings {
+    pub bytes_per_s: f64,
+    pub flop_per_s: f64,
+}
 
 /// What the machine gives the run: the ceiling, measured on demand, the energy
 /// counter if any, how to start the tool process, and a tick per answer.
-pub struct Harness<'a, B> {
-    /// Name of the ceiling, e.g. "CPU all-thread memory read bandwidth".
+pub struct Harness<'a, B: Backend> {
+    /// What the ceilings are, e.g. "CPU all-thread memory read bandwidth; ...".
     pub ceiling_name: &'static str,
-    /// Measures the ceiling now, in bytes/s.
+    /// Measures the ceilings now.
     pub ceiling: Ceiling<'a, B>,
     /// The counter, or why there is none.
     pub energy: std::result::Result<Nvml, String>,
@@ -144,16 +157,20 @@ pub struct ScenarioReport {
     pub ceiling: &'static str,
     /// Weight bytes one decode step streams.
     pub weight_bytes_per_step: usize,
+    /// FLOPs of the linear layers per token (2 x their parameters).
+    pub linear_flop_per_token: f64,
     pub ways: Vec<WayReport>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct WayReport {
     pub way: Way,
-    /// The ceiling, measured right before this way ran.
-    pub ceiling_bytes_per_s: f64,
-    /// weight_bytes_per_step / ceiling: no decode step can be faster.
+    /// The ceilings, measured right before this way ran.
+    pub ceilings: Ceilings,
+    /// weight_bytes_per_step / bandwidth: no decode step can be faster.
     pub step_floor_s: f64,
+    /// linear_flop_per_token / GEMM rate: no prefilled token can be faster.
+    pub prefill_token_floor_s: f64,
     pub levels: Vec<LevelReport>,
     /// Each question's answer at the first concurrency level.
     pub answers: Vec<AnswerRow>,
@@ -186,6 +203,10 @@ pub struct LevelReport {
     /// Tokens injected from expert results (PiMoE).
     pub injected_tokens_per_answer: f64,
     pub energy_j_per_answer: Option<f64>,
+    /// Median over answers of (the answer's floor to its first token / its TTFT).
+    pub ttft_to_floor: f64,
+    /// Median over answers of (the answer's floor / its end-to-end time).
+    pub e2e_to_floor: f64,
     /// step_floor_s / per_token_s.p50.
     pub per_token_p50_to_floor: f64,
     /// tokens_per_s / (concurrency / step_floor_s).
@@ -252,6 +273,13 @@ struct Timed {
     text: String,
     tool_call: bool,
     tool_error: bool,
+    /// Prompt tokens of every request, and steps that gave the answer tokens
+    /// after each request's first (each a decode or extend step): for the floors.
+    prefilled: usize,
+    decode_steps: usize,
+    /// The same, counted up to the final message's first token.
+    prefilled_before_first: usize,
+    decode_steps_before_first: usize,
 }
 
 enum Phase {
@@ -266,8 +294,11 @@ struct Client {
     phase: Phase,
     started: Instant,
     last: Option<Instant>,
-    /// When the first token of any message arrived.
-    first_any: Option<f64>,
+    /// When the first token of any message arrived, with the prefilled tokens and
+    /// decode steps up to then.
+    first_any: Option<(f64, usize, usize)>,
+    /// Steps that gave the current request tokens.
+    deliveries: usize,
     /// The first request's rendered prompt and text (tool-call).
     prompt_text: String,
     first_text: String,
@@ -321,8 +352,11 @@ pub fn run<B: Backend>(
 
 fn run_way<B: Backend>(run: &WayRun<B>, h: &mut Harness<B>) -> Result<WayReport> {
     let WayRun { engine, way, qs, cfg, .. } = *run;
-    let bw = (h.ceiling)(&engine.backend)?;
-    let floor = engine.llm.weight_bytes as f64 / bw;
+    let ceilings = (h.ceiling)(engine)?;
+    let floors = Floors {
+        step: engine.llm.weight_bytes as f64 / ceilings.bytes_per_s,
+        token: linear_flop_per_token(engine) / ceilings.flop_per_s,
+    };
     let mut tool = match way {
         Way::ToolCall => Some(ToolProcess::spawn((h.tool_command)())?),
         _ => None,
@@ -330,7 +364,7 @@ fn run_way<B: Backend>(run: &WayRun<B>, h: &mut Harness<B>) -> Result<WayReport>
     let mut levels = Vec::new();
     let mut rows = Vec::new();
     for &c in &cfg.concurrency {
-        let (level, answers) = level(run, c, tool.as_mut(), floor, h)?;
+        let (level, answers) = level(run, c, tool.as_mut(), floors, h)?;
         if rows.is_empty() {
             rows = qs
                 .iter()
@@ -346,7 +380,32 @@ fn run_way<B: Backend>(run: &WayRun<B>, h: &mut Harness<B>) -> Result<WayReport>
         }
         levels.push(level);
     }
-    Ok(WayReport { way, ceiling_bytes_per_s: bw, step_floor_s: floor, levels, answers: rows })
+    Ok(WayReport {
+        way,
+        ceilings,
+        step_floor_s: floors.step,
+        prefill_token_floor_s: floors.token,
+        levels,
+        answers: rows,
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Floors {
+    /// One decode step.
+    step: f64,
+    /// One prefilled token.
+    token: f64,
+}
+
+/// 2 x the parameters of the per-layer linear layers (the lm_head runs for one row
+/// per sequence and is left out, as is attention, small at these lengths).
+pub fn linear_flop_per_token<B: Backend>(engine: &Engine<B>) -> f64 {
+    let c = &engine.llm.config;
+    let (h, d) = (c.hidden_size, c.head_dim);
+    let per_layer =
+        h * (c.num_heads + 2 * c.num_kv_heads) * d + c.num_heads * d * h + 3 * h * c.intermediate_size;
+    2.0 * (per_layer * c.num_layers) as f64
 }
 
 /// One concurrency level of one way, repeated until the energy counter's span is
@@ -355,7 +414,7 @@ fn level<B: Backend>(
     run: &WayRun<B>,
     c: usize,
     mut tool: Option<&mut ToolProcess>,
-    floor: f64,
+    floors: Floors,
     h: &mut Harness<B>,
 ) -> Result<(LevelReport, Vec<Timed>)> {
     let (way, qs) = (run.way, run.qs);
@@ -406,8 +465,14 @@ fn level<B: Backend>(
     r.generated_tokens_per_answer = all.iter().map(|a| a.generated).sum::<usize>() as f64 / n;
     r.injected_tokens_per_answer = all.iter().map(|a| a.injected).sum::<usize>() as f64 / n;
     r.energy_j_per_answer = h.energy.is_ok().then(|| joules / n);
-    r.per_token_p50_to_floor = if r.per_token_s.p50 > 0.0 { floor / r.per_token_s.p50 } else { 0.0 };
-    r.tokens_per_s_to_roofline = r.tokens_per_s * floor / c as f64;
+    let floor = |prefilled: usize, steps: usize| prefilled as f64 * floors.token + steps as f64 * floors.step;
+    r.ttft_to_floor = Dist::of(
+        all.iter().map(|a| floor(a.prefilled_before_first, a.decode_steps_before_first) / a.ttft).collect(),
+    )
+    .p50;
+    r.e2e_to_floor = Dist::of(all.iter().map(|a| floor(a.prefilled, a.decode_steps) / a.e2e).collect()).p50;
+    r.per_token_p50_to_floor = if r.per_token_s.p50 > 0.0 { floors.step / r.per_token_s.p50 } else { 0.0 };
+    r.tokens_per_s_to_roofline = r.tokens_per_s * floors.step / c as f64;
     Ok((r, first))
 }
 
@@ -463,6 +528,7 @@ fn pass<B: Backend>(
         while clients.len() < c && next < qs.len() {
             let prompt = prompt_of(&qs[next]);
             let prompt_text = engine.prompt_text(&prompt)?;
+            let prefilled = engine.prompt_ids(&prompt)?.len();
             let req = sched.submit(&greedy(prompt, cfg.max_tokens))?;
             owner.insert(req, next);
             clients.insert(
@@ -473,9 +539,10 @@ fn pass<B: Backend>(
                     started: Instant::now(),
                     last: None,
                     first_any: None,
+                    deliveries: 0,
                     prompt_text,
                     first_text: String::new(),
-                    t: Timed::default(),
+                    t: Timed { prefilled, ..Timed::default() },
                 },
             );
             next += 1;
@@ -501,13 +568,19 @@ fn pass<B: Backend>(
                                 cl.t.gaps.push((now - last).as_secs_f64());
                             }
                             cl.last = Some(now);
-                            if cl.first_any.is_none() {
-                                cl.first_any = Some((now - cl.started).as_secs_f64());
+                            // A request's first tokens come out of its prefill, the
+                            // others each out of a decode or extend step.
+                            if cl.deliveries > 0 {
+                                cl.t.decode_steps += 1;
                             }
+                            cl.deliveries += 1;
+                            let first = ((now - cl.started).as_secs_f64(), cl.t.prefilled, cl.t.decode_steps);
+                            cl.first_any.get_or_insert(first);
                             let final_message = !matches!(cl.phase, Phase::Asking { second: false, .. })
                                 || way != Way::ToolCall;
                             if final_message && cl.t.ttft == 0.0 {
-                                cl.t.ttft = (now - cl.started).as_secs_f64();
+                                (cl.t.ttft, cl.t.prefilled_before_first, cl.t.decode_steps_before_first) =
+                                    first;
                             }
                         }
                         match cl.phase {
@@ -554,12 +627,15 @@ fn pass<B: Backend>(
                     }
                     // No call: the first message is the answer.
                     cl.t.text = std::mem::take(&mut cl.first_text);
-                    cl.t.ttft = cl.first_any.unwrap_or_default();
+                    if let Some(first) = cl.first_any {
+                        (cl.t.ttft, cl.t.prefilled_before_first, cl.t.decode_steps_before_first) = first;
+                    }
                 }
                 let mut cl = clients.remove(&q).expect("a live client");
                 cl.t.e2e = cl.started.elapsed().as_secs_f64();
                 if cl.t.ttft == 0.0 {
-                    cl.t.ttft = cl.t.e2e;
+                    (cl.t.ttft, cl.t.prefilled_before_first, cl.t.decode_steps_before_first) =
+                        (cl.t.e2e, cl.t.prefilled, cl.t.decode_steps);
                 }
                 out[cl.question] = Some(cl.t);
                 done += 1;
@@ -583,7 +659,10 @@ fn pass<B: Backend>(
             cl.t.tool_error = failed;
             let conversation =
                 system.conversation(&qs[q], &[("assistant", &cl.first_text), ("tool", &result)]);
-            let req = sched.submit(&greedy(Prompt::Raw(conversation), cfg.max_tokens))?;
+            let prompt = Prompt::Raw(conversation);
+            cl.t.prefilled += engine.prompt_ids(&prompt)?.len();
+            cl.deliveries = 0;
+            let req = sched.submit(&greedy(prompt, cfg.max_tokens))?;
             owner.insert(req, q);
             cl.phase = Phase::Asking { req, second: true };
         }
@@ -666,6 +745,7 @@ impl ScenarioReport {
             },
             ceiling: h.ceiling_name,
             weight_bytes_per_step: engine.llm.weight_bytes,
+            linear_flop_per_token: linear_flop_per_token(engine),
             ways,
         }
     }
@@ -674,7 +754,7 @@ impl ScenarioReport {
     pub fn summary(&self) -> String {
         let ms = |s: f64| format!("{:.1}", s * 1e3);
         let mut s = format!(
-            "{:<9} {:>3} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}\n",
+            "{:<9} {:>3} {:>8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9}\n",
             "way",
             "c",
             "accuracy",
@@ -682,6 +762,7 @@ impl ScenarioReport {
             "tok p50",
             "tok p99",
             "e2e s",
+            "e2e/floor",
             "tok/s",
             "processed",
             "generated",
@@ -690,7 +771,7 @@ impl ScenarioReport {
         for w in &self.ways {
             for l in &w.levels {
                 s += &format!(
-                    "{:<9} {:>3} {:>7.1}% {:>9} {:>9} {:>9} {:>8.2} {:>8.1} {:>9.0} {:>9.1} {:>9}\n",
+                    "{:<9} {:>3} {:>7.1}% {:>9} {:>9} {:>9} {:>8.2} {:>9.3} {:>8.1} {:>9.0} {:>9.1} {:>9}\n",
                     w.way.name(),
                     l.concurrency,
                     100.0 * l.accuracy,
@@ -698,6 +779,7 @@ impl ScenarioReport {
                     ms(l.per_token_s.p50),
                     ms(l.per_token_s.p99),
                     l.e2e_s.p50,
+                    l.e2e_to_floor,
                     l.tokens_per_s,
                     l.processed_tokens_per_answer,
                     l.generated_tokens_per_answer,
@@ -705,7 +787,7 @@ impl ScenarioReport {
                 );
             }
         }
-        s += &format!("energy: {}\n", self.energy);
+        s += &format!("energy: {}\nceilings: {}\n", self.energy, self.ceiling);
         s
     }
 }
