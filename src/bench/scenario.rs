@@ -159,6 +159,9 @@ pub struct ScenarioReport {
     pub weight_bytes_per_step: usize,
     /// FLOPs of the linear layers per token (2 x their parameters).
     pub linear_flop_per_token: f64,
+    /// Tokens the tool-call way's first prompt has beyond the others' (its system
+    /// message and worked examples), the mean over the questions.
+    pub tool_prompt_extra_tokens: f64,
     pub ways: Vec<WayReport>,
 }
 
@@ -305,13 +308,8 @@ struct Client {
     t: Timed,
 }
 
-/// Runs the scenario: every way, every concurrency level. Returns the ways'
-/// reports and the number of questions.
-pub fn run<B: Backend>(
-    engine: &mut Engine<B>,
-    cfg: &ScenarioConfig,
-    h: &mut Harness<B>,
-) -> Result<(Vec<WayReport>, usize)> {
+/// Runs the scenario: every way, every concurrency level.
+pub fn run<B: Backend>(engine: &mut Engine<B>, cfg: &ScenarioConfig, h: &mut Harness<B>) -> Result<Ran> {
     let qs = cfg.check()?;
     let Some(comp) = engine.pimoe.as_ref() else {
         return Err(Error::Request("a scenario needs a composition (a manifest), not a plain model".into()));
@@ -347,7 +345,23 @@ pub fn run<B: Backend>(
         }
     }
     engine.pimoe = comp;
-    outcome.map(|()| (ways, qs.len()))
+    let mut extra = 0;
+    for q in &qs {
+        let with_tools = engine.prompt_ids(&Prompt::Raw(system.conversation(q, &[])))?.len();
+        extra += with_tools.saturating_sub(engine.prompt_ids(&q.prompt())?.len());
+    }
+    outcome.map(|()| Ran {
+        ways,
+        questions: qs.len(),
+        tool_prompt_extra_tokens: extra as f64 / qs.len() as f64,
+    })
+}
+
+/// What `run` measured.
+pub struct Ran {
+    pub ways: Vec<WayReport>,
+    pub questions: usize,
+    pub tool_prompt_extra_tokens: f64,
 }
 
 fn run_way<B: Backend>(run: &WayRun<B>, h: &mut Harness<B>) -> Result<WayReport> {
@@ -719,7 +733,7 @@ impl ScenarioReport {
         cfg: &ScenarioConfig,
         h: &Harness<B>,
         (device, driver): (String, Option<String>),
-        (ways, questions): (Vec<WayReport>, usize),
+        ran: Ran,
     ) -> Self {
         ScenarioReport {
             bench: "scenario",
@@ -731,7 +745,7 @@ impl ScenarioReport {
             model: crate::tasks::eval::model_name(engine, manifest),
             manifest: manifest.display().to_string(),
             backend: engine.backend.name(),
-            questions,
+            questions: ran.questions,
             seed: cfg.seed,
             max_tokens: cfg.max_tokens,
             rel_tol: REL_TOL,
@@ -746,7 +760,8 @@ impl ScenarioReport {
             ceiling: h.ceiling_name,
             weight_bytes_per_step: engine.llm.weight_bytes,
             linear_flop_per_token: linear_flop_per_token(engine),
-            ways,
+            tool_prompt_extra_tokens: ran.tool_prompt_extra_tokens,
+            ways: ran.ways,
         }
     }
 
