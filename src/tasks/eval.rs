@@ -11,9 +11,12 @@
 //! number) and the PiMoE answer tells where it did. A firing is right when it is the
 //! first, at that place, and calls the question's expert; every other firing is a
 //! false one (too early, too late, the wrong expert, a second firing, or a firing
-//! in an answer whose LLM-alone version has no number). A question whose LLM-alone
-//! answer has a number and that got no right firing is a miss. Precision is right
-//! firings over all firings, recall right firings over questions with a number.
+//! in an answer whose LLM-alone version has no number). A firing whose T2C or expert
+//! could not answer leaves a trace note and no tokens; it counts as a wrong firing too
+//! (in the committed run each such note was T2C refusing an AC question sent to the
+//! DC expert). A question whose LLM-alone answer has a number and that got no right
+//! firing is a miss. Precision is right firings over all firings, recall right
+//! firings over questions with a number.
 
 use std::path::Path;
 use std::time::Instant;
@@ -159,7 +162,7 @@ fn score(
             (Some(at), Some((pos, name))) if *pos == at && name == q.expert()
         );
         router.fired_right += usize::from(right);
-        router.fired_wrong += firings.len() - usize::from(right);
+        router.fired_wrong += firings.len() - usize::from(right) + r.notes.len();
         router.missed += usize::from(should.is_some() && !right);
     }
     let all_firings = router.fired_right + router.fired_wrong;
@@ -356,6 +359,20 @@ mod tests {
         let a = answer(&[("The", None), (" angle", None), (" is", None), (" -4", None), (".35", None)]);
         assert_eq!(fire_point(&a), Some(3));
         assert_eq!(fire_point(&answer(&[("No", None), (" number", None)])), None);
+    }
+
+    #[test]
+    fn a_firing_that_left_only_a_note_is_a_wrong_firing() {
+        use crate::grid::{Quantity, Question};
+        let question = Question { analysis: Analysis::Ac, quantity: Quantity::VoltageAngle { bus: 5 } };
+        let q = GridQuestion::on("case9", question).unwrap();
+        let alone = answer(&[("The", None), (" angle is", None), (" -4", None)]);
+        let mut routed = answer(&[("The", None), (" angle is", None), (" -4", None)]);
+        routed.notes.push("dc-power-flow: the question asks for the AC power flow".into());
+        let t = score(Analysis::Ac, &[q], &[alone], 1.0, &[routed], 1.0);
+        let r = &t.router;
+        assert_eq!((r.should_fire, r.fired_right, r.fired_wrong, r.missed), (1, 0, 1, 1));
+        assert_eq!((r.precision, r.recall), (Some(0.0), Some(0.0)));
     }
 
     #[test]
