@@ -157,9 +157,13 @@ fn sum8(x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// Writes via a temporary file and a rename, so a reader never sees half a file.
+/// Writes via a temporary file and a rename, so a reader never sees half a file. The
+/// temporary name is unique per call, not only per process: two threads writing the
+/// same file at once (parallel tests) must not rename each other's temporary away.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

@@ -42,14 +42,8 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
-    // A process-unique temporary name, renamed over the target: a reader never sees
-    // half a file, and two demos starting at once both end with the same bytes.
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    // Two demos (or two test threads) starting at once both end with the same bytes.
+    crate::bench::write_atomic(path, bytes)
 }
 
 /// The demo's questions, on the unperturbed IEEE cases (which neither the router's
