@@ -215,10 +215,7 @@ fn prefill(b: &CudaBackend, llm: &Llm<CudaBackend>, tokens: usize, gemm_rate: f6
         llm.forward_sample(b, &mut cache, &step, &[[0.0, 0.0, 1.0, 0.0]])?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    let (h, d) = (c.hidden_size, c.head_dim);
-    let per_layer =
-        h * (c.num_heads + 2 * c.num_kv_heads) * d + c.num_heads * d * h + 3 * h * c.intermediate_size;
-    let linear_flop = 2.0 * tokens as f64 * (per_layer * c.num_layers) as f64;
+    let linear_flop = tokens as f64 * super::linear_flop_per_token(c);
     Ok(PrefillFigure {
         tokens,
         seconds: best,

@@ -157,6 +157,16 @@ fn sum8(x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+/// 2 x the parameters of the per-layer linear layers: the FLOPs of one token through
+/// them (the lm_head runs for one row per sequence and is left out, as is attention,
+/// small at these lengths).
+pub fn linear_flop_per_token(c: &crate::model::ModelConfig) -> f64 {
+    let (h, d) = (c.hidden_size, c.head_dim);
+    let per_layer =
+        h * (c.num_heads + 2 * c.num_kv_heads) * d + c.num_heads * d * h + 3 * h * c.intermediate_size;
+    2.0 * (per_layer * c.num_layers) as f64
+}
+
 /// Writes via a temporary file and a rename, so a reader never sees half a file. The
 /// temporary name is unique per call, not only per process: two threads writing the
 /// same file at once (parallel tests) must not rename each other's temporary away.

@@ -32,6 +32,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::linear_flop_per_token;
 use super::nvml::{Nvml, MIN_SPAN_SECS};
 use super::toolcall::{conversation, parse_call, shots, tool_system, Call, Shot, ToolProcess};
 use crate::backend::Backend;
@@ -318,7 +319,7 @@ pub fn run<B: Backend>(engine: &mut Engine<B>, cfg: &ScenarioConfig, h: &mut Har
         [(Analysis::Dc, "a DC power flow"), (Analysis::Ac, "an AC power flow")]
             .iter()
             .map(|&(a, when)| (expert_name(a), a, when))
-            .filter(|(name, ..)| (0..comp.num_experts()).any(|i| comp.expert_name(i) == *name))
+            .filter(|(name, ..)| comp.expert_named(name).is_some())
             .collect();
     let asking = ToolPrompt {
         system: tool_system(&tools.iter().map(|&(n, _, w)| (n, w)).collect::<Vec<_>>()),
@@ -369,7 +370,7 @@ fn run_way<B: Backend>(run: &WayRun<B>, h: &mut Harness<B>) -> Result<WayReport>
     let ceilings = (h.ceiling)(engine)?;
     let floors = Floors {
         step: engine.llm.weight_bytes as f64 / ceilings.bytes_per_s,
-        token: linear_flop_per_token(engine) / ceilings.flop_per_s,
+        token: linear_flop_per_token(&engine.llm.config) / ceilings.flop_per_s,
     };
     let mut tool = match way {
         Way::ToolCall => Some(ToolProcess::spawn((h.tool_command)())?),
@@ -410,16 +411,6 @@ struct Floors {
     step: f64,
     /// One prefilled token.
     token: f64,
-}
-
-/// 2 x the parameters of the per-layer linear layers (the lm_head runs for one row
-/// per sequence and is left out, as is attention, small at these lengths).
-pub fn linear_flop_per_token<B: Backend>(engine: &Engine<B>) -> f64 {
-    let c = &engine.llm.config;
-    let (h, d) = (c.hidden_size, c.head_dim);
-    let per_layer =
-        h * (c.num_heads + 2 * c.num_kv_heads) * d + c.num_heads * d * h + 3 * h * c.intermediate_size;
-    2.0 * (per_layer * c.num_layers) as f64
 }
 
 /// One concurrency level of one way, repeated until the energy counter's span is
@@ -759,7 +750,7 @@ impl ScenarioReport {
             },
             ceiling: h.ceiling_name,
             weight_bytes_per_step: engine.llm.weight_bytes,
-            linear_flop_per_token: linear_flop_per_token(engine),
+            linear_flop_per_token: linear_flop_per_token(&engine.llm.config),
             tool_prompt_extra_tokens: ran.tool_prompt_extra_tokens,
             ways: ran.ways,
         }

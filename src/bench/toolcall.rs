@@ -81,8 +81,8 @@ pub fn shots(comp: &Composition, tools: &[(&str, Analysis)]) -> Result<Vec<Shot>
             Analysis::Ac => (Quantity::VoltageMagnitude { bus: 3 }, "voltage magnitude at bus 3", "p.u."),
         };
         let user = render(&case, &Question { analysis, quantity });
-        let i = (0..comp.num_experts())
-            .find(|&i| comp.expert_name(i) == name)
+        let i = comp
+            .expert_named(name)
             .ok_or_else(|| Error::Request(format!("the composition has no expert {name:?}")))?;
         match comp.compute(i, std::slice::from_ref(&user), None).pop() {
             Some(Computed::Ok { text, outputs, .. }) => out.push(Shot {
@@ -188,7 +188,7 @@ pub fn serve(comp: &Composition, input: impl BufRead, mut output: impl Write) ->
         let call: WireCall = serde_json::from_str(&line).map_err(|e| {
             Error::Request(format!("expert server: a call that is not valid JSON ({e}): {line}"))
         })?;
-        let reply = match (0..comp.num_experts()).find(|&i| comp.expert_name(i) == call.tool) {
+        let reply = match comp.expert_named(&call.tool) {
             None => {
                 let names: Vec<&str> = (0..comp.num_experts()).map(|i| comp.expert_name(i)).collect();
                 WireReply {

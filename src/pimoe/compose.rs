@@ -228,6 +228,11 @@ impl Composition {
         &self.experts[i].name
     }
 
+    /// The index of the expert called `name`.
+    pub fn expert_named(&self, name: &str) -> Option<usize> {
+        self.experts.iter().position(|e| e.name == name)
+    }
+
     pub fn router_state(&self) -> RouterState {
         self.router.new_state()
     }
