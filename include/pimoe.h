@@ -89,7 +89,9 @@ typedef enum pimoe_device {
     PIMOE_DEVICE_AUTO = 0,
     PIMOE_DEVICE_CPU = 1,
     /* The GPU or PIMOE_ERR_DEVICE with the reason. */
-    PIMOE_DEVICE_CUDA = 2
+    PIMOE_DEVICE_CUDA = 2,
+    /* The CUDA backend on the PTX emulator (every kernel checked, on the CPU). */
+    PIMOE_DEVICE_EMU = 3
 } pimoe_device;
 
 typedef enum pimoe_event_kind {

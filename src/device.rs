@@ -1,6 +1,6 @@
 //! Which backend runs a request. Probing never panics: cudarc would panic on its
 //! first call when libcuda is missing, so the CUDA backend asks whether the library
-//! loads before anything else (`cuda::driver_present`).
+//! loads before anything else (`cuda::driver`).
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
@@ -12,6 +12,8 @@ pub enum DeviceChoice {
     Auto,
     Cpu,
     Cuda,
+    /// The CUDA backend on the PTX emulator (emu/): every kernel checked, slowly.
+    Emu,
 }
 
 /// An opened backend. The engine is generic over its backend, so callers match on
@@ -35,6 +37,13 @@ pub fn open(choice: DeviceChoice) -> Result<(Opened, Option<String>)> {
         DeviceChoice::Cuda => match CudaBackend::new(0) {
             Ok(b) => Ok((Opened::Cuda(Box::new(b)), None)),
             Err(e) => Err(Error::Device(format!("--device cuda: {}; use --device cpu or auto", reason(&e)))),
+        },
+        DeviceChoice::Emu => match CudaBackend::emulated(0) {
+            Ok(b) => {
+                let note = format!("device: emu ({})", b.device_name);
+                Ok((Opened::Cuda(Box::new(b)), Some(note)))
+            }
+            Err(e) => Err(Error::Device(format!("--device emu: {}", reason(&e)))),
         },
     }
 }

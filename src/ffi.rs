@@ -275,9 +275,10 @@ unsafe fn load(path: *const c_char, device: c_int, out: *mut *mut EngineHandle, 
             0 => DeviceChoice::Auto,
             1 => DeviceChoice::Cpu,
             2 => DeviceChoice::Cuda,
+            3 => DeviceChoice::Emu,
             d => {
                 return Err(Failure::argument(format!(
-                    "device {d} is none of PIMOE_DEVICE_AUTO (0), PIMOE_DEVICE_CPU (1), PIMOE_DEVICE_CUDA (2)"
+                    "device {d} is none of PIMOE_DEVICE_AUTO (0), PIMOE_DEVICE_CPU (1), PIMOE_DEVICE_CUDA (2), PIMOE_DEVICE_EMU (3)"
                 )))
             }
         };

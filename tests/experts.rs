@@ -597,13 +597,7 @@ fn linear_solve_expert_mixes_good_and_bad_rows() {
 // ----------------------------------------------------------------------------------
 
 fn gpu(test: &str) -> Option<pimoe::backend::cuda::CudaBackend> {
-    match pimoe::backend::cuda::CudaBackend::new(0) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            common::skip(&format!("{test}: {e}"));
-            None
-        }
-    }
+    Some(common::cuda(test))
 }
 
 /// Same per-row outcome kinds; values within `tol`; reports how many rows were bitwise equal.

@@ -14,13 +14,7 @@ use pimoe::Engine;
 use common::{assert_close, rel_err};
 
 fn gpu(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            common::skip(&format!("{test}: {e}"));
-            None
-        }
-    }
+    Some(common::cuda(test))
 }
 
 /// All-position logits of `tokens` run as one prefill step on a fresh cache.

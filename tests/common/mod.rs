@@ -90,6 +90,16 @@ pub fn fresh_logits(
     llm.forward(&b, &mut cache, &step).unwrap()
 }
 
+/// The CUDA backend the GPU tests run on: the GPU when a driver is present, else the
+/// PTX emulator with its checks (`PIMOE_CUDA=emu` forces it). A failure to open
+/// either fails the test: since the emulator exists, no GPU test skips.
+pub fn cuda(test: &str) -> pimoe::backend::cuda::CudaBackend {
+    match pimoe::backend::cuda::CudaBackend::gpu_or_emulator(0) {
+        Ok(b) => b,
+        Err(e) => panic!("{test}: no CUDA backend, neither a GPU nor the PTX emulator: {e}"),
+    }
+}
+
 /// Prints why a test is skipped where `cargo test` shows it: straight to the
 /// process's stderr, past libtest's capture of print!/eprint! (so a skipped GPU test
 /// is visible in a plain run, not just with --nocapture).

@@ -1,4 +1,4 @@
-//! What every kernel test shares: the GPU (or a visible skip), poisoned outputs,
+//! What every kernel test shares: the GPU (or the PTX emulator), poisoned outputs,
 //! bf16-exact inputs, and the comparison.
 
 use pimoe::backend::cuda::CudaBackend;
@@ -6,15 +6,9 @@ use pimoe::backend::Backend;
 
 pub use crate::common::{assert_close, rand_vec, BF16_TOL, F32_TOL};
 
-/// The GPU backend, or None after printing why `test` is skipped.
+/// The GPU, or the PTX emulator where there is none (never a skip).
 pub fn gpu(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            crate::common::skip(&format!("{test}: {e}"));
-            None
-        }
-    }
+    Some(crate::common::cuda(test))
 }
 
 /// A tensor of `len` NaNs, so an output element the kernel forgot to write fails.

@@ -18,6 +18,7 @@
 //! end of the step, as CUDA's own sticky errors do.
 
 pub mod attention;
+pub mod driver;
 pub mod embed;
 pub mod expert;
 pub mod gemm;
@@ -35,6 +36,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
 
+pub use driver::DriverKind;
+
 use crate::backend::kernels::{KERNELS, PTX_ARCH};
 use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer};
 use crate::error::{Error, Result};
@@ -43,13 +46,6 @@ use crate::pimoe::experts::{Expert, RowResult};
 
 /// Dynamic shared memory above this needs an opt-in attribute on the function.
 const DEFAULT_SMEM: u32 = 48 * 1024;
-
-/// Whether a CUDA driver library can be loaded, without touching the GPU. cudarc
-/// panics on the first driver call when libcuda is missing, so this comes first.
-pub fn driver_present() -> bool {
-    // SAFETY: only tries to dlopen the driver library.
-    unsafe { sys::is_culib_present() }
-}
 
 /// One device allocation. Pool buffers go back to their pool when dropped.
 pub struct DevBuf {
@@ -336,6 +332,7 @@ pub struct CudaBackend {
     nvtx: bool,
     pub device_name: String,
     pub compute_capability: (i32, i32),
+    pub driver: DriverKind,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -347,12 +344,32 @@ fn driver_err(what: &str, e: impl std::fmt::Debug) -> Error {
 }
 
 impl CudaBackend {
-    /// Opens GPU `ordinal`. Fails with a clear message when there is no driver, no
-    /// such device, or no PTX for it (and NVRTC cannot build one).
+    /// Opens GPU `ordinal` through the driver `PIMOE_CUDA` names (the GPU's by
+    /// default). Fails with a clear message when there is no driver, no such
+    /// device, or no PTX for it (and NVRTC cannot build one).
     pub fn new(ordinal: usize) -> Result<Self> {
-        if !driver_present() {
-            return Err(Error::Device("no CUDA driver found (libcuda could not be loaded)".into()));
-        }
+        Self::with_driver(ordinal, DriverKind::from_env())
+    }
+
+    /// The kernels on the PTX emulator (emu/), with its checks.
+    pub fn emulated(ordinal: usize) -> Result<Self> {
+        Self::with_driver(ordinal, DriverKind::Emulator)
+    }
+
+    /// What the GPU tests run on: the GPU when a driver is present, else the
+    /// emulator; `PIMOE_CUDA=emu` forces the emulator.
+    pub fn gpu_or_emulator(ordinal: usize) -> Result<Self> {
+        let kind = match (driver::selected(), DriverKind::from_env()) {
+            (Some(k), _) => k,
+            (None, DriverKind::Emulator) => DriverKind::Emulator,
+            (None, DriverKind::Gpu) if driver::gpu_driver_present() => DriverKind::Gpu,
+            (None, DriverKind::Gpu) => DriverKind::Emulator,
+        };
+        Self::with_driver(ordinal, kind)
+    }
+
+    pub fn with_driver(ordinal: usize, kind: DriverKind) -> Result<Self> {
+        driver::select(kind)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_err(&format!("opening GPU {ordinal}"), e))?;
         // One stream per backend and our own buffers: cudarc's per-slice events are
         // not needed and would get in the way of graph capture.
@@ -382,6 +399,7 @@ impl CudaBackend {
             nvtx,
             device_name,
             compute_capability,
+            driver: kind,
         };
         // Load every module now, so that a missing or rejected PTX is an error here
         // (and `--device auto` falls back) rather than at the first kernel.
@@ -655,6 +673,11 @@ impl CudaBackend {
             self.fail(format!("copy from the GPU: {e:?}"));
         }
         out
+    }
+
+    /// Whether the kernels run on the PTX emulator: its times are not a GPU's.
+    pub fn is_emulator(&self) -> bool {
+        self.driver == DriverKind::Emulator
     }
 
     /// Turns CUDA-graph replay of decode steps on or off (to compare, or to profile
