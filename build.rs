@@ -33,6 +33,14 @@ fn main() {
             println!("cargo:rerun-if-changed={}", p.display());
         }
     }
+    // The pinned toolchain may appear after a first build without it (the README's
+    // main-job command builds before the test command installs nvcc): watch its
+    // folder so that its arrival recompiles the kernels. Cargo reruns a script on
+    // every build for a path that does not exist, so an empty folder is made here.
+    let pinned = pinned_root();
+    if std::fs::create_dir_all(&pinned).is_ok() {
+        println!("cargo:rerun-if-changed={}", pinned.display());
+    }
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
@@ -92,11 +100,14 @@ fn find_nvcc() -> Option<PathBuf> {
         .flat_map(|p| env::split_paths(&p).collect::<Vec<_>>())
         .map(|d| d.join("nvcc"));
     let in_home = env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("bin/nvcc"));
-    let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| "target".into());
-    let pinned = Path::new(&env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"))
-        .join(target)
-        .join("cuda-toolchain/nvidia/cu13/bin/nvcc");
+    let pinned = pinned_root().join("nvidia/cu13/bin/nvcc");
     on_path.chain(in_home).chain([pinned]).find(|p| p.is_file())
+}
+
+/// Where scripts/cuda-toolchain.sh installs the pinned compiler.
+fn pinned_root() -> PathBuf {
+    let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| "target".into());
+    Path::new(&env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join(target).join("cuda-toolchain")
 }
 
 /// The source with each `#include "x"` of a file in kernels/ replaced by its text.

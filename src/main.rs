@@ -497,7 +497,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = match manifest {
                 Some(path) => with_engine!(device, Engine::load_manifest, path, |e| answers::run(
-                    &e,
+                    {
+                        pimoe::bench::require_timed_device(&e.backend)?;
+                        &e
+                    },
                     &path.display().to_string(),
                     &work,
                     show
@@ -505,7 +508,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => {
                     let dir = model_dir(model)?;
                     with_engine!(device, Engine::load, dir, |e| answers::run(
-                        &e,
+                        {
+                            pimoe::bench::require_timed_device(&e.backend)?;
+                            &e
+                        },
                         &dir.display().to_string(),
                         &work,
                         show
@@ -658,6 +664,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     scenario_run(Engine::load_manifest(b, &path)?, &path, &cfg, h, machine, n)?
                 }
                 Opened::Cuda(b) => {
+                    pimoe::bench::require_timed_device(&*b)?;
                     let machine = (b.device_name.clone(), Some(pimoe::bench::gpu::driver_version()));
                     let energy = pimoe::bench::nvml::cuda_bus_id(0).and_then(|bus| Nvml::open(&bus));
                     let h = Harness {
@@ -697,6 +704,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     )?)?
                 }
                 Opened::Cuda(b) => {
+                    pimoe::bench::require_timed_device(&*b)?;
                     let llm = pimoe::llm::Llm::load(&*b, &dir)?;
                     serde_json::to_string_pretty(&pimoe::bench::gpu::run(&b, &llm, &name)?)?
                 }

@@ -75,6 +75,12 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> &'static str;
 
+    /// True where the ops run on an emulator (the CUDA backend on the PTX emulator):
+    /// its times say nothing about a device, so benches refuse to report them.
+    fn emulated(&self) -> bool {
+        false
+    }
+
     /// Runs one whole step (`f` calls many ops). The CPU backend uses it to move the
     /// step onto a worker thread once, instead of handing every op from the caller's
     /// thread to the pool and sleeping until it is done.

@@ -55,6 +55,19 @@ fn median(x: &[f64]) -> f64 {
 
 /// Decodes `tokens` greedy tokens at batch 1 after a short prompt, `repeats` times,
 /// each right after a measurement of the memory bandwidth.
+/// Benches report times; on the PTX emulator those would be the emulator's, not a
+/// GPU's, so every bench refuses to run there (correctness runs do not time).
+pub fn require_timed_device<B: Backend>(b: &B) -> Result<()> {
+    if b.emulated() {
+        return Err(Error::Device(
+            "the CUDA backend runs on the PTX emulator here: its times are the CPU's, not a GPU's, so no bench \
+             reports them (use --device cpu, or a machine with a GPU)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 pub fn decode_bench<B: Backend>(
     engine: &Engine<B>,
     model: &str,

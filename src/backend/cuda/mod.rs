@@ -5,12 +5,13 @@
 //!
 //! Memory. Weights and KV caches are plain allocations. Step tensors come from a
 //! pool of exact-size buffers that are never freed while the backend lives: after
-//! the first step of a given shape every allocation is a hit, and since the free
-//! lists are sorted at the start of each step, the same calls in the same order get
+//! the first step of a given shape every allocation is a hit, and since a pool
+//! hands out the lowest free address of a size, the same calls in the same order get
 //! the same addresses. That is what lets a decode step be captured once as a CUDA
 //! graph and replayed: on replay the step's code runs again on the host, kernels are
 //! not launched but each launch and allocation is checked against the capture, index
-//! uploads are queued, and the graph is launched after the uploads. Any mismatch
+//! uploads are queued, and the graph is launched after the uploads (so no buffer may
+//! change hands within a step: freed ones are held until it ends). Any mismatch
 //! drops the graph and runs the step eagerly instead.
 //!
 //! Errors. Ops cannot return errors (the trait is shared with the CPU); the first
@@ -29,7 +30,7 @@ pub mod rope;
 pub mod router;
 pub mod sampling;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,24 +79,49 @@ impl Drop for DevBuf {
     }
 }
 
-/// Free step buffers by exact size in bytes.
+/// Free step buffers by exact size in bytes. `take` hands out the lowest free
+/// address of a size, so the same calls in the same order get the same addresses
+/// whatever order buffers came back in (graph replay checks that).
 #[derive(Default)]
 pub struct Pool {
-    free: Mutex<HashMap<usize, Vec<u64>>>,
+    free: Mutex<HashMap<usize, BTreeSet<u64>>>,
+    /// Some while a sampling step runs: buffers dropped then are held back until it
+    /// ends. A graph step makes all its uploads before its kernels run, so a buffer
+    /// that changed hands within the step (a kernel's scratch early on, an upload's
+    /// target later) would be overwritten before that kernel read it. Found by the
+    /// emulator: greedy tokens differed between eager and replayed decode steps.
+    held: Mutex<Option<Vec<(u64, usize)>>>,
+}
+
+/// Holds a pool's freed buffers for the length of a step.
+struct StepHold<'a>(&'a Pool);
+
+impl Drop for StepHold<'_> {
+    fn drop(&mut self) {
+        let held = lock(&self.0.held).take().unwrap_or_default();
+        let mut free = lock(&self.0.free);
+        for (ptr, bytes) in held {
+            free.entry(bytes).or_default().insert(ptr);
+        }
+    }
 }
 
 impl Pool {
     fn put(&self, ptr: u64, bytes: usize) {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).entry(bytes).or_default().push(ptr);
-    }
-    fn take(&self, bytes: usize) -> Option<u64> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&bytes)?.pop()
-    }
-    /// Highest address last, so `take` hands out the lowest first: a canonical order.
-    fn sort(&self) {
-        for list in self.free.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
-            list.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(held) = lock(&self.held).as_mut() {
+            held.push((ptr, bytes));
+            return;
         }
+        lock(&self.free).entry(bytes).or_default().insert(ptr);
+    }
+
+    fn hold(&self) -> StepHold<'_> {
+        *lock(&self.held) = Some(Vec::new());
+        StepHold(self)
+    }
+
+    fn take(&self, bytes: usize) -> Option<u64> {
+        lock(&self.free).get_mut(&bytes)?.pop_first()
     }
 }
 
@@ -719,7 +745,6 @@ impl CudaBackend {
                 None => (None, retry(failures)),
             },
             Some(GraphState::Ready { exec, launches, allocs }) => {
-                self.pool.sort();
                 self.set_mode(Mode::Replay {
                     launches: launches.clone(),
                     allocs: allocs.clone(),
@@ -744,7 +769,6 @@ impl CudaBackend {
 
     fn capture(&self, f: &mut dyn FnMut() -> CudaIndex) -> Option<(Vec<u32>, GraphState)> {
         self.bind();
-        self.pool.sort();
         let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
         self.stream.begin_capture(mode).ok()?;
         self.set_mode(Mode::Capture {
@@ -813,11 +837,18 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn emulated(&self) -> bool {
+        self.is_emulator()
+    }
+
     fn step_tokens(
         &self,
         graph: Option<(usize, usize)>,
         mut f: impl FnMut() -> CudaIndex + Send,
     ) -> Result<Vec<u32>> {
+        // The same no-reuse rule in eager steps too, so that the eager warm-up step
+        // fills the pool with exactly what a capture will take.
+        let _hold = self.pool.hold();
         if let Some(key) = graph.filter(|_| self.graphs_on.load(Ordering::Relaxed)) {
             if let Some(tokens) = self.graph_step(key, &mut f) {
                 self.check()?;
@@ -825,7 +856,6 @@ impl Backend for CudaBackend {
             }
             self.check()?;
         }
-        self.pool.sort();
         let t = f();
         let tokens = self.read_index(&t);
         self.check()?;
