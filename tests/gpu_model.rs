@@ -149,7 +149,7 @@ fn smollm2_greedy_matches_cpu() {
     let questions = pimoe::tasks::demo::questions().unwrap();
     let shortest = questions
         .iter()
-        .map(|q| pimoe::tasks::eval::request(q, N).prompt)
+        .map(|q| cpu.prompt_text(&pimoe::tasks::eval::request(q, N).prompt).unwrap())
         .min_by_key(|p| cpu.tokenizer.encode(p).unwrap().len())
         .unwrap();
     let vocab = cpu.llm.config.vocab_size;
