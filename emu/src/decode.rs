@@ -354,6 +354,10 @@ impl Builder<'_> {
         let scope = self.scopes.len() - 1;
         match d.space {
             Space::Reg => {
+                if d.range.is_some() && d.names.len() > 1 {
+                    // The syntax tree keeps one `<N>` per declaration.
+                    return Err(unsup(d.line, "a .reg declaration listing several names with a <N> range"));
+                }
                 let names: Vec<String> = match d.range {
                     Some(n) => (0..n).map(|k| format!("{}{k}", d.names[0])).collect(),
                     None => d.names.clone(),
@@ -755,7 +759,9 @@ impl Builder<'_> {
                             format!("{} (only bar.sync / barrier.sync)", i.op.join(".")),
                         ));
                     }
-                    mods.take("aligned");
+                    // bar.sync is barrier.sync.aligned (PTX ISA); aux marks the aligned form.
+                    let aligned = mods.take("aligned") || base == "bar";
+                    inst.aux = aligned as u32;
                     if ops.len() != 1 {
                         return Err(unsup(line, "a barrier with a thread count"));
                     }
@@ -877,11 +883,19 @@ impl Builder<'_> {
             let ftz = mods.take("ftz");
             let sat = mods.take("sat");
             let exec = match (ty, base) {
+                // .approx / .full belong to div.f32 only; min, max and copysign
+                // take no rounding modifier.
+                _ if (approx || full) && !(ty == Ty::F32 && base == "div") => None,
+                _ if rnd.is_some() && matches!(base, "min" | "max" | "copysign") => None,
                 (Ty::F32, "fma" | "mad") => {
                     if rnd.is_none() {
                         return Err(inv(line, format!("{base}.f32 needs a rounding modifier")));
                     }
                     Some(fp::f32_fma(rnd.unwrap_or(fp::RN), ftz, sat))
+                }
+                // fma/mad/div.f64 have no default rounding (PTX ISA fma, mad, div).
+                (Ty::F64, "fma" | "mad" | "div") if rnd.is_none() => {
+                    return Err(inv(line, format!("{base}.f64 needs a rounding modifier")))
                 }
                 (Ty::F64, "fma" | "mad") if !ftz && !sat => fp::f64_fma(rnd.unwrap_or(fp::RN)),
                 (Ty::F32, "div") if approx => fp::f32_binary("div.approx", fp::RN, ftz, sat),
@@ -909,16 +923,16 @@ impl Builder<'_> {
                     _ => "mad.hi",
                 };
                 inst.aux = self.cc;
-                alu::carry_op(op, w, true, cc)
+                alu::carry_op(op, w, true, cc, s)
             }
             "add" | "sub" if cc => {
                 inst.aux = self.cc;
-                alu::carry_op(base, w, false, true)
+                alu::carry_op(base, w, false, true, s)
             }
             "mad" if cc => {
                 let part = mods.one_of(&["lo", "hi"])?;
                 inst.aux = self.cc;
-                alu::carry_op(if part == "lo" { "mad.lo" } else { "mad.hi" }, w, false, true)
+                alu::carry_op(if part == "lo" { "mad.lo" } else { "mad.hi" }, w, false, true, s)
             }
             "mad" => {
                 let part = mods.one_of(&["lo", "hi", "wide"])?;
@@ -1059,6 +1073,7 @@ impl Builder<'_> {
         let ftz = mods.take("ftz");
         let ty = mods.ty()?;
         let (cmp, unsigned) = alu::cmp_code(cmp_s, ty.signed())
+            .filter(|(_, u)| !(ty.float() && u.is_some()))
             .ok_or_else(|| unsup(line, format!("comparison .{cmp_s} on {ty:?}")))?;
         let want = if bop == alu::B_NONE { 3 } else { 4 };
         if ops.len() != want {
@@ -1141,22 +1156,31 @@ impl Builder<'_> {
                 .ok_or_else(|| mods.bad())?;
             return Ok(());
         }
-        // Rounding rules (PTX ISA cvt): int<->float and narrowing float need .frnd
-        // where inexact; float->int needs .irnd; float->float .irnd rounds to an
-        // integral value.
+        // Rounding rules (PTX ISA cvt): "Floating-point rounding is required for
+        // float-to-float conversions that result in loss of precision, and for
+        // integer-to-float conversions. Floating-point rounding is illegal in all
+        // other instances." Integer rounding is "required for float-to-integer
+        // conversions, and for same-size float-to-float conversions where the value
+        // is rounded to an integer. Integer rounding is illegal in all other
+        // instances."
+        let exact = dt == st || dt == Ty::F64 || (dt == Ty::F32 && st.bits() <= 16);
+        let lossy_float = dt.float() && st.float() && !exact;
+        let needs_frnd = lossy_float || (dt.float() && st.int());
         let (rnd, integral) = match (irnd, frnd) {
-            (Some(r), _) => (fp::rounding(r).expect("irnd"), true),
-            (None, Some(r)) => (fp::rounding(r).expect("frnd"), false),
-            (None, None) => {
-                let narrowing = dt.float() && st.float() && dt.bits() < st.bits();
-                if (dt.int() && st.float()) || (dt.float() && st.int()) || narrowing {
-                    return Err(inv(line, "this cvt needs a rounding modifier"));
-                }
-                (fp::RN, false)
+            (Some(r), None) if st.float() && (dt.int() || dt.bits() == st.bits()) => {
+                (fp::rounding(r).expect("irnd"), true)
             }
+            (None, Some(r)) if needs_frnd => (fp::rounding(r).expect("frnd"), false),
+            (None, None) if dt.int() => {
+                return Err(inv(line, "float-to-integer cvt needs .rni, .rzi, .rmi or .rpi"))
+            }
+            (None, None) if needs_frnd => return Err(inv(line, "this cvt needs a rounding modifier")),
+            (None, None) => (fp::RN, false),
+            _ => return Err(inv(line, "this cvt does not take this rounding modifier")),
         };
-        if dt.int() && !integral {
-            return Err(inv(line, "float-to-integer cvt needs .rni, .rzi, .rmi or .rpi"));
+        if ftz && dt != Ty::F32 && st != Ty::F32 {
+            // ".ftz can only be specified when either .dtype or .atype is .f32".
+            return Err(mods.bad());
         }
         inst.class = if dt == Ty::F64 || st == Ty::F64 { Class::F64 } else { Class::F32 };
         inst.exec =

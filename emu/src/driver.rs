@@ -5,9 +5,13 @@
 //!
 //! Execution is synchronous: a launch or copy on any stream runs to completion in
 //! the call, so streams are trivially in order and a fault comes back from the
-//! launch itself. While a stream captures, its work is recorded instead; a graph
-//! launch replays the recording with the arguments captured (pointers by value,
-//! so the kernels see memory as it is at replay).
+//! launch itself. While a stream captures, its work is recorded instead (a launch
+//! checked as it is recorded); a graph launch replays the recording with the
+//! arguments captured (pointers by value, so the kernels see memory as it is at
+//! replay). A call a capture cannot record (a synchronisation, a host copy)
+//! invalidates it: on the capturing stream, or, in the global and thread-local
+//! capture modes, a synchronous call on the legacy stream from the capturing
+//! thread (global mode: from any thread).
 //!
 //! Every entry point catches panics: a bug in the emulator is returned as
 //! CUDA_ERROR_UNKNOWN with a message, never unwound into C. The detailed message
@@ -130,6 +134,7 @@ enum Op {
     Launch { func: Arc<Func>, grid: [u32; 3], block: [u32; 3], smem: u32, params: Vec<u8> },
     Memset { ptr: u64, value: u8, len: usize },
     CopyDtoD { dst: u64, src: u64, len: usize },
+    Record { event: usize },
 }
 
 struct Func {
@@ -139,8 +144,16 @@ struct Func {
 
 #[derive(Default)]
 struct Stream {
-    /// Some while capturing: the recorded work, and whether it is still valid.
-    capture: Option<(Vec<Op>, bool)>,
+    capture: Option<Capture>,
+}
+
+/// A stream capture in progress: the recorded work, and whether it is still valid.
+struct Capture {
+    ops: Vec<Op>,
+    ok: bool,
+    /// CUstreamCaptureMode: 0 global, 1 thread-local, 2 relaxed.
+    mode: c_int,
+    thread: std::thread::ThreadId,
 }
 
 struct Driver {
@@ -207,19 +220,43 @@ impl Driver {
         }
     }
 
-    /// Records `op` if `stream` is capturing; otherwise runs it.
+    /// Records `op` if `stream` is capturing (after the checks a launch or copy
+    /// would fail at; failing invalidates the capture); otherwise runs it.
     fn submit(&self, stream: usize, op: Op) -> CUresult {
-        {
-            let mut streams = lock(&self.streams);
-            if let Some(Stream { capture: Some((ops, _)) }) = streams.get_mut(&stream) {
-                ops.push(op);
-                return SUCCESS;
+        let mut streams = lock(&self.streams);
+        let Some(Stream { capture: Some(cap) }) = streams.get_mut(&stream) else {
+            drop(streams);
+            return self.run(&op);
+        };
+        let range = |p: u64, n: usize, what: &str| {
+            self.mem.with_range(p, n, |_, _| ()).map_err(|e| format!("{what}: {e}"))
+        };
+        let checked = match &op {
+            Op::Launch { func, grid, block, smem, params } => {
+                let max = func.max_dyn_smem.load(Ordering::Relaxed);
+                crate::check_launch(&func.prog, *grid, *block, *smem, max, params).map_err(|e| e.to_string())
+            }
+            Op::Memset { ptr, len, .. } => range(*ptr, *len, "cuMemset"),
+            Op::CopyDtoD { dst, src, len } => range(*src, *len, "cuMemcpyDtoD source")
+                .and_then(|_| range(*dst, *len, "cuMemcpyDtoD destination")),
+            Op::Record { .. } => Ok(()),
+        };
+        match checked {
+            Ok(()) => {
+                cap.ops.push(op);
+                SUCCESS
+            }
+            Err(m) => {
+                cap.ok = false;
+                fail(INVALID_VALUE, format!("{m} (while capturing a graph; the capture is invalidated)"))
             }
         }
-        self.run(&op)
     }
 
     fn run(&self, op: &Op) -> CUresult {
+        if trace_on() {
+            eprintln!("pimoe-emu: {}", describe(op));
+        }
         match op {
             Op::Launch { func, grid, block, smem, params } => {
                 let max = func.max_dyn_smem.load(Ordering::Relaxed);
@@ -250,8 +287,7 @@ impl Driver {
                     let mut v = vec![0u8; *len];
                     // SAFETY: checked range.
                     unsafe { std::ptr::copy_nonoverlapping(a.ptr(off), v.as_mut_ptr(), *len) };
-                    let init = a.first_unwritten(off, *len).is_none();
-                    (v, init)
+                    (v, a.written_runs(off, *len))
                 });
                 let (v, init) = match data {
                     Ok(x) => x,
@@ -260,12 +296,19 @@ impl Driver {
                 let r = self.mem.with_range(*dst, *len, |a, off| {
                     // SAFETY: checked range.
                     unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), a.ptr(off), *len) };
-                    if init {
-                        a.mark(off, *len);
+                    for &(at, n) in &init {
+                        a.mark(off + at, n);
                     }
                 });
                 r.map_or_else(|e| fail(INVALID_VALUE, format!("cuMemcpyDtoD destination: {e}")), |_| SUCCESS)
             }
+            Op::Record { event } => match lock(&self.events).get_mut(event) {
+                Some(t) => {
+                    *t = Some(Instant::now());
+                    SUCCESS
+                }
+                None => fail(INVALID_HANDLE, format!("cuEventRecord: {event:#x} is not an event")),
+            },
         }
     }
 
@@ -276,14 +319,69 @@ impl Driver {
     /// A host-side call that cannot be recorded into a graph invalidates a capture.
     fn not_while_capturing(&self, stream: usize, what: &str) -> Result<(), CUresult> {
         let mut streams = lock(&self.streams);
-        if let Some(Stream { capture: Some((_, ok)) }) = streams.get_mut(&stream) {
-            *ok = false;
+        if let Some(Stream { capture: Some(cap) }) = streams.get_mut(&stream) {
+            cap.ok = false;
             return Err(fail(
                 STREAM_CAPTURE_UNSUPPORTED,
-                format!("{what} on a stream that is capturing a graph"),
+                format!("{what} on a stream that is capturing a graph (the capture is invalidated)"),
             ));
         }
         Ok(())
+    }
+
+    /// A synchronous call on the legacy stream (it waits for every stream) while a
+    /// capture this thread may not interleave with is in progress: the CUDA
+    /// driver refuses it and invalidates the capture.
+    fn unsafe_during_capture(&self, what: &str) -> Result<(), CUresult> {
+        let me = std::thread::current().id();
+        let mut hit = false;
+        for cap in lock(&self.streams).values_mut().filter_map(|s| s.capture.as_mut()) {
+            if cap.mode == 0 || (cap.mode == 1 && cap.thread == me) {
+                cap.ok = false;
+                hit = true;
+            }
+        }
+        if hit {
+            return Err(fail(
+                STREAM_CAPTURE_UNSUPPORTED,
+                format!("{what} while a stream captures a graph (the capture is invalidated)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// PIMOE_EMU_TRACE=1 prints every operation the device executes, to stderr.
+fn trace_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("PIMOE_EMU_TRACE").is_ok_and(|v| v != "0"))
+}
+
+fn describe(op: &Op) -> String {
+    match op {
+        Op::Launch { func, grid, block, smem, params } => {
+            let words: Vec<String> = params
+                .chunks(8)
+                .map(|c| {
+                    format!(
+                        "{:x}",
+                        u64::from_le_bytes({
+                            let mut w = [0u8; 8];
+                            w[..c.len()].copy_from_slice(c);
+                            w
+                        })
+                    )
+                })
+                .collect();
+            format!(
+                "launch {} grid {grid:?} block {block:?} smem {smem} params [{}]",
+                func.prog.name,
+                words.join(" ")
+            )
+        }
+        Op::Memset { ptr, value, len } => format!("memset {ptr:#x} {len} bytes to {value}"),
+        Op::CopyDtoD { dst, src, len } => format!("copy {len} bytes {src:#x} -> {dst:#x}"),
+        Op::Record { event } => format!("record event {event:#x}"),
     }
 }
 
@@ -490,7 +588,10 @@ entry!(cuCtxPopCurrent_v2(ctx: *mut usize) {
 });
 
 entry!(cuCtxGetDevice(dev: *mut c_int) { out(dev, 0, "cuCtxGetDevice") });
-entry!(cuCtxSynchronize() { SUCCESS });
+entry!(cuCtxSynchronize() {
+    try_!(driver().unsafe_during_capture("cuCtxSynchronize"));
+    SUCCESS
+});
 entry!(cuCtxGetApiVersion(_ctx: usize, v: *mut c_uint) { out(v, 13000, "cuCtxGetApiVersion") });
 entry!(cuCtxSetFlags(_flags: c_uint) { SUCCESS });
 entry!(cuCtxSetLimit(_limit: c_int, _value: usize) { SUCCESS });
@@ -695,6 +796,9 @@ unsafe fn htod(dst: u64, src: *const c_void, n: usize, stream: usize, what: &str
     let d = driver();
     try_!(d.ready());
     try_!(d.not_while_capturing(stream, what));
+    if stream == 0 {
+        try_!(d.unsafe_during_capture(what));
+    }
     if n == 0 {
         return SUCCESS;
     }
@@ -712,6 +816,9 @@ unsafe fn dtoh(dst: *mut c_void, src: u64, n: usize, stream: usize, what: &str) 
     let d = driver();
     try_!(d.ready());
     try_!(d.not_while_capturing(stream, what));
+    if stream == 0 {
+        try_!(d.unsafe_during_capture(what));
+    }
     if n == 0 {
         return SUCCESS;
     }
@@ -728,6 +835,7 @@ entry!(cuMemcpyDtoH_v2(dst: *mut c_void, src: u64, n: usize) { dtoh(dst, src, n,
 entry!(cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: u64, n: usize, s: usize) { dtoh(dst, src, n, s, "cuMemcpyDtoHAsync") });
 entry!(cuMemcpyDtoD_v2(dst: u64, src: u64, n: usize) {
     try_!(driver().ready());
+    try_!(driver().unsafe_during_capture("cuMemcpyDtoD"));
     driver().submit(0, Op::CopyDtoD { dst, src, len: n })
 });
 entry!(cuMemcpyDtoDAsync_v2(dst: u64, src: u64, n: usize, s: usize) {
@@ -736,6 +844,7 @@ entry!(cuMemcpyDtoDAsync_v2(dst: u64, src: u64, n: usize, s: usize) {
 });
 entry!(cuMemsetD8_v2(dst: u64, v: u8, n: usize) {
     try_!(driver().ready());
+    try_!(driver().unsafe_during_capture("cuMemsetD8"));
     driver().submit(0, Op::Memset { ptr: dst, value: v, len: n })
 });
 entry!(cuMemsetD8Async(dst: u64, v: u8, n: usize, s: usize) {
@@ -772,7 +881,7 @@ entry!(cuStreamQuery(_s: usize) { SUCCESS });
 entry!(cuStreamWaitEvent(_s: usize, _e: usize, _f: c_uint) { SUCCESS });
 entry!(cuStreamGetPriority(_s: usize, p: *mut c_int) { out(p, 0, "cuStreamGetPriority") });
 
-entry!(cuStreamBeginCapture_v2(s: usize, _mode: c_int) {
+entry!(cuStreamBeginCapture_v2(s: usize, mode: c_int) {
     let d = driver();
     let mut streams = lock(&d.streams);
     match streams.get_mut(&s) {
@@ -780,7 +889,8 @@ entry!(cuStreamBeginCapture_v2(s: usize, _mode: c_int) {
         None => fail(INVALID_HANDLE, format!("cuStreamBeginCapture: {s:#x} is not a stream")),
         Some(st) if st.capture.is_some() => fail(INVALID_VALUE, "cuStreamBeginCapture: the stream is already capturing"),
         Some(st) => {
-            st.capture = Some((Vec::new(), true));
+            let thread = std::thread::current().id();
+            st.capture = Some(Capture { ops: Vec::new(), ok: true, mode, thread });
             SUCCESS
         }
     }
@@ -789,8 +899,8 @@ entry!(cuStreamBeginCapture_v2(s: usize, _mode: c_int) {
 entry!(cuStreamIsCapturing(s: usize, status: *mut c_int) {
     let d = driver();
     let st = match lock(&d.streams).get(&s) {
-        Some(Stream { capture: Some((_, true)) }) => 1,
-        Some(Stream { capture: Some((_, false)) }) => 2,
+        Some(Stream { capture: Some(Capture { ok: true, .. }) }) => 1,
+        Some(Stream { capture: Some(Capture { ok: false, .. }) }) => 2,
         _ => 0,
     };
     out(status, st, "cuStreamIsCapturing")
@@ -801,13 +911,13 @@ entry!(cuStreamEndCapture(s: usize, graph: *mut usize) {
     let taken = lock(&d.streams).get_mut(&s).and_then(|st| st.capture.take());
     match taken {
         None => fail(INVALID_VALUE, format!("cuStreamEndCapture: stream {s:#x} is not capturing")),
-        Some((_, false)) => {
+        Some(Capture { ok: false, .. }) => {
             if !graph.is_null() {
                 *graph = 0;
             }
             fail(STREAM_CAPTURE_INVALIDATED, "cuStreamEndCapture: the capture was invalidated by an operation that cannot be captured")
         }
-        Some((ops, true)) => {
+        Some(Capture { ops, .. }) => {
             let h = d.handle();
             lock(&d.graphs).insert(h, Arc::new(ops));
             out(graph, h, "cuStreamEndCapture")
@@ -834,6 +944,9 @@ entry!(cuGraphLaunch(exec: usize, s: usize) {
     };
     if d.capturing(s) {
         return fail(NOT_SUPPORTED, "cuGraphLaunch into a capturing stream is not implemented by the emulator");
+    }
+    if trace_on() {
+        eprintln!("pimoe-emu: graph launch, {} operations", g.len());
     }
     for op in g.iter() {
         let r = d.run(op);
@@ -867,16 +980,13 @@ entry!(cuEventCreate(e: *mut usize, _flags: c_uint) {
     out(e, h, "cuEventCreate")
 });
 
+// Inside a capture an event record is a node of the graph, recorded at replay.
 entry!(cuEventRecord(e: usize, s: usize) {
     let d = driver();
-    try_!(d.not_while_capturing(s, "cuEventRecord"));
-    match lock(&d.events).get_mut(&e) {
-        Some(t) => {
-            *t = Some(Instant::now());
-            SUCCESS
-        }
-        None => fail(INVALID_HANDLE, format!("cuEventRecord: {e:#x} is not an event")),
+    if !lock(&d.events).contains_key(&e) {
+        return fail(INVALID_HANDLE, format!("cuEventRecord: {e:#x} is not an event"));
     }
+    d.submit(s, Op::Record { event: e })
 });
 
 entry!(cuEventSynchronize(_e: usize) { SUCCESS });

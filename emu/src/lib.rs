@@ -19,6 +19,7 @@ pub mod exec;
 pub mod ir;
 pub mod mem;
 pub mod ptx;
+pub mod session;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,7 +67,7 @@ pub fn load_module(mem: &Memory, text: &str) -> Result<Module, LoadError> {
             Ok(s) => s,
             Err(e) => return Err(fail(&allocs, e)),
         };
-        let label = format!("module variable {}", d.names[0]);
+        let label = format!("module variable {} ({size} bytes)", d.names[0]);
         let ptr = match mem.alloc(size, Some(label)) {
             Ok(p) => p,
             Err(e) => return Err(fail(&allocs, LoadError::Invalid { line: d.line, msg: e })),
@@ -159,6 +160,22 @@ pub fn launch(
     params: &[u8],
     opts: &Options,
 ) -> Result<Stats, LaunchError> {
+    check_launch(prog, grid, block, dyn_smem, max_dyn_smem, params)?;
+    let view = mem.view();
+    let cfg = exec::Config { grid, block, dyn_smem, params };
+    exec::launch(prog, &view, &cfg, opts).map_err(LaunchError::Kernel)
+}
+
+/// A launch's geometry, shared memory and parameter size against the device's and
+/// the kernel's limits (also what a stream capture checks when it records one).
+pub fn check_launch(
+    prog: &Program,
+    grid: [u32; 3],
+    block: [u32; 3],
+    dyn_smem: u32,
+    max_dyn_smem: u32,
+    params: &[u8],
+) -> Result<(), LaunchError> {
     let name = &prog.name;
     let bad = |m: String| Err(LaunchError::Config(format!("launching {name}: {m}")));
     if grid.contains(&0) || block.contains(&0) {
@@ -206,7 +223,5 @@ pub fn launch(
             prog.param_bytes
         ));
     }
-    let view = mem.view();
-    let cfg = exec::Config { grid, block, dyn_smem, params };
-    exec::launch(prog, &view, &cfg, opts).map_err(LaunchError::Kernel)
+    Ok(())
 }

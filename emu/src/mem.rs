@@ -67,6 +67,24 @@ impl Alloc {
         }
     }
 
+    /// The written parts of `[off, off+len)` as (start, len) runs relative to `off`,
+    /// so that a device-to-device copy carries initcheck's state byte for byte.
+    pub fn written_runs(&self, off: usize, len: usize) -> Vec<(usize, usize)> {
+        if self.first_unwritten(off, len).is_none() {
+            return vec![(0, len)];
+        }
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for k in 0..len {
+            if self.first_unwritten(off + k, 1).is_none() {
+                match runs.last_mut() {
+                    Some((s, n)) if *s + *n == k => *n += 1,
+                    _ => runs.push((k, 1)),
+                }
+            }
+        }
+        runs
+    }
+
     /// The first byte in the range never written, if any.
     #[inline]
     pub fn first_unwritten(&self, off: usize, len: usize) -> Option<usize> {
@@ -174,32 +192,34 @@ impl View<'_> {
         let off = (addr & (MAX_ALLOC - 1)) as usize;
         match self.table.get((slot as usize).wrapping_sub(1)) {
             Some(Entry::Live(a)) if off.checked_add(len).is_some_and(|e| e <= a.bytes) => Ok((a, off)),
-            Some(Entry::Live(a)) => Err(Fault::new(
-                FaultKind::OutOfBounds,
-                format!(
-                    "{len}-byte access at {addr:#x} is {} of {} (base {:#x}, {} bytes)",
-                    if off >= a.bytes {
-                        format!("{} bytes past the end", off - a.bytes)
-                    } else {
-                        "across the end".into()
-                    },
-                    a.label,
-                    a.base,
-                    a.bytes
-                ),
-            )),
-            Some(Entry::Freed { label, bytes }) => Err(Fault::new(
-                FaultKind::OutOfBounds,
-                format!("{len}-byte access at {addr:#x} is in {label} ({bytes} bytes), which was freed"),
-            )),
-            None if addr < 4096 => Err(Fault::new(
-                FaultKind::OutOfBounds,
-                format!("{len}-byte access at {addr:#x}: a null pointer"),
-            )),
-            None => Err(Fault::new(
-                FaultKind::OutOfBounds,
-                format!("{len}-byte access at {addr:#x}, which is in no allocation"),
-            )),
+            _ => Err(self.miss(addr, len)),
         }
+    }
+
+    /// Why `[addr, addr+len)` is in no live allocation, naming the nearest one.
+    #[cold]
+    fn miss(&self, addr: u64, len: usize) -> Fault {
+        let slot = (addr >> SLOT_SHIFT) as usize;
+        let off = (addr & (MAX_ALLOC - 1)) as usize;
+        let what = format!("{len}-byte access at {addr:#x}");
+        let msg = match (self.table.get(slot.wrapping_sub(1)), self.table.get(slot)) {
+            // In the upper half of a slot: just before the next slot's allocation.
+            (_, Some(Entry::Live(next))) if off > (MAX_ALLOC / 2) as usize => format!(
+                "{what} is {} bytes before the start of {} (base {:#x})",
+                MAX_ALLOC as usize - off,
+                next.label,
+                next.base
+            ),
+            (Some(Entry::Live(a)), _) if off >= a.bytes => {
+                format!("{what} is {} bytes past the end of {} (base {:#x})", off - a.bytes, a.label, a.base)
+            }
+            (Some(Entry::Live(a)), _) => {
+                format!("{what} runs across the end of {} (base {:#x})", a.label, a.base)
+            }
+            (Some(Entry::Freed { label, .. }), _) => format!("{what} is in {label}, which was freed"),
+            _ if addr < 4096 => format!("{what}: a null pointer"),
+            _ => format!("{what}, which is in no allocation"),
+        };
+        Fault::new(FaultKind::OutOfBounds, msg)
     }
 }

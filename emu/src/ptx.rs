@@ -558,6 +558,13 @@ impl Parser {
                 break;
             }
         }
+        if d.range.is_some() && d.names.len() > 1 {
+            // One range per declaration is all VarDecl holds (nvcc never mixes them).
+            return Err(LoadError::Syntax {
+                line,
+                msg: "a `.reg` line that mixes a `<N>` range with other names".into(),
+            });
+        }
         if self.eat('=') {
             if self.eat('{') {
                 loop {

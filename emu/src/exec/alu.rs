@@ -348,8 +348,10 @@ pub const CC_MAD_HI: u8 = 3;
 
 /// `OP` with carry-in when `CIN`, carry-out written when `COUT` (add.cc, addc,
 /// addc.cc, sub.cc, subc(.cc), mad.lo.cc, madc.lo/hi(.cc)). For subtraction the
-/// flag is the borrow.
-fn carry<const OP: u8, const W: u8, const CIN: bool, const COUT: bool>(
+/// flag is the borrow. `S` (signed types) only changes the high half of a mad's
+/// product, "t = a * b" of the instruction type; the addition with c and the
+/// carry is on the W-bit words either way.
+fn carry<const OP: u8, const W: u8, const CIN: bool, const COUT: bool, const S: bool>(
     c: &mut Core<'_>,
     i: &Inst,
     m: u32,
@@ -366,7 +368,14 @@ fn carry<const OP: u8, const W: u8, const CIN: bool, const COUT: bool>(
             CC_ADD => ua + ub + cin,
             CC_SUB => ua.wrapping_sub(ub).wrapping_sub(cin),
             CC_MAD_LO => mask((ua * ub) as u64, W) as u128 + mask(cadd[l], W) as u128 + cin,
-            _ => ((ua * ub) >> W) + mask(cadd[l], W) as u128 + cin,
+            _ => {
+                let hi = if S {
+                    mask(((sx(a[l], W) as i128 * sx(b[l], W) as i128) >> W) as u64, W)
+                } else {
+                    ((ua * ub) >> W) as u64
+                };
+                hi as u128 + mask(cadd[l], W) as u128 + cin
+            }
         };
         out[l] = mask(full as u64, W);
         if COUT {
@@ -386,26 +395,27 @@ fn carry<const OP: u8, const W: u8, const CIN: bool, const COUT: bool>(
     Ok(())
 }
 
-/// (op without modifiers, carry-in, carry-out) -> exec.
-pub fn carry_op(op: &str, w: u32, cin: bool, cout: bool) -> Option<Exec> {
+/// (op without modifiers, carry-in, carry-out, signed type) -> exec.
+pub fn carry_op(op: &str, w: u32, cin: bool, cout: bool, signed: bool) -> Option<Exec> {
     macro_rules! pick {
-        ($op:expr) => {
+        ($op:expr, $s:expr) => {
             match (w, cin, cout) {
-                (32, false, true) => carry::<{ $op }, 32, false, true> as Exec,
-                (32, true, false) => carry::<{ $op }, 32, true, false>,
-                (32, true, true) => carry::<{ $op }, 32, true, true>,
-                (64, false, true) => carry::<{ $op }, 64, false, true>,
-                (64, true, false) => carry::<{ $op }, 64, true, false>,
-                (64, true, true) => carry::<{ $op }, 64, true, true>,
+                (32, false, true) => carry::<{ $op }, 32, false, true, $s> as Exec,
+                (32, true, false) => carry::<{ $op }, 32, true, false, $s>,
+                (32, true, true) => carry::<{ $op }, 32, true, true, $s>,
+                (64, false, true) => carry::<{ $op }, 64, false, true, $s>,
+                (64, true, false) => carry::<{ $op }, 64, true, false, $s>,
+                (64, true, true) => carry::<{ $op }, 64, true, true, $s>,
                 _ => return None,
             }
         };
     }
-    Some(match op {
-        "add" => pick!(CC_ADD),
-        "sub" => pick!(CC_SUB),
-        "mad.lo" => pick!(CC_MAD_LO),
-        "mad.hi" => pick!(CC_MAD_HI),
+    Some(match (op, signed) {
+        ("add", _) => pick!(CC_ADD, false),
+        ("sub", _) => pick!(CC_SUB, false),
+        ("mad.lo", _) => pick!(CC_MAD_LO, false),
+        ("mad.hi", false) => pick!(CC_MAD_HI, false),
+        ("mad.hi", true) => pick!(CC_MAD_HI, true),
         _ => return None,
     })
 }
@@ -657,7 +667,9 @@ pub fn unpack_op() -> Exec {
 }
 
 /// cvt between integer types: the source read at its width and signedness,
-/// optionally clamped (.sat) to the destination's range, then truncated to it.
+/// optionally clamped (.sat) to the destination's range, then truncated to it and
+/// "sign-extended to the destination register width for signed integers, and
+/// zero-extended ... for unsigned" (PTX ISA cvt notes).
 fn cvt_int<const DW: u8, const DS: bool, const SW: u8, const SS: bool, const SAT: bool>(
     c: &mut Core<'_>,
     i: &Inst,
@@ -673,7 +685,11 @@ fn cvt_int<const DW: u8, const DS: bool, const SW: u8, const SS: bool, const SAT
         } else {
             v
         };
-        mask(v as u64, DW)
+        if DS {
+            sx(v as u64, DW) as u64
+        } else {
+            mask(v as u64, DW)
+        }
     });
     Ok(())
 }

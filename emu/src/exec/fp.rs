@@ -1,7 +1,8 @@
 //! Floating-point instructions (PTX ISA §9.7.3 f32/f64, §9.7.4 half, cvt of §9.7.9):
-//! IEEE 754 arithmetic with the four rounding modes, `.ftz`, `.sat`, NaN results
-//! made canonical as the ISA does for f32, and the `.approx` functions computed
-//! in f64 and rounded, so within any error the ISA allows.
+//! IEEE 754 arithmetic with the four rounding modes, `.ftz`, `.sat`, f32 NaN
+//! results made canonical (the ISA leaves them unspecified; the GPU gives
+//! 0x7fffffff), and the `.approx` functions computed in f64 and rounded, so within
+//! any error the ISA allows.
 //!
 //! Directed rounding is exact: the operation is done in f64 with its error term
 //! (TwoSum, an exact product or remainder), then rounded once to the target with
@@ -32,7 +33,8 @@ pub fn rounding(s: &str) -> Option<u8> {
     })
 }
 
-/// The canonical NaN PTX produces for f32 results.
+/// The canonical NaN the emulator produces for f32 results ("Single-precision
+/// instructions return an unspecified NaN", PTX ISA §9.7.3).
 pub const NAN32: u32 = 0x7fff_ffff;
 
 #[inline(always)]
@@ -163,6 +165,31 @@ pub fn round32(s: f64, tail: i32, rnd: u8) -> f32 {
     }
 }
 
+/// The sign of an exact zero sum (IEEE 754 §6.3): x + x keeps the sign of x;
+/// otherwise +0, or -0 when rounding toward negative infinity.
+#[inline(always)]
+fn zero_sum(s: f64, x: f64, y: f64, rnd: u8) -> f64 {
+    if x == 0.0 && y == 0.0 && x.is_sign_negative() == y.is_sign_negative() {
+        s
+    } else if rnd == RM {
+        -0.0
+    } else {
+        0.0
+    }
+}
+
+/// A finite f64 operation whose exact result is beyond f64::MAX: infinity, or
+/// the largest finite value when the mode rounds toward zero for that sign.
+fn overflow64(neg: bool, rnd: u8) -> f64 {
+    let to_max = matches!((rnd, neg), (RZ, _) | (RM, false) | (RP, true));
+    let m = if to_max { f64::MAX } else { f64::INFINITY };
+    if neg {
+        -m
+    } else {
+        m
+    }
+}
+
 /// Rounds the exact value `s + e` (s the f64 nearest to it) in mode `rnd`.
 fn round64(s: f64, e: f64, rnd: u8) -> f64 {
     if !s.is_finite() {
@@ -194,13 +221,12 @@ pub const COPYSIGN: u8 = 6;
 pub const DIV_APPROX: u8 = 7;
 pub const DIV_FULL: u8 = 8;
 
+/// The bits of an f32 result, a NaN made canonical. Done on the bits: a float
+/// select between two NaNs may legally be folded by the compiler into either.
 #[inline(always)]
-fn canon32(x: f32) -> f32 {
-    if x.is_nan() {
-        f32::from_bits(NAN32)
-    } else {
-        x
-    }
+fn canon32(x: f32) -> u64 {
+    let b = x.to_bits();
+    (if b & 0x7fff_ffff > 0x7f80_0000 { NAN32 } else { b }) as u64
 }
 
 #[inline(always)]
@@ -232,6 +258,9 @@ fn f32_bin<const OP: u8, const RND: u8>(a: f32, b: f32) -> f32 {
                 a + b
             } else {
                 let (s, e) = two_sum(a as f64, b as f64);
+                if s == 0.0 {
+                    return zero_sum(s, a as f64, b as f64, RND) as f32;
+                }
                 round32(s, sign(e), RND)
             }
         }
@@ -256,8 +285,19 @@ fn f32_bin<const OP: u8, const RND: u8>(a: f32, b: f32) -> f32 {
                 }
             }
         }
-        // div.approx: 2 ulp; div.full: 2 ulp. The correctly rounded quotient is
-        // within both.
+        // div.approx: within 2 ulp for |b| in [2^-126, 2^126]; "For 2^126 < |b| <
+        // 2^128, if a is infinity, div.approx.f32 returns NaN, otherwise it returns a
+        // sign-preserving zero". div.full: 2 ulp everywhere. The correctly rounded
+        // quotient is within both bounds.
+        DIV_APPROX if b.abs() > 2f32.powi(126) && b.is_finite() && !a.is_nan() => {
+            if a.is_infinite() {
+                f32::NAN
+            } else if a.is_sign_negative() != b.is_sign_negative() {
+                -0.0
+            } else {
+                0.0
+            }
+        }
         DIV_APPROX | DIV_FULL => a / b,
         MIN => fmin(a, b, a.is_nan(), b.is_nan(), a.is_sign_negative()).unwrap_or(f32::from_bits(NAN32)),
         MAX => fmin(-a, -b, a.is_nan(), b.is_nan(), (-a).is_sign_negative())
@@ -280,16 +320,17 @@ fn fbin32<const OP: u8, const RND: u8, const FTZ: bool, const SAT: bool>(
             y = ftz32(y);
         }
         let mut r = f32_bin::<OP, RND>(x, y);
-        if OP != COPYSIGN {
-            r = canon32(r);
-        }
         if FTZ {
             r = ftz32(r);
         }
         if SAT {
             r = sat32(r);
         }
-        r.to_bits() as u64
+        if OP == COPYSIGN {
+            r.to_bits() as u64
+        } else {
+            canon32(r)
+        }
     });
     Ok(())
 }
@@ -319,7 +360,7 @@ pub fn f32_binary(op: &str, rnd: u8, ftz: bool, sat: bool) -> Option<Exec> {
         "add" => rnds!(ADD),
         "sub" => rnds!(SUB),
         "mul" => rnds!(MUL),
-        "div" => rnds!(DIV),
+        "div" if !sat => rnds!(DIV),
         "div.approx" if !sat => mods!(DIV_APPROX, RN),
         "div.full" if !sat => mods!(DIV_FULL, RN),
         "min" if !sat && rnd == RN => mods!(MIN, RN),
@@ -334,8 +375,11 @@ fn fma32_op<const RND: u8>(a: f32, b: f32, c: f32) -> f32 {
     if RND == RN {
         a.mul_add(b, c)
     } else {
-        let p = a as f64 * b as f64;
+        let p = a as f64 * b as f64; // exact
         let (s, e) = two_sum(p, c as f64);
+        if s == 0.0 {
+            return zero_sum(s, p, c as f64, RND) as f32;
+        }
         round32(s, sign(e), RND)
     }
 }
@@ -351,14 +395,14 @@ fn fma32<const RND: u8, const FTZ: bool, const SAT: bool>(c: &mut Core<'_>, i: &
                 x
             }
         };
-        let mut r = canon32(fma32_op::<RND>(f(a[l]), f(b[l]), f(cc[l])));
+        let mut r = fma32_op::<RND>(f(a[l]), f(b[l]), f(cc[l]));
         if FTZ {
             r = ftz32(r);
         }
         if SAT {
             r = sat32(r);
         }
-        r.to_bits() as u64
+        canon32(r)
     });
     Ok(())
 }
@@ -438,13 +482,14 @@ fn fun32<const OP: u8, const RND: u8, const FTZ: bool>(c: &mut Core<'_>, i: &Ins
             x = ftz32(x);
         }
         let mut r = f32_un::<OP, RND>(x);
-        if OP != NEG && OP != ABS {
-            r = canon32(r);
-        }
         if FTZ {
             r = ftz32(r);
         }
-        r.to_bits() as u64
+        if OP == NEG || OP == ABS {
+            r.to_bits() as u64
+        } else {
+            canon32(r)
+        }
     });
     Ok(())
 }
@@ -481,7 +526,7 @@ pub fn f32_unary(op: &str, rnd: u8, ftz: bool) -> Option<Exec> {
         "lg2.approx" => z!(LG2, RN),
         "sin.approx" => z!(SIN, RN),
         "cos.approx" => z!(COS, RN),
-        "tanh.approx" => z!(TANH, RN),
+        "tanh.approx" if !ftz => z!(TANH, RN),
         _ => return None,
     })
 }
@@ -490,18 +535,30 @@ pub fn f32_unary(op: &str, rnd: u8, ftz: bool) -> Option<Exec> {
 #[inline(always)]
 fn f64_bin<const OP: u8, const RND: u8>(a: f64, b: f64) -> f64 {
     match OP {
+        // Directed modes: the f64 result to nearest and its exact error (TwoSum, an
+        // fma residual) decide the neighbour; a finite overflow is rounded as the
+        // mode says. (Results deep in the subnormal range, where the error itself
+        // underflows, may be off by one subnormal ulp in the directed modes.)
         ADD | SUB => {
             let b = if OP == SUB { -b } else { b };
             let (s, e) = two_sum(a, b);
             if RND == RN {
                 s
+            } else if s.is_infinite() && a.is_finite() && b.is_finite() {
+                overflow64(s < 0.0, RND)
+            } else if s == 0.0 {
+                zero_sum(s, a, b, RND)
             } else {
                 round64(s, e, RND)
             }
         }
         MUL => {
             let p = a * b;
-            if RND == RN || !p.is_finite() {
+            if RND == RN {
+                p
+            } else if p.is_infinite() && a.is_finite() && b.is_finite() {
+                overflow64(p < 0.0, RND)
+            } else if !p.is_finite() {
                 p
             } else {
                 round64(p, a.mul_add(b, -p), RND)
@@ -509,9 +566,15 @@ fn f64_bin<const OP: u8, const RND: u8>(a: f64, b: f64) -> f64 {
         }
         DIV => {
             let q = a / b;
-            if RND == RN || !q.is_finite() || q == 0.0 {
+            if RND == RN {
+                q
+            } else if q.is_infinite() && a.is_finite() && b != 0.0 {
+                overflow64(q < 0.0, RND)
+            } else if !q.is_finite() {
                 q
             } else {
+                // The remainder a - q*b is exact; a quotient that underflowed to 0
+                // has remainder a, which still gives the side.
                 let r = (-q).mul_add(b, a);
                 round64(q, r * b.signum(), RND)
             }
@@ -582,9 +645,19 @@ fn f64_un<const OP: u8, const RND: u8>(a: f64) -> f64 {
                 round64(s, (-s).mul_add(s, a), RND)
             }
         }
-        // rcp.approx.ftz.f64 and rsqrt.approx.f64: exact-then-rounded is within
-        // their stated error.
-        RCP_APPROX_FTZ => ftz64(1.0 / ftz64(a)),
+        // rcp.approx.ftz.f64 (PTX ISA §9.7.3.14): "tmp = a[63:32]; d[63:32] = 1.0 /
+        // tmp; d[31:0] = 0", subnormal inputs and results flushed, NaN to the
+        // canonical 0x7fffffff00000000. The ISA gives no error bound; the reciprocal
+        // of the upper word, truncated to its upper word, is the approximation here.
+        RCP_APPROX_FTZ => {
+            const HI: u64 = 0xffff_ffff_0000_0000;
+            let t = ftz64(f64::from_bits(a.to_bits() & HI));
+            if t.is_nan() {
+                return f64::from_bits(0x7fff_ffff_0000_0000);
+            }
+            f64::from_bits(ftz64(1.0 / t).to_bits() & HI)
+        }
+        // rsqrt.approx.f64: exact-then-rounded is within any error it may have.
         RSQRT => 1.0 / a.sqrt(),
         _ => unreachable!(),
     }
@@ -731,11 +804,18 @@ fn f16_to_f64(h: u16) -> f64 {
     }
 }
 
+/// The binade exponent of a finite non-zero f64, from its bits (f64 subnormals
+/// report -1023; they lie far below both half types' range).
+fn exponent(a: f64) -> i32 {
+    ((a.to_bits() >> 52) & 0x7ff) as i32 - 1023
+}
+
 /// f32 to bf16 or f16 bits, in mode rnd, from the exact f64 value.
 fn to_half(x: f64, bf: bool, rnd: u8) -> u16 {
     let (mant, emin, emax) = if bf { (7, -126, 127) } else { (10, -14, 15) };
     if x.is_nan() {
-        return if bf { 0x7fff } else { 0x7fff };
+        // The canonical NaN of both formats.
+        return 0x7fff;
     }
     let neg = x.is_sign_negative();
     let a = x.abs();
@@ -748,7 +828,7 @@ fn to_half(x: f64, bf: bool, rnd: u8) -> u16 {
         return sbit;
     }
     // Quantum at a's binade (subnormals share emin's quantum).
-    let e = (a.log2().floor() as i32).max(emin);
+    let e = exponent(a).max(emin);
     let q = 2f64.powi(e - mant);
     let n = a / q; // exact: a has at most 53 bits and q is a power of two
     let lo = n.floor();
@@ -768,16 +848,49 @@ fn to_half(x: f64, bf: bool, rnd: u8) -> u16 {
     }
     let bits = if bf {
         (mag as f32).to_bits() >> 16
+    } else if mag < 2f64.powi(emin) {
+        (mag / 2f64.powi(emin - mant)) as u32
     } else {
-        let e2 = (mag.log2().floor() as i32).max(emin);
-        if mag < 2f64.powi(emin) {
-            (mag / 2f64.powi(emin - mant)) as u32
-        } else {
-            let m = (mag / 2f64.powi(e2 - mant)) as u32 - (1 << mant);
-            (((e2 + 15) as u32) << mant) | m
-        }
+        let e2 = exponent(mag);
+        let m = (mag / 2f64.powi(e2 - mant)) as u32 - (1 << mant);
+        (((e2 + 15) as u32) << mant) | m
     };
     sbit | bits as u16
+}
+
+/// An integer rounded once to `prec` significant bits in mode rnd; exact as an f64
+/// for prec <= 53. (Converting to f64 first and rounding again would round twice.)
+fn round_int(n: i128, prec: u32, rnd: u8) -> f64 {
+    let a = n.unsigned_abs();
+    let bits = 128 - a.leading_zeros();
+    let mag = if bits <= prec {
+        a
+    } else {
+        let k = bits - prec;
+        let (lo, rem, half) = (a >> k, a & ((1 << k) - 1), 1u128 << (k - 1));
+        let up = match rnd {
+            RZ => false,
+            RM => n < 0 && rem != 0,
+            RP => n > 0 && rem != 0,
+            _ => rem > half || (rem == half && lo & 1 == 1),
+        };
+        (lo + up as u128) << k
+    };
+    // mag has at most prec + 1 significant bits: exact in an f64.
+    if n < 0 {
+        -(mag as f64)
+    } else {
+        mag as f64
+    }
+}
+
+#[inline(always)]
+fn sat64(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(0.0, 1.0)
+    }
 }
 
 /// Rounds a float to an integral value in mode rnd (rni/rzi/rmi/rpi).
@@ -827,39 +940,58 @@ fn cvt_f<
         let v = a[l];
         match (SK, DK) {
             (K_U | K_S, _) => {
-                // Integer to float: exact in i128, rounded once.
+                // Integer to float: rounded once, from the exact integer, to the
+                // destination's precision.
                 let n: i128 = if SK == K_S { sx(v, SW) as i128 } else { mask(v, SW) as i128 };
-                let x = n as f64; // RN; exact when |n| < 2^53
-                let tail = sign((n - x as i128) as f64);
-                let r = match DK {
-                    K_F32 => {
-                        let mut r = round32(x, tail, RND);
-                        if SAT {
-                            r = sat32(r);
-                        }
-                        r.to_bits() as u64
-                    }
-                    K_F64 => round64(x, tail as f64, RND).to_bits(),
-                    K_F16 | K_BF16 => to_half(x, DK == K_BF16, RND) as u64,
-                    _ => unreachable!(),
+                let prec = match DK {
+                    K_F16 => 11,
+                    K_BF16 => 8,
+                    K_F32 => 24,
+                    _ => 53,
                 };
-                r
+                let mut x = round_int(n, prec, RND);
+                if SAT {
+                    x = sat64(x);
+                }
+                match DK {
+                    K_F32 => (x as f32).to_bits() as u64, // exact: |n| < 2^64
+                    K_F64 => x.to_bits(),
+                    _ => to_half(x, DK == K_BF16, RND) as u64,
+                }
             }
             (_, K_U | K_S) => {
-                // Float to integer: rounded as asked, clamped to the range, NaN -> 0.
+                // Float to integer: rounded as asked and clamped to the range. NaN
+                // gives 0, except from .f64 or to a 64-bit type: 1 << (width - 1)
+                // (PTX ISA cvt, Integer Notes).
                 let x = read_float::<SK, FTZ>(v);
-                if x.is_nan() {
-                    return 0;
-                }
-                let r = integral(x, RND);
-                let (lo, hi): (f64, f64) = if DK == K_S {
-                    (-(2f64.powi(DW as i32 - 1)), 2f64.powi(DW as i32 - 1) - 1.0)
+                let n: u64 = if x.is_nan() {
+                    if SK == K_F64 || DW == 64 {
+                        1 << (DW - 1)
+                    } else {
+                        0
+                    }
                 } else {
-                    (0.0, 2f64.powi(DW as i32) - 1.0)
+                    let r = integral(x, RND);
+                    let (lo, hi): (f64, f64) = if DK == K_S {
+                        (-(2f64.powi(DW as i32 - 1)), 2f64.powi(DW as i32 - 1) - 1.0)
+                    } else {
+                        (0.0, 2f64.powi(DW as i32) - 1.0)
+                    };
+                    // `as` saturates where hi rounds up to a power of two (64 bits).
+                    let r = r.clamp(lo, hi);
+                    if DK == K_S {
+                        r as i64 as u64
+                    } else {
+                        r as u64
+                    }
                 };
-                let r = r.clamp(lo, hi);
-                let n = if DK == K_S { r as i64 as u64 } else { r as u64 };
-                mask(n, DW)
+                // Signed results are sign-extended to the register, others
+                // zero-extended (cvt notes).
+                if DK == K_S {
+                    sx(n, DW) as u64
+                } else {
+                    mask(n, DW)
+                }
             }
             _ => {
                 let x = read_float::<SK, FTZ>(v);
@@ -867,28 +999,18 @@ fn cvt_f<
                 match DK {
                     K_F32 => {
                         let mut r = if SK == K_F64 && !IRND { round32(x, 0, RND) } else { x as f32 };
-                        r = canon32(r);
                         if FTZ {
                             r = ftz32(r);
                         }
                         if SAT {
                             r = sat32(r);
                         }
-                        r.to_bits() as u64
+                        canon32(r)
                     }
-                    K_F64 => {
-                        let r = if SAT {
-                            if x.is_nan() {
-                                0.0
-                            } else {
-                                x.clamp(0.0, 1.0)
-                            }
-                        } else {
-                            x
-                        };
-                        r.to_bits()
-                    }
-                    _ => to_half(x, DK == K_BF16, RND) as u64,
+                    K_F64 => (if SAT { sat64(x) } else { x }).to_bits(),
+                    // Clamping before rounding is the same as after: 0 and 1 are
+                    // representable and rounding is monotonic.
+                    _ => to_half(if SAT { sat64(x) } else { x }, DK == K_BF16, RND) as u64,
                 }
             }
         }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use super::{lanes, AsyncCopy, Block, Core};
 use crate::error::{Fault, FaultKind};
 use crate::ir::{Exec, Inst, NONE};
+use crate::mem::View;
 
 type R = Result<(), Fault>;
 
@@ -39,6 +40,24 @@ fn aligned(addr: u64, size: usize, sp: u8, lane: usize) -> R {
         ));
     }
     Ok(())
+}
+
+/// A misaligned global address: named by its allocation, or reported as out of
+/// bounds when it is in none (a misaligned null pointer is a null pointer).
+#[cold]
+fn global_misaligned(mem: &View<'_>, addr: u64, len: usize, lane: usize) -> Fault {
+    let mut f = match mem.find(addr, 0) {
+        Ok((a, off)) => Fault::new(
+            FaultKind::Misaligned,
+            format!(
+                "{len}-byte global access at {addr:#x}, {off} bytes into {}, is not {len}-byte aligned",
+                a.label
+            ),
+        ),
+        Err(f) => f,
+    };
+    f.lane = Some(lane as u32);
+    f
 }
 
 fn shared_name(c: &Core<'_>, off: usize) -> String {
@@ -128,13 +147,7 @@ fn shared_at(
     aligned(addr, align, SHARED, lane)?;
     let size = c.b.shared.len();
     if addr.checked_add(len as u64).is_none_or(|e| e > size as u64) {
-        return Err(Fault::at(
-            FaultKind::OutOfBounds,
-            lane as u32,
-            format!(
-                "{len}-byte shared access at {addr:#x} is past the block's {size} bytes of shared memory"
-            ),
-        ));
+        return Err(shared_oob(c, addr, len, lane));
     }
     let off = addr as usize;
     if c.l.checks {
@@ -144,6 +157,29 @@ fn shared_at(
         }
     }
     Ok(off)
+}
+
+/// An access past the block's shared memory, naming the variable it ran off.
+#[cold]
+fn shared_oob(c: &Core<'_>, addr: u64, len: usize, lane: usize) -> Fault {
+    let size = c.b.shared.len();
+    let (stat, dynamic) = (c.l.prog.shared_static, c.l.dyn_smem);
+    let last = c.l.prog.shared_vars.iter().filter(|(_, o, _)| (*o as u64) <= addr).max_by_key(|(_, o, _)| *o);
+    let var = match last {
+        // An extern (dynamic) variable's size is what the launch gave.
+        Some((name, _, n)) if *n > size => {
+            format!(", past the end of {name} (dynamic, {dynamic} bytes launched)")
+        }
+        Some((name, o, n)) => format!(", past the end of {name} ({n} bytes at offset {o})"),
+        None => String::new(),
+    };
+    Fault::at(
+        FaultKind::OutOfBounds,
+        lane as u32,
+        format!(
+            "{len}-byte shared access at {addr:#x} is past the block's {size} bytes of shared memory ({stat} static + {dynamic} dynamic){var}"
+        ),
+    )
 }
 
 #[inline(always)]
@@ -178,7 +214,9 @@ fn read_lane<const SP: u8, const SIZE: usize, const N: usize>(
     let mut out = [0u64; N];
     match SP {
         GLOBAL => {
-            aligned(addr, len, SP, lane)?;
+            if addr % len as u64 != 0 {
+                return Err(global_misaligned(c.l.mem, addr, len, lane));
+            }
             let (a, off) = c.l.mem.find(addr, len).map_err(|mut f| {
                 f.lane = Some(lane as u32);
                 f
@@ -247,7 +285,9 @@ fn write_lane<const SP: u8, const SIZE: usize, const N: usize>(
     let len = SIZE * N;
     match SP {
         GLOBAL => {
-            aligned(addr, len, SP, lane)?;
+            if addr % len as u64 != 0 {
+                return Err(global_misaligned(c.l.mem, addr, len, lane));
+            }
             let (a, off) = c.l.mem.find(addr, len).map_err(|mut f| {
                 f.lane = Some(lane as u32);
                 f
@@ -458,7 +498,7 @@ fn atom<const SP: u8, const OP: u8, const W: u8, const K: u8>(c: &mut Core<'_>, 
         let old = if SP == SHARED {
             aligned(addr, len, SP, l)?;
             let size = c.b.shared.len();
-            if addr + len as u64 > size as u64 {
+            if addr.saturating_add(len as u64) > size as u64 {
                 return Err(Fault::at(
                     FaultKind::OutOfBounds,
                     l as u32,
@@ -497,7 +537,9 @@ fn atom<const SP: u8, const OP: u8, const W: u8, const K: u8>(c: &mut Core<'_>, 
             c.b.shared[off..off + len].copy_from_slice(&new.to_le_bytes()[..len]);
             old
         } else {
-            aligned(addr, len, SP, l)?;
+            if addr % len as u64 != 0 {
+                return Err(global_misaligned(c.l.mem, addr, len, l));
+            }
             let (al, off) = c.l.mem.find(addr, len).map_err(|mut f| {
                 f.lane = Some(l as u32);
                 f
@@ -609,9 +651,11 @@ fn cp_async(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
             ));
         }
         aligned(d, cp, SHARED, l)?;
-        aligned(s, cp, GLOBAL, l)?;
+        if s % cp as u64 != 0 {
+            return Err(global_misaligned(c.l.mem, s, cp, l));
+        }
         let size = c.b.shared.len();
-        if d + cp as u64 > size as u64 {
+        if d.saturating_add(cp as u64) > size as u64 {
             return Err(Fault::at(
                 FaultKind::OutOfBounds,
                 l as u32,
@@ -674,38 +718,44 @@ fn cp_commit(c: &mut Core<'_>, _i: &Inst, m: u32) -> R {
 }
 
 /// cp.async.wait_group N: every group of the lane but the newest N lands. With
-/// `aux` set it is wait_all (commit, then wait for all).
+/// `aux` set it is wait_all (commit, then wait for all). The queue is compacted in
+/// place, landing copies in the order they were issued.
 fn cp_wait(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
     if i.aux != 0 {
         commit(c, m);
     }
-    let keep = i.imm as u32;
-    let mut landed = Vec::new();
-    c.w.asyncq.retain(|q| {
+    let keep = i.imm as u64;
+    let mut kept = 0;
+    for k in 0..c.w.asyncq.len() {
+        let q = c.w.asyncq[k];
         let lane = q.lane as usize;
-        let done = m >> lane & 1 != 0 && q.group != u32::MAX && q.group + keep < c.w.committed[lane];
-        if done {
-            landed.push(*q);
+        if m >> lane & 1 != 0 && q.group != u32::MAX && q.group as u64 + keep < c.w.committed[lane] as u64 {
+            land(c, &q)?;
+        } else {
+            c.w.asyncq[kept] = q;
+            kept += 1;
         }
-        !done
-    });
-    for q in landed {
-        let off = q.dst as usize;
-        let len = q.len as usize;
-        if c.l.checks {
-            for k in 0..len {
-                c.b.shadow[off + k].pending = false;
-            }
-            if let Err((kind, at, msg)) = c.b.write_check(c.w.id, off, len) {
-                return Err(Fault::at(
-                    kind,
-                    q.lane as u32,
-                    format!("shared memory {} {msg} (a cp.async landing)", shared_name(c, at)),
-                ));
-            }
-        }
-        c.b.shared[off..off + len].copy_from_slice(&q.data[..len]);
     }
+    c.w.asyncq.truncate(kept);
+    Ok(())
+}
+
+/// A copy lands: a write by the issuing warp now, checked like one.
+fn land(c: &mut Core<'_>, q: &AsyncCopy) -> R {
+    let (off, len) = (q.dst as usize, q.len as usize);
+    if c.l.checks {
+        for s in &mut c.b.shadow[off..off + len] {
+            s.pending = false;
+        }
+        if let Err((kind, at, msg)) = c.b.write_check(c.w.id, off, len) {
+            return Err(Fault::at(
+                kind,
+                q.lane as u32,
+                format!("shared memory {} {msg} (a cp.async landing)", shared_name(c, at)),
+            ));
+        }
+    }
+    c.b.shared[off..off + len].copy_from_slice(&q.data[..len]);
     Ok(())
 }
 

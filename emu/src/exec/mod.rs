@@ -92,6 +92,8 @@ pub struct Warp {
     /// Some(pc) when every ready lane is at pc (then `pc[]` is stale for them).
     conv: Option<u32>,
     depth: [u8; 32],
+    /// Lanes inside a call (depth > 0).
+    in_call: u32,
     stack: [[(u32, u32); MAX_CALL_DEPTH]; 32],
     /// Per-lane `.local` memory, `32 * local_bytes`.
     pub local: Vec<u8>,
@@ -123,6 +125,7 @@ impl Warp {
             pc: [0; 32],
             conv: None,
             depth: [0; 32],
+            in_call: 0,
             stack: [[(0, 0); MAX_CALL_DEPTH]; 32],
             local: vec![0; prog.local_bytes * 32],
             local_bytes: prog.local_bytes,
@@ -165,18 +168,40 @@ impl Warp {
         }
     }
 
+    /// The lanes to run next: those at the lowest pc, where a lane inside a call
+    /// counts as standing at its outermost call site, so the lanes that called wait
+    /// for nothing and the others wait for them just after the call (they meet again
+    /// there instead of running the rest of the kernel twice).
     fn select(&mut self) -> (u32, u32) {
         if let Some(pc) = self.conv {
             return (pc, self.ready);
         }
-        let (mut best, mut m) = (u32::MAX, 0u32);
+        if self.in_call & self.ready == 0 {
+            let (mut best, mut m) = (u32::MAX, 0u32);
+            for l in lanes(self.ready) {
+                let p = self.pc[l];
+                if p < best {
+                    (best, m) = (p, 1 << l);
+                } else if p == best {
+                    m |= 1 << l;
+                }
+            }
+            if m == self.ready {
+                self.conv = Some(best);
+            }
+            return (best, m);
+        }
+        let (mut best, mut key, mut m) = (u32::MAX, u64::MAX, 0u32);
         for l in lanes(self.ready) {
             let p = self.pc[l];
-            if p < best {
-                best = p;
-                m = 1 << l;
-            } else if p == best {
+            if p == best {
                 m |= 1 << l;
+                continue;
+            }
+            let site = if self.depth[l] == 0 { p } else { self.stack[l][0].0 - 1 };
+            let k = (site as u64) << 32 | p as u64;
+            if k < key {
+                (best, key, m) = (p, k, 1 << l);
             }
         }
         if m == self.ready {
@@ -261,6 +286,8 @@ pub struct Launch<'a> {
     pub params: &'a [u8],
     pub mem: &'a View<'a>,
     pub checks: bool,
+    /// Warp instructions a block may execute (Options::budget).
+    pub budget: u64,
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub dyn_smem: u32,
@@ -307,7 +334,14 @@ impl Launch<'_> {
             w.exited = !live;
             w.conv = Some(0);
             w.depth = [0; 32];
-            w.asyncq.clear();
+            w.in_call = 0;
+            // Copies never waited for land in the shared memory of a block that has
+            // ended: the next block starts with none in flight.
+            for q in w.asyncq.drain(..) {
+                if let Some(sh) = b.shadow.get_mut(q.dst as usize..q.dst as usize + q.len as usize) {
+                    sh.iter_mut().for_each(|s| s.pending = false);
+                }
+            }
             w.committed = [0; 32];
             for &(slot, sp) in &self.prog.specials {
                 let r = &mut w.regs[slot as usize];
@@ -328,8 +362,23 @@ impl Launch<'_> {
 
     /// Runs one warp until none of its lanes can move.
     fn run_warp(&self, w: &mut Warp, b: &mut Block, budget: &mut u64) -> Result<(), Raised> {
-        let prog = self.prog;
         let raise = |fault: Fault, pc: u32, w: &Warp| Raised { fault, pc, warp: w.id };
+        loop {
+            self.run_ready(w, b, budget, &raise)?;
+            if w.parked == 0 || !self.wake(w, b)? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn run_ready(
+        &self,
+        w: &mut Warp,
+        b: &mut Block,
+        budget: &mut u64,
+        raise: &impl Fn(Fault, u32, &Warp) -> Raised,
+    ) -> Result<(), Raised> {
+        let prog = self.prog;
         while w.ready != 0 {
             let (pc, group) = w.select();
             let Some(inst) = prog.insts.get(pc as usize) else {
@@ -337,11 +386,11 @@ impl Launch<'_> {
                 return Err(raise(f, pc.saturating_sub(1), w));
             };
             if *budget == 0 {
-                let f = Fault::new(
-                    FaultKind::Budget,
-                    "the block ran past its instruction budget (a hang? PIMOE_EMU_BUDGET raises it)",
+                let msg = format!(
+                    "the block ran past its budget of {} warp instructions (a hang? PIMOE_EMU_BUDGET raises it)",
+                    self.budget
                 );
-                return Err(raise(f, pc, w));
+                return Err(raise(Fault::at(FaultKind::Budget, group.trailing_zeros(), msg), pc, w));
             }
             *budget -= 1;
             w.executed += 1;
@@ -384,62 +433,136 @@ impl Launch<'_> {
                     w.set_pc(group & !gm, pc + 1);
                 }
                 Ctrl::Sync(need) => {
-                    let present = group | self.parked_at(w, pc);
-                    let need = match need {
-                        Need::All => {
-                            if w.exited & w.live != 0 || w.live != FULL {
-                                let f = Fault::new(
-                                    FaultKind::Sync,
-                                    format!("a .aligned warp-wide instruction with lanes {} exited or not launched", mask_list(!w.live | w.exited)),
-                                );
-                                return Err(raise(f, pc, w));
-                            }
-                            FULL
-                        }
-                        Need::Member(slot) => {
-                            let r = w.r(slot);
-                            let first = r[gm.trailing_zeros().min(31) as usize] as u32;
-                            if let Some(l) = lanes(gm).find(|&l| r[l] as u32 != first) {
-                                let f = Fault::at(
-                                    FaultKind::Sync,
-                                    l as u32,
-                                    format!(
-                                        "membermask {:#x} differs from lane {}'s {first:#x}",
-                                        r[l] as u32,
-                                        gm.trailing_zeros()
-                                    ),
-                                );
-                                return Err(raise(f, pc, w));
-                            }
-                            if let Some(l) = lanes(gm & !first).next() {
-                                let f = Fault::at(
-                                    FaultKind::Sync,
-                                    l as u32,
-                                    format!("the lane is not in its own membermask {first:#x}"),
-                                );
-                                return Err(raise(f, pc, w));
-                            }
-                            // Exited members are not waited for (PTX ISA, shfl.sync / vote.sync).
-                            first & !w.exited & w.live
-                        }
-                    };
-                    let running = gm | (present & !group);
-                    if need & !running == 0 {
-                        let parked_here = present & !group;
-                        w.parked &= !parked_here;
-                        w.resume(parked_here, pc);
-                        let mut core = Core { w: &mut *w, b: &mut *b, l: self };
-                        (inst.exec)(&mut core, inst, running).map_err(|f| raise(f, pc, w))?;
-                        w.set_pc(group | parked_here, pc + 1);
+                    if gm == 0 {
+                        // Every lane here is guarded off: none arrives, all move on.
+                        w.set_pc(group, pc + 1);
                     } else {
-                        w.stop(gm, pc);
-                        w.parked |= gm;
-                        w.set_pc(group & !gm, pc + 1);
+                        self.warp_sync(w, b, pc, group, gm, need).map_err(|f| raise(f, pc, w))?;
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// A warp-synchronous instruction at `pc` reached by the lanes `gm` (guarded on)
+    /// of `group`. Lanes naming the same membermask run it together once every
+    /// non-exited member is here, lanes already waiting (parked) included; until
+    /// then they park. An `.aligned` instruction (mma, ldmatrix) needs the whole
+    /// warp, and is undefined once a lane has exited.
+    fn warp_sync(
+        &self,
+        w: &mut Warp,
+        b: &mut Block,
+        pc: u32,
+        group: u32,
+        gm: u32,
+        need: Need,
+    ) -> Result<(), Fault> {
+        let inst = &self.prog.insts[pc as usize];
+        let parked = self.parked_at(w, pc);
+        let here = gm | parked;
+        let (mut run, mut wait) = (0u32, 0u32);
+        match need {
+            Need::All => {
+                let gone = !w.live | w.exited;
+                if gone != 0 {
+                    let msg = format!(
+                        "a .aligned warp-wide instruction needs all 32 lanes of the warp, but {}",
+                        self.describe_lanes(w, gone)
+                    );
+                    return Err(Fault::at(FaultKind::Sync, gm.trailing_zeros(), msg));
+                }
+                if here == FULL {
+                    run = FULL;
+                    (inst.exec)(&mut Core { w: &mut *w, b: &mut *b, l: self }, inst, FULL)?;
+                } else {
+                    wait = gm;
+                }
+            }
+            Need::Member(slot) => {
+                let r = w.r(slot);
+                let mask = r[gm.trailing_zeros() as usize] as u32;
+                let one_mask = if gm == FULL {
+                    r.iter().all(|&v| v as u32 == mask)
+                } else {
+                    lanes(gm).all(|l| r[l] as u32 == mask)
+                };
+                if parked == 0 && one_mask {
+                    // The common case: one membermask, nobody waiting here yet.
+                    if let Some(l) = lanes(gm & !mask).next() {
+                        let msg = format!("the lane is not in its own membermask {mask:#x}");
+                        return Err(Fault::at(FaultKind::Sync, l as u32, msg));
+                    }
+                    // Exited members are not waited for (PTX ISA, shfl.sync / vote.sync).
+                    if mask & w.live & !w.exited & !gm == 0 {
+                        (inst.exec)(&mut Core { w: &mut *w, b: &mut *b, l: self }, inst, gm)?;
+                        w.set_pc(group, pc + 1);
+                    } else {
+                        w.stop(gm, pc);
+                        w.parked |= gm;
+                        w.set_pc(group & !gm, pc + 1);
+                    }
+                    return Ok(());
+                }
+                let r = *r;
+                let mut todo = gm;
+                while todo != 0 {
+                    let l0 = todo.trailing_zeros() as usize;
+                    let mask = r[l0] as u32;
+                    let same = lanes(here).filter(|&l| r[l] as u32 == mask).fold(0u32, |m, l| m | 1 << l);
+                    let arriving = same & todo;
+                    todo &= !arriving;
+                    if let Some(l) = lanes(arriving & !mask).next() {
+                        let msg = format!("the lane is not in its own membermask {mask:#x}");
+                        return Err(Fault::at(FaultKind::Sync, l as u32, msg));
+                    }
+                    // The ISA requires one membermask value among the members.
+                    let other = lanes(here & !same).find(|&k| mask >> k & 1 != 0 || r[k] as u32 & same != 0);
+                    if let Some(k) = other {
+                        let msg = format!(
+                            "lane {l0} has membermask {mask:#x} but lane {k}, which shares members with it, has {:#x}",
+                            r[k] as u32
+                        );
+                        return Err(Fault::at(FaultKind::Sync, l0 as u32, msg));
+                    }
+                    if mask & w.live & !w.exited & !same == 0 {
+                        run |= same;
+                        (inst.exec)(&mut Core { w: &mut *w, b: &mut *b, l: self }, inst, same)?;
+                    } else {
+                        wait |= arriving;
+                    }
+                }
+            }
+        }
+        let resumed = run & parked;
+        w.parked &= !resumed;
+        w.resume(resumed, pc);
+        w.stop(wait, pc);
+        w.parked |= wait;
+        w.set_pc((group | resumed) & !wait, pc + 1);
+        Ok(())
+    }
+
+    /// Once no lane of the warp can move: lanes parked at a warp-synchronous
+    /// instruction whose missing members have exited since can run now. Returns
+    /// whether any did.
+    fn wake(&self, w: &mut Warp, b: &mut Block) -> Result<bool, Raised> {
+        let mut todo = w.parked;
+        while todo != 0 {
+            let pc = w.pc[todo.trailing_zeros() as usize];
+            let at = self.parked_at(w, pc);
+            todo &= !at;
+            let Ctrl::Sync(need) = self.prog.insts[pc as usize].ctrl else { continue };
+            // They arrive again, as if for the first time.
+            w.parked &= !at;
+            w.resume(at, pc);
+            self.warp_sync(w, b, pc, at, at, need).map_err(|fault| Raised { fault, pc, warp: w.id })?;
+            if w.ready != 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn parked_at(&self, w: &Warp, pc: u32) -> u32 {
@@ -459,6 +582,7 @@ impl Launch<'_> {
             }
             w.stack[l][d] = (pc + 1, cs);
             w.depth[l] += 1;
+            w.in_call |= 1 << l;
             let base = l * w.cparam_bytes;
             for &(from, to, len) in &site.args {
                 let (from, to) = (base + from as usize, base + to as usize);
@@ -488,6 +612,9 @@ impl Launch<'_> {
             let site = &self.prog.calls[top.1 as usize];
             for l in lanes(m) {
                 w.depth[l] -= 1;
+                if w.depth[l] == 0 {
+                    w.in_call &= !(1 << l);
+                }
                 let base = l * w.cparam_bytes;
                 for &(from, to, len) in &site.rets {
                     let (from, to) = (base + from as usize, base + to as usize);
@@ -522,59 +649,119 @@ impl Launch<'_> {
         }
     }
 
-    /// All warps are stuck: every non-exited thread must be at one barrier.
+    /// No warp of the block can move. Lanes parked at a warp-synchronous
+    /// instruction then never go on (their missing members are at a barrier, at
+    /// another instruction, or passed it guarded off); otherwise every non-exited
+    /// thread is at a barrier (exited ones are not waited for), and it completes if
+    /// they are all at the same one, or all at non-`.aligned` ones, which may differ.
     fn release_barrier(&self, b: &mut Block, warps: &mut [Warp]) -> Result<(), Raised> {
-        let mut bar_pc = None;
         for w in warps.iter() {
             if w.parked != 0 {
                 let l = w.parked.trailing_zeros() as usize;
                 let pc = w.pc[l];
-                let need = describe_lanes(w, |l| w.pc[l] != pc || w.parked >> l & 1 == 0);
-                let f = Fault::at(
-                    FaultKind::Sync,
-                    l as u32,
-                    format!("a warp-synchronous instruction waits for lanes that cannot reach it ({need})"),
+                let at = self.parked_at(w, pc);
+                let need = match self.prog.insts[pc as usize].ctrl {
+                    Ctrl::Sync(Need::Member(slot)) => w.r(slot)[l] as u32,
+                    _ => FULL,
+                };
+                let msg = format!(
+                    "a warp-synchronous instruction waits for lanes that cannot reach it: {}",
+                    self.describe_lanes(w, need & !at)
                 );
-                return Err(Raised { fault: f, pc, warp: w.id });
+                return Err(Raised { fault: Fault::at(FaultKind::Sync, l as u32, msg), pc, warp: w.id });
             }
+        }
+        let (mut first, mut mixed): (Option<(u32, u32)>, bool) = (None, false);
+        for w in warps.iter() {
             for l in lanes(w.at_bar) {
                 let pc = w.pc[l];
-                match bar_pc {
-                    None => bar_pc = Some((pc, w.id, l)),
-                    Some((p, wid, wl)) if p != pc => {
-                        let f = Fault::at(
-                            FaultKind::Sync,
-                            l as u32,
-                            format!(
-                                "threads wait at different barriers: this one, and PTX line {} (warp {wid} lane {wl})",
-                                self.prog.insts[p as usize].line
-                            ),
+                let t = w.id * 32 + l as u32;
+                match first {
+                    None => first = Some((pc, t)),
+                    Some((p, _)) if p == pc => {}
+                    Some((p, _)) if self.unaligned_barrier(p) && self.unaligned_barrier(pc) => mixed = true,
+                    Some((p, t0)) => {
+                        let [x, y, z] = thread_of(t0, self.block);
+                        let msg = format!(
+                            "threads wait at different barriers: this one, and the one at PTX line {} where thread ({x},{y},{z}) waits",
+                            self.prog.insts[p as usize].line
                         );
-                        return Err(Raised { fault: f, pc, warp: w.id });
+                        return Err(Raised {
+                            fault: Fault::at(FaultKind::Sync, l as u32, msg),
+                            pc,
+                            warp: w.id,
+                        });
                     }
-                    _ => {}
                 }
             }
         }
-        let Some((pc, _, _)) = bar_pc else { return Ok(()) };
-        for w in warps.iter() {
-            let missing = w.live & !w.exited & !w.at_bar;
-            if missing != 0 {
-                let f = Fault::at(
-                    FaultKind::Sync,
-                    missing.trailing_zeros(),
-                    "this thread never reached the barrier the rest of the block waits at",
-                );
-                return Err(Raised { fault: f, pc, warp: w.id });
-            }
-        }
+        let Some((pc, _)) = first else { return Ok(()) };
         for w in warps.iter_mut() {
-            let m = w.at_bar;
-            w.at_bar = 0;
-            w.resume(m, pc + 1);
+            if !mixed {
+                let m = std::mem::take(&mut w.at_bar);
+                w.resume(m, pc + 1);
+            }
+            while w.at_bar != 0 {
+                let pc = w.pc[w.at_bar.trailing_zeros() as usize];
+                let m = lanes(w.at_bar).filter(|&l| w.pc[l] == pc).fold(0u32, |m, l| m | 1 << l);
+                w.at_bar &= !m;
+                w.resume(m, pc + 1);
+            }
         }
         b.epoch = b.epoch.wrapping_add(1);
         Ok(())
+    }
+
+    /// `barrier.sync` without `.aligned`: threads may wait at different instructions
+    /// for the same barrier. (Decided from the instruction's text: decode gives both
+    /// forms the same `Ctrl::Bar`.)
+    fn unaligned_barrier(&self, pc: u32) -> bool {
+        self.prog.insts.get(pc as usize).is_some_and(|i| i.aux == 0)
+    }
+
+    /// Where the lanes in `m` stand, in runs: "lanes 16-31 wait at the barrier at
+    /// PTX line 23; lane 5 exited".
+    fn describe_lanes(&self, w: &Warp, m: u32) -> String {
+        let state = |l: usize| -> (u8, u32) {
+            if w.live >> l & 1 == 0 {
+                (0, 0)
+            } else if w.exited >> l & 1 != 0 {
+                (1, 0)
+            } else if w.at_bar >> l & 1 != 0 {
+                (2, w.pc[l])
+            } else if w.parked >> l & 1 != 0 {
+                (3, w.pc[l])
+            } else {
+                (4, w.lane_pc(l))
+            }
+        };
+        let line = |pc: u32| self.prog.insts.get(pc as usize).map_or(0, |i| i.line);
+        let mut parts = Vec::new();
+        let mut l = 0;
+        while l < 32 {
+            if m >> l & 1 == 0 {
+                l += 1;
+                continue;
+            }
+            let s = state(l);
+            let mut e = l;
+            while e < 31 && m >> (e + 1) & 1 != 0 && state(e + 1) == s {
+                e += 1;
+            }
+            let (who, one) =
+                if e == l { (format!("lane {l}"), true) } else { (format!("lanes {l}-{e}"), false) };
+            let (is, waits) = if one { ("is", "waits") } else { ("are", "wait") };
+            let what = match s {
+                (0, _) => format!("{is} not a thread of the block"),
+                (1, _) => "exited".to_string(),
+                (2, pc) => format!("{waits} at the barrier at PTX line {}", line(pc)),
+                (3, pc) => format!("{waits} at the warp-synchronous instruction at PTX line {}", line(pc)),
+                (_, pc) => format!("{is} at PTX line {}", line(pc)),
+            };
+            parts.push(format!("{who} {what}"));
+            l = e + 1;
+        }
+        parts.join("; ")
     }
 
     fn report(&self, r: Raised, ctaid: [u32; 3], warps: &[Warp]) -> KernelError {
@@ -593,29 +780,6 @@ impl Launch<'_> {
             msg: r.fault.msg,
         }
     }
-}
-
-fn mask_list(m: u32) -> String {
-    let v: Vec<String> = lanes(m).map(|l| l.to_string()).collect();
-    v.join(",")
-}
-
-fn describe_lanes(w: &Warp, pick: impl Fn(usize) -> bool) -> String {
-    let mut parts = Vec::new();
-    for l in 0..32 {
-        if w.live >> l & 1 == 0 || !pick(l) {
-            continue;
-        }
-        let state = if w.exited >> l & 1 != 0 {
-            "exited".to_string()
-        } else if w.at_bar >> l & 1 != 0 {
-            "at a barrier".to_string()
-        } else {
-            format!("at instruction {}", w.lane_pc(l))
-        };
-        parts.push(format!("lane {l} {state}"));
-    }
-    parts.join("; ")
 }
 
 /// A launch's geometry and arguments.
@@ -638,6 +802,7 @@ pub fn launch(
         params: cfg.params,
         mem,
         checks: opts.checks,
+        budget: opts.budget,
         grid: cfg.grid,
         block: cfg.block,
         dyn_smem: cfg.dyn_smem,
