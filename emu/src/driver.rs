@@ -188,6 +188,7 @@ fn driver() -> &'static Driver {
         if let Some(t) = env_u64("PIMOE_EMU_THREADS") {
             opts.threads = t.max(1) as usize;
         }
+        opts.counters = std::env::var("PIMOE_EMU_COUNTERS").is_ok_and(|v| v == "1");
         Driver {
             mem: Memory::default(),
             opts,
@@ -260,8 +261,19 @@ impl Driver {
         match op {
             Op::Launch { func, grid, block, smem, params } => {
                 let max = func.max_dyn_smem.load(Ordering::Relaxed);
+                let t = Instant::now();
                 match crate::launch(&func.prog, &self.mem, *grid, *block, *smem, max, params, &self.opts) {
-                    Ok(_) => SUCCESS,
+                    Ok(stats) => {
+                        if trace_on() {
+                            eprintln!(
+                                "pimoe-emu:   {} warp instructions, {} barriers, {:.3} ms (host time)",
+                                stats.warp_instructions,
+                                stats.barriers,
+                                t.elapsed().as_secs_f64() * 1e3
+                            );
+                        }
+                        SUCCESS
+                    }
                     Err(LaunchError::Config(m)) => fail(INVALID_VALUE, m),
                     Err(LaunchError::Kernel(k)) => {
                         let code = match k.kind {

@@ -3,7 +3,7 @@
 //! data movement (mov), §9.7.8 comparison and selection). Each exec function is
 //! specialised at load for its operation and width through const generics.
 
-use super::{blend, lanes, Core};
+use super::{lanes, lanewise, Core};
 use crate::error::Fault;
 use crate::ir::{Exec, Inst, NONE};
 
@@ -139,8 +139,7 @@ fn bin<const OP: u8, const W: u8, const S: bool>(a: u64, b: u64) -> u64 {
 }
 
 fn int2<const OP: u8, const W: u8, const S: bool>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let (a, b) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]));
-    blend(c.w.rw(i.d[0]), m, |l| bin::<OP, W, S>(a[l], b[l]));
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1]], m, |_, [a, b]| bin::<OP, W, S>(a, b));
     Ok(())
 }
 
@@ -181,9 +180,10 @@ pub fn binary(op: &str, sat: bool, w: u32, signed: bool) -> Option<Exec> {
 
 // mad: d = a * b + c, the product's low, high or wide (2W) part.
 fn mad<const PART: u8, const W: u8, const S: bool>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let (a, b, cc) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]), *c.w.r(i.s[2]));
     let cw = if PART == MUL_WIDE { 2 * W } else { W };
-    blend(c.w.rw(i.d[0]), m, |l| mask(bin::<PART, W, S>(a[l], b[l]).wrapping_add(cc[l]), cw));
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1], i.s[2]], m, |_, [a, b, cc]| {
+        mask(bin::<PART, W, S>(a, b).wrapping_add(cc), cw)
+    });
     Ok(())
 }
 
@@ -250,8 +250,7 @@ fn un<const OP: u8, const W: u8, const S: bool>(a: u64) -> u64 {
 }
 
 fn int1<const OP: u8, const W: u8, const S: bool>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let a = *c.w.r(i.s[0]);
-    blend(c.w.rw(i.d[0]), m, |l| un::<OP, W, S>(a[l]));
+    lanewise(c.w, i.d[0], [i.s[0]], m, |_, [a]| un::<OP, W, S>(a));
     Ok(())
 }
 
@@ -286,44 +285,38 @@ pub fn unary(op: &str, w: u32, signed: bool) -> Option<Exec> {
 /// bfi d, a, b, pos, len: `len` bits of a inserted into b at `pos` (both taken
 /// from their low 8 bits), PTX ISA bfi.
 fn bfi<const W: u8>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let (a, b, p, n) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]), *c.w.r(i.s[2]), *c.w.r(i.s[3]));
-    blend(c.w.rw(i.d[0]), m, |l| {
-        let (pos, len) = ((p[l] & 0xff) as u32, (n[l] & 0xff) as u32);
-        let mut d = mask(b[l], W);
-        for k in 0..len {
-            let bit = pos + k;
-            if bit >= W as u32 {
-                break;
-            }
-            d = (d & !(1 << bit)) | ((a[l] >> k & 1) << bit);
-        }
-        d
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1], i.s[2], i.s[3]], m, |_, [a, b, p, n]| {
+        let (pos, len) = ((p & 0xff) as u32, (n & 0xff) as u32);
+        // The field's bits that land inside the W-bit result.
+        let n = if pos < W as u32 { len.min(W as u32 - pos) } else { 0 };
+        let field = ones(n) << pos.min(63);
+        mask((b & !field) | ((a << pos.min(63)) & field), W)
     });
     Ok(())
 }
 
+/// The low n bits set (n up to 64).
+#[inline(always)]
+fn ones(n: u32) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
 /// bfe d, a, pos, len: extract, zero- or sign-extended from the field's top bit.
 fn bfe<const W: u8, const S: bool>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let (a, p, n) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]), *c.w.r(i.s[2]));
-    blend(c.w.rw(i.d[0]), m, |l| {
-        let (pos, len) = ((p[l] & 0xff) as u32, (n[l] & 0xff) as u32);
-        let a = mask(a[l], W);
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1], i.s[2]], m, |_, [a, p, n]| {
+        let (pos, len) = ((p & 0xff) as u32, (n & 0xff) as u32);
+        let a = mask(a, W);
         let msb = (pos + len).saturating_sub(1).min(W as u32 - 1);
-        let sbit = if S {
-            if len == 0 {
-                0
-            } else {
-                a >> msb & 1
-            }
-        } else {
-            0
-        };
-        let mut d = 0u64;
-        for k in 0..W as u32 {
-            let bit = if k < len && pos + k < W as u32 { a >> (pos + k) & 1 } else { sbit };
-            d |= bit << k;
-        }
-        d
+        let sbit = S && len != 0 && a >> msb & 1 != 0;
+        // Bits k < n come from a; the rest are the sign (or zero).
+        let n = if pos < W as u32 { len.min(W as u32 - pos) } else { 0 };
+        let got = if pos < W as u32 { (a >> pos) & ones(n) } else { 0 };
+        let fill = if sbit { ones(W as u32) & !ones(n) } else { 0 };
+        got | fill
     });
     Ok(())
 }
@@ -557,9 +550,8 @@ pub fn setp_int_op(cmp: u8, w: u32, signed: bool, bop: u8) -> Option<Exec> {
 
 /// selp d, a, b, c: d = c ? a : b.
 fn selp<const W: u8>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let (a, b) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]));
     let p = c.w.preds[i.p[0] as usize];
-    blend(c.w.rw(i.d[0]), m, |l| mask(if p >> l & 1 != 0 { a[l] } else { b[l] }, W));
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1]], m, |l, [a, b]| mask(if p >> l & 1 != 0 { a } else { b }, W));
     Ok(())
 }
 
@@ -573,8 +565,7 @@ pub fn selp_op(w: u32) -> Option<Exec> {
 }
 
 fn mov<const W: u8>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let a = *c.w.r(i.s[0]);
-    blend(c.w.rw(i.d[0]), m, |l| mask(a[l], W));
+    lanewise(c.w, i.d[0], [i.s[0]], m, |_, [a]| mask(a, W));
     Ok(())
 }
 
@@ -635,9 +626,10 @@ pub fn pred_logic_op(op: &str) -> Option<Exec> {
 fn pack(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
     let n = i.imm as usize;
     let w = i.aux as u8;
-    let srcs: Vec<[u64; 32]> = (0..n).map(|k| *c.w.r(i.s[k])).collect();
-    blend(c.w.rw(i.d[0]), m, |l| {
-        srcs.iter().enumerate().fold(0, |acc, (k, s)| acc | mask(s[l], w) << (k as u32 * w as u32))
+    // Unused element slots (NONE) read the first element's register instead.
+    let s = i.s.map(|x| if x == NONE { i.s[0] } else { x });
+    lanewise(c.w, i.d[0], [s[0], s[1], s[2], s[3]], m, |_, v| {
+        v[..n].iter().enumerate().fold(0, |acc, (k, &x)| acc | mask(x, w) << (k as u32 * w as u32))
     });
     Ok(())
 }
@@ -675,9 +667,8 @@ fn cvt_int<const DW: u8, const DS: bool, const SW: u8, const SS: bool, const SAT
     i: &Inst,
     m: u32,
 ) -> R {
-    let a = *c.w.r(i.s[0]);
-    blend(c.w.rw(i.d[0]), m, |l| {
-        let v: i128 = if SS { sx(a[l], SW) as i128 } else { mask(a[l], SW) as i128 };
+    lanewise(c.w, i.d[0], [i.s[0]], m, |_, [a]| {
+        let v: i128 = if SS { sx(a, SW) as i128 } else { mask(a, SW) as i128 };
         let v = if SAT {
             let (lo, hi): (i128, i128) =
                 if DS { (-(1i128 << (DW - 1)), (1i128 << (DW - 1)) - 1) } else { (0, (1i128 << DW) - 1) };

@@ -11,7 +11,7 @@
 use super::alu::{
     mask, sx, B_AND, B_NONE, B_OR, B_XOR, EQ, EQU, GE, GEU, GT, GTU, LE, LEU, LT, LTU, NAN, NE, NEU, NUM,
 };
-use super::{blend, Core};
+use super::{lanewise, Core};
 use crate::error::Fault;
 use crate::ir::Exec;
 use crate::ir::Inst;
@@ -312,9 +312,8 @@ fn fbin32<const OP: u8, const RND: u8, const FTZ: bool, const SAT: bool>(
     i: &Inst,
     m: u32,
 ) -> R {
-    let (a, b) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]));
-    blend(c.w.rw(i.d[0]), m, |l| {
-        let (mut x, mut y) = (f32::from_bits(a[l] as u32), f32::from_bits(b[l] as u32));
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1]], m, |_, [a, b]| {
+        let (mut x, mut y) = (f32::from_bits(a as u32), f32::from_bits(b as u32));
         if FTZ {
             x = ftz32(x);
             y = ftz32(y);
@@ -384,9 +383,9 @@ fn fma32_op<const RND: u8>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+#[inline(always)]
 fn fma32<const RND: u8, const FTZ: bool, const SAT: bool>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let (a, b, cc) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]), *c.w.r(i.s[2]));
-    blend(c.w.rw(i.d[0]), m, |l| {
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1], i.s[2]], m, |_, [a, b, cc]| {
         let f = |v: u64| {
             let x = f32::from_bits(v as u32);
             if FTZ {
@@ -395,7 +394,7 @@ fn fma32<const RND: u8, const FTZ: bool, const SAT: bool>(c: &mut Core<'_>, i: &
                 x
             }
         };
-        let mut r = fma32_op::<RND>(f(a[l]), f(b[l]), f(cc[l]));
+        let mut r = fma32_op::<RND>(f(a), f(b), f(cc));
         if FTZ {
             r = ftz32(r);
         }
@@ -407,7 +406,31 @@ fn fma32<const RND: u8, const FTZ: bool, const SAT: bool>(c: &mut Core<'_>, i: &
     Ok(())
 }
 
+/// fma.rn.f32 compiled with the FMA instruction set: without it `mul_add` is a
+/// library call per lane, the emulator's single hottest cost (fma.rn.f32 is the
+/// most frequent instruction in our PTX). Same semantics: both are IEEE fma.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn fma32_rn_fma<const FTZ: bool, const SAT: bool>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
+    fma32::<RN, FTZ, SAT>(c, i, m)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn fma32_rn_hw<const FTZ: bool, const SAT: bool>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
+    // SAFETY: chosen only where the CPU has FMA (`f32_fma`).
+    unsafe { fma32_rn_fma::<FTZ, SAT>(c, i, m) }
+}
+
 pub fn f32_fma(rnd: u8, ftz: bool, sat: bool) -> Exec {
+    #[cfg(target_arch = "x86_64")]
+    if rnd == RN && std::arch::is_x86_feature_detected!("fma") {
+        return match (ftz, sat) {
+            (false, false) => fma32_rn_hw::<false, false>,
+            (true, false) => fma32_rn_hw::<true, false>,
+            (false, true) => fma32_rn_hw::<false, true>,
+            (true, true) => fma32_rn_hw::<true, true>,
+        };
+    }
     macro_rules! mods {
         ($rnd:expr) => {
             match (ftz, sat) {
@@ -475,9 +498,8 @@ fn f32_un<const OP: u8, const RND: u8>(a: f32) -> f32 {
 }
 
 fn fun32<const OP: u8, const RND: u8, const FTZ: bool>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let a = *c.w.r(i.s[0]);
-    blend(c.w.rw(i.d[0]), m, |l| {
-        let mut x = f32::from_bits(a[l] as u32);
+    lanewise(c.w, i.d[0], [i.s[0]], m, |_, [a]| {
+        let mut x = f32::from_bits(a as u32);
         if FTZ {
             x = ftz32(x);
         }
@@ -587,8 +609,9 @@ fn f64_bin<const OP: u8, const RND: u8>(a: f64, b: f64) -> f64 {
 }
 
 fn fbin64<const OP: u8, const RND: u8>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let (a, b) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]));
-    blend(c.w.rw(i.d[0]), m, |l| f64_bin::<OP, RND>(f64::from_bits(a[l]), f64::from_bits(b[l])).to_bits());
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1]], m, |_, [a, b]| {
+        f64_bin::<OP, RND>(f64::from_bits(a), f64::from_bits(b)).to_bits()
+    });
     Ok(())
 }
 
@@ -616,9 +639,8 @@ pub fn f64_binary(op: &str, rnd: u8) -> Option<Exec> {
 }
 
 fn fma64(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let (a, b, cc) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]), *c.w.r(i.s[2]));
-    blend(c.w.rw(i.d[0]), m, |l| {
-        f64::from_bits(a[l]).mul_add(f64::from_bits(b[l]), f64::from_bits(cc[l])).to_bits()
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1], i.s[2]], m, |_, [a, b, cc]| {
+        f64::from_bits(a).mul_add(f64::from_bits(b), f64::from_bits(cc)).to_bits()
     });
     Ok(())
 }
@@ -664,8 +686,7 @@ fn f64_un<const OP: u8, const RND: u8>(a: f64) -> f64 {
 }
 
 fn fun64<const OP: u8, const RND: u8>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let a = *c.w.r(i.s[0]);
-    blend(c.w.rw(i.d[0]), m, |l| f64_un::<OP, RND>(f64::from_bits(a[l])).to_bits());
+    lanewise(c.w, i.d[0], [i.s[0]], m, |_, [a]| f64_un::<OP, RND>(f64::from_bits(a)).to_bits());
     Ok(())
 }
 
@@ -935,9 +956,7 @@ fn cvt_f<
     i: &Inst,
     m: u32,
 ) -> R {
-    let a = *c.w.r(i.s[0]);
-    blend(c.w.rw(i.d[0]), m, |l| {
-        let v = a[l];
+    lanewise(c.w, i.d[0], [i.s[0]], m, |_, [v]| {
         match (SK, DK) {
             (K_U | K_S, _) => {
                 // Integer to float: rounded once, from the exact integer, to the
@@ -1092,10 +1111,9 @@ pub fn cvt_float(
 
 /// cvt.rn.bf16x2.f32 d, a, b / cvt.rn.f16x2.f32: a in the upper half, b in the lower.
 fn cvt_x2<const BF: bool, const RND: u8>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
-    let (a, b) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]));
-    blend(c.w.rw(i.d[0]), m, |l| {
-        let hi = to_half(f32::from_bits(a[l] as u32) as f64, BF, RND) as u64;
-        let lo = to_half(f32::from_bits(b[l] as u32) as f64, BF, RND) as u64;
+    lanewise(c.w, i.d[0], [i.s[0], i.s[1]], m, |_, [a, b]| {
+        let hi = to_half(f32::from_bits(a as u32) as f64, BF, RND) as u64;
+        let lo = to_half(f32::from_bits(b as u32) as f64, BF, RND) as u64;
         hi << 16 | lo
     });
     Ok(())

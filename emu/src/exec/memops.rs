@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use super::{lanes, AsyncCopy, Block, Core};
 use crate::error::{Fault, FaultKind};
 use crate::ir::{Exec, Inst, NONE};
-use crate::mem::View;
+use crate::mem::{Alloc, View};
 
 type R = Result<(), Fault>;
 
@@ -342,9 +342,16 @@ fn ld<const SP: u8, const SIZE: usize, const N: usize, const SIGN: bool>(
     m: u32,
 ) -> R {
     let a = *c.w.r(i.s[0]);
+    let mut hit: Option<(&Alloc, u64)> = None;
     for l in lanes(m) {
         let addr = a[l].wrapping_add(i.imm as u64);
-        let v = read_lane::<SP, SIZE, N>(c, addr, l)?;
+        let v = match SP {
+            GLOBAL => match fast_global::<SIZE, N>(c, &mut hit, addr, false) {
+                Some(v) => v,
+                None => read_lane::<SP, SIZE, N>(c, addr, l)?,
+            },
+            _ => read_lane::<SP, SIZE, N>(c, addr, l)?,
+        };
         for k in 0..N {
             if i.d[k] != NONE {
                 let x = if SIGN { super::alu::sx(v[k], (SIZE * 8) as u8) as u64 } else { v[k] };
@@ -355,12 +362,72 @@ fn ld<const SP: u8, const SIZE: usize, const N: usize, const SIGN: bool>(
     Ok(())
 }
 
+/// A global access the fast way: aligned and inside the allocation the previous
+/// lane used (a warp's accesses usually are), for a load its bytes written; the
+/// loaded values, or zeros for a store (`write`). None sends the lane down the full
+/// path, which finds its allocation or reports exactly what is wrong.
+#[inline(always)]
+fn fast_global<'m, const SIZE: usize, const N: usize>(
+    c: &Core<'m>,
+    hit: &mut Option<(&'m Alloc, u64)>,
+    addr: u64,
+    write: bool,
+) -> Option<[u64; N]> {
+    let len = SIZE * N;
+    if addr % len as u64 != 0 {
+        return None;
+    }
+    let (a, base) = match *hit {
+        Some(h) => h,
+        None => {
+            let (a, off) = c.l.mem.find(addr, len).ok()?;
+            *hit = Some((a, addr - off as u64));
+            (a, addr - off as u64)
+        }
+    };
+    let off = addr.wrapping_sub(base);
+    if off.checked_add(len as u64).is_none_or(|e| e > a.bytes as u64) {
+        *hit = None;
+        return None;
+    }
+    let off = off as usize;
+    if write {
+        return Some([0; N]);
+    }
+    if c.l.checks && a.first_unwritten(off, len).is_some() {
+        return None;
+    }
+    let p = a.ptr(off);
+    // SAFETY: [off, off+len) is inside the allocation (checked above).
+    Some(std::array::from_fn(|k| unsafe {
+        let q = p.add(k * SIZE);
+        match SIZE {
+            1 => *q as u64,
+            2 => (q as *const u16).read_unaligned() as u64,
+            4 => (q as *const u32).read_unaligned() as u64,
+            _ => (q as *const u64).read_unaligned(),
+        }
+    }))
+}
+
 fn st<const SP: u8, const SIZE: usize, const N: usize>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
     let a = *c.w.r(i.s[0]);
     let vals: [[u64; 32]; N] = std::array::from_fn(|k| *c.w.r(i.s[1 + k]));
+    let mut hit: Option<(&Alloc, u64)> = None;
     for l in lanes(m) {
         let addr = a[l].wrapping_add(i.imm as u64);
         let v: [u64; N] = std::array::from_fn(|k| vals[k][l]);
+        if SP == GLOBAL && fast_global::<SIZE, N>(c, &mut hit, addr, true).is_some() {
+            let (al, base) = hit.expect("set by fast_global");
+            let off = (addr - base) as usize;
+            let p = al.ptr(off);
+            for (k, x) in v.iter().enumerate() {
+                // SAFETY: inside the allocation (fast_global checked the range).
+                unsafe { std::ptr::copy_nonoverlapping(x.to_le_bytes().as_ptr(), p.add(k * SIZE), SIZE) };
+            }
+            al.mark(off, SIZE * N);
+            continue;
+        }
         write_lane::<SP, SIZE, N>(c, addr, l, v)?;
     }
     Ok(())

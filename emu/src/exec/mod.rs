@@ -47,12 +47,15 @@ pub struct Options {
     pub budget: u64,
     /// Host threads for the blocks of a grid.
     pub threads: usize,
+    /// Count active lanes per instruction (Stats::lane_instructions): off by
+    /// default, a popcount per instruction is a measurable share of the run time.
+    pub counters: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Options { checks: true, budget: 1 << 28, threads }
+        Options { checks: true, budget: 1 << 28, threads, counters: false }
     }
 }
 
@@ -88,9 +91,11 @@ pub struct Warp {
     pub parked: u32,
     pub at_bar: u32,
     pub exited: u32,
+    /// Where each lane that is not ready stands (parked, at a barrier, exited).
     pc: [u32; 32],
-    /// Some(pc) when every ready lane is at pc (then `pc[]` is stale for them).
-    conv: Option<u32>,
+    /// The ready lanes by pc, ascending, one entry per pc: most of the time a
+    /// single group, so finding the lanes to run is a look at the first entry.
+    groups: Vec<(u32, u32)>,
     depth: [u8; 32],
     /// Lanes inside a call (depth > 0).
     in_call: u32,
@@ -123,7 +128,7 @@ impl Warp {
             at_bar: 0,
             exited: 0,
             pc: [0; 32],
-            conv: None,
+            groups: Vec::with_capacity(32),
             depth: [0; 32],
             in_call: 0,
             stack: [[(0, 0); MAX_CALL_DEPTH]; 32],
@@ -154,18 +159,34 @@ impl Warp {
 
     /// The pc of one lane.
     pub fn lane_pc(&self, l: usize) -> u32 {
-        match self.conv {
-            Some(pc) if self.ready >> l & 1 != 0 => pc,
-            _ => self.pc[l],
+        if self.ready >> l & 1 != 0 {
+            if let Some(g) = self.groups.iter().find(|g| g.1 >> l & 1 != 0) {
+                return g.0;
+            }
+        }
+        self.pc[l]
+    }
+
+    /// Adds ready lanes (in no group yet) at `pc`, merging with the lanes there.
+    #[inline]
+    fn insert(&mut self, pc: u32, mask: u32) {
+        match self.groups.binary_search_by_key(&pc, |g| g.0) {
+            Ok(i) => self.groups[i].1 |= mask,
+            Err(i) => self.groups.insert(i, (pc, mask)),
         }
     }
 
-    fn materialize(&mut self) {
-        if let Some(c) = self.conv.take() {
-            for l in lanes(self.ready) {
-                self.pc[l] = c;
-            }
+    /// Takes lanes out of their groups.
+    #[inline]
+    fn remove(&mut self, mask: u32) {
+        if let Some(i) = self.groups.iter().position(|g| g.1 == mask) {
+            self.groups.remove(i);
+            return;
         }
+        for g in self.groups.iter_mut() {
+            g.1 &= !mask;
+        }
+        self.groups.retain(|g| g.1 != 0);
     }
 
     /// The lanes to run next: those at the lowest pc, where a lane inside a call
@@ -173,59 +194,53 @@ impl Warp {
     /// for nothing and the others wait for them just after the call (they meet again
     /// there instead of running the rest of the kernel twice).
     fn select(&mut self) -> (u32, u32) {
-        if let Some(pc) = self.conv {
-            return (pc, self.ready);
-        }
         if self.in_call & self.ready == 0 {
-            let (mut best, mut m) = (u32::MAX, 0u32);
-            for l in lanes(self.ready) {
-                let p = self.pc[l];
-                if p < best {
-                    (best, m) = (p, 1 << l);
-                } else if p == best {
-                    m |= 1 << l;
-                }
-            }
-            if m == self.ready {
-                self.conv = Some(best);
-            }
-            return (best, m);
+            return self.groups[0];
         }
-        let (mut best, mut key, mut m) = (u32::MAX, u64::MAX, 0u32);
-        for l in lanes(self.ready) {
-            let p = self.pc[l];
-            if p == best {
-                m |= 1 << l;
-                continue;
-            }
-            let site = if self.depth[l] == 0 { p } else { self.stack[l][0].0 - 1 };
-            let k = (site as u64) << 32 | p as u64;
-            if k < key {
-                (best, key, m) = (p, k, 1 << l);
-            }
-        }
-        if m == self.ready {
-            self.conv = Some(best);
-        }
-        (best, m)
+        let key = |w: &Warp, (p, m): (u32, u32)| {
+            lanes(m)
+                .map(|l| {
+                    let site = if w.depth[l] == 0 { p } else { w.stack[l][0].0 - 1 };
+                    (site as u64) << 32 | p as u64
+                })
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        *self.groups.iter().min_by_key(|&&g| key(self, g)).expect("ready lanes")
     }
 
     /// Moves ready lanes in `mask` to `pc`.
-    #[inline]
+    #[inline(always)]
     fn set_pc(&mut self, mask: u32, pc: u32) {
         if mask == 0 {
             return;
         }
-        if self.conv.is_some() {
-            if mask == self.ready {
-                self.conv = Some(pc);
+        // A converged warp: one group, moving on together.
+        if let [g] = self.groups.as_mut_slice() {
+            if g.1 == mask {
+                g.0 = pc;
                 return;
             }
-            self.materialize();
         }
-        for l in lanes(mask) {
-            self.pc[l] = pc;
+        self.set_pc_slow(mask, pc);
+    }
+
+    #[inline(never)]
+    fn set_pc_slow(&mut self, mask: u32, pc: u32) {
+        // The usual case: one whole group moves on (the next instruction, or a
+        // uniform branch), in place when it keeps its rank.
+        if let Some(i) = self.groups.iter().position(|g| g.1 == mask) {
+            let before = i == 0 || self.groups[i - 1].0 < pc;
+            let after = i + 1 == self.groups.len() || self.groups[i + 1].0 > pc;
+            if before && after {
+                self.groups[i].0 = pc;
+                return;
+            }
+            self.groups.remove(i);
+        } else {
+            self.remove(mask);
         }
+        self.insert(pc, mask);
     }
 
     /// Takes ready lanes out of the running set, remembering where they stand.
@@ -236,10 +251,8 @@ impl Warp {
         for l in lanes(mask) {
             self.pc[l] = pc;
         }
+        self.remove(mask);
         self.ready &= !mask;
-        if self.ready == 0 {
-            self.conv = None;
-        }
     }
 
     /// Puts stopped lanes (all at `pc`) back into the running set.
@@ -247,14 +260,7 @@ impl Warp {
         if mask == 0 {
             return;
         }
-        if self.ready == 0 {
-            self.conv = Some(pc);
-        } else if self.conv != Some(pc) {
-            self.materialize();
-            for l in lanes(mask) {
-                self.pc[l] = pc;
-            }
-        }
+        self.insert(pc, mask);
         self.ready |= mask;
     }
 }
@@ -288,6 +294,7 @@ pub struct Launch<'a> {
     pub checks: bool,
     /// Warp instructions a block may execute (Options::budget).
     pub budget: u64,
+    pub counters: bool,
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub dyn_smem: u32,
@@ -332,7 +339,10 @@ impl Launch<'_> {
             w.parked = 0;
             w.at_bar = 0;
             w.exited = !live;
-            w.conv = Some(0);
+            w.groups.clear();
+            if live != 0 {
+                w.groups.push((0, live));
+            }
             w.depth = [0; 32];
             w.in_call = 0;
             // Copies never waited for land in the shared memory of a block that has
@@ -343,19 +353,30 @@ impl Launch<'_> {
                 }
             }
             w.committed = [0; 32];
+            // Only the block index changes between blocks (`fill_specials` set the rest).
             for &(slot, sp) in &self.prog.specials {
-                let r = &mut w.regs[slot as usize];
-                for (l, v) in r.iter_mut().enumerate() {
-                    let t = thread_of(first + l as u32, self.block);
-                    *v = match sp {
-                        Special::Tid(k) => t[k as usize],
-                        Special::Ntid(k) => self.block[k as usize],
-                        Special::Ctaid(k) => ctaid[k as usize],
-                        Special::Nctaid(k) => self.grid[k as usize],
-                        Special::LaneId => l as u32,
-                        Special::WarpId => w.id,
-                    } as u64;
+                if let Special::Ctaid(k) = sp {
+                    w.regs[slot as usize] = [ctaid[k as usize] as u64; 32];
                 }
+            }
+        }
+    }
+
+    /// The special registers that stay the same for every block of the launch.
+    fn fill_specials(&self, w: &mut Warp) {
+        let first = w.id * 32;
+        for &(slot, sp) in &self.prog.specials {
+            let r = &mut w.regs[slot as usize];
+            for (l, v) in r.iter_mut().enumerate() {
+                let t = thread_of(first + l as u32, self.block);
+                *v = match sp {
+                    Special::Tid(k) => t[k as usize],
+                    Special::Ntid(k) => self.block[k as usize],
+                    Special::Ctaid(_) => 0,
+                    Special::Nctaid(k) => self.grid[k as usize],
+                    Special::LaneId => l as u32,
+                    Special::WarpId => w.id,
+                } as u64;
             }
         }
     }
@@ -380,6 +401,40 @@ impl Launch<'_> {
     ) -> Result<(), Raised> {
         let prog = self.prog;
         while w.ready != 0 {
+            // A converged warp runs straight-line code without the scheduler's
+            // bookkeeping per instruction: only control and warp-wide instructions
+            // (or the budget) stop the run.
+            if let [(start, group)] = w.groups[..] {
+                let (mut pc, mut n) = (start, 0u64);
+                while n < *budget {
+                    let inst = &prog.insts[pc as usize];
+                    if inst.ctrl != Ctrl::Op {
+                        break;
+                    }
+                    let gm = match inst.guard {
+                        None => group,
+                        Some((p, neg)) => {
+                            let pm = w.preds[p as usize];
+                            group & if neg { !pm } else { pm }
+                        }
+                    };
+                    if self.counters {
+                        w.lane_ops += gm.count_ones() as u64;
+                    }
+                    if gm != 0 {
+                        let mut core = Core { w: &mut *w, b: &mut *b, l: self };
+                        if let Err(f) = (inst.exec)(&mut core, inst, gm) {
+                            w.groups[0].0 = pc;
+                            return Err(raise(f, pc, w));
+                        }
+                    }
+                    pc += 1;
+                    n += 1;
+                }
+                w.groups[0].0 = pc;
+                w.executed += n;
+                *budget -= n;
+            }
             let (pc, group) = w.select();
             let Some(inst) = prog.insts.get(pc as usize) else {
                 let f = Fault::new(FaultKind::Invalid, "execution ran past the end of the function");
@@ -401,7 +456,9 @@ impl Launch<'_> {
                     group & if neg { !pm } else { pm }
                 }
             };
-            w.lane_ops += gm.count_ones() as u64;
+            if self.counters {
+                w.lane_ops += gm.count_ones() as u64;
+            }
             match inst.ctrl {
                 Ctrl::Op => {
                     if gm != 0 {
@@ -803,6 +860,7 @@ pub fn launch(
         mem,
         checks: opts.checks,
         budget: opts.budget,
+        counters: opts.counters,
         grid: cfg.grid,
         block: cfg.block,
         dyn_smem: cfg.dyn_smem,
@@ -824,6 +882,9 @@ pub fn launch(
             ctaid: [0; 3],
         };
         let mut warps: Vec<Warp> = (0..nwarps as u32).map(|i| Warp::new(prog, i)).collect();
+        for w in warps.iter_mut() {
+            l.fill_specials(w);
+        }
         loop {
             if abort.load(Ordering::Relaxed) {
                 break;
@@ -875,16 +936,32 @@ pub fn launch(
     })
 }
 
-/// Helper for exec functions: computes `f` for every lane, keeps lanes outside `m`.
+/// d = f(lane, sources) for the lanes in `m`: the lane-wise core of most exec
+/// functions. Registers are read and written in place through raw pointers (no
+/// copy of a 256-byte register array per operand); each lane reads all its
+/// sources before writing its destination, so the destination may be a source.
 #[inline(always)]
-pub fn blend(d: &mut [u64; 32], m: u32, f: impl Fn(usize) -> u64) {
-    if m == FULL {
-        for (l, v) in d.iter_mut().enumerate() {
-            *v = f(l);
-        }
-    } else {
-        for l in lanes(m) {
-            d[l] = f(l);
+pub fn lanewise<const N: usize>(w: &mut Warp, d: u32, srcs: [u32; N], m: u32, f: impl Fn(usize, [u64; N]) -> u64) {
+    let n = w.regs.len();
+    debug_assert!((d as usize) < n && srcs.iter().all(|&s| (s as usize) < n));
+    let base = w.regs.as_mut_ptr() as *mut u64;
+    // SAFETY: decode gives every operand a slot below nregs, so each pointer is to
+    // the 32 lanes of a live register; only raw pointers touch them here.
+    unsafe {
+        let ptrs: [*const u64; N] = srcs.map(|s| base.add(s as usize * 32) as *const u64);
+        let pd = base.add(d as usize * 32);
+        let one = |l: usize| {
+            let v = f(l, ptrs.map(|p| *p.add(l)));
+            *pd.add(l) = v;
+        };
+        if m == FULL {
+            for l in 0..32 {
+                one(l);
+            }
+        } else {
+            for l in lanes(m) {
+                one(l);
+            }
         }
     }
 }
