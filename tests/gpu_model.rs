@@ -167,7 +167,10 @@ fn smollm2_greedy_matches_cpu() {
                 want[agree],
                 gaps[agree]
             );
-            eprintln!("{label:?}: token {agree} is a near tie on the CPU (gap {:.1e}); teacher-forcing from there", gaps[agree]);
+            eprintln!(
+                "{label:?}: token {agree} is a near tie on the CPU (gap {:.1e}); teacher-forcing from there",
+                gaps[agree]
+            );
         }
         // Teacher-forced on the CPU's tokens: every position off a near tie agrees.
         let seq: Vec<u32> = prompt.iter().chain(&want[..N - 1]).copied().collect();
@@ -175,7 +178,10 @@ fn smollm2_greedy_matches_cpu() {
         for (i, (&w, &gap)) in want.iter().zip(&gaps).enumerate() {
             let row = &logits[(prompt.len() - 1 + i) * vocab..][..vocab];
             let g = argmax(row) as u32;
-            assert!(g == w || gap < 1e-3, "{label:?}: teacher-forced position {i}: CUDA {g}, CPU {w} (gap {gap})");
+            assert!(
+                g == w || gap < 1e-3,
+                "{label:?}: teacher-forced position {i}: CUDA {g}, CPU {w} (gap {gap})"
+            );
         }
         eprintln!("{label:?}: {agree}/{N} greedy tokens equal, then teacher-forced to {N}");
     }

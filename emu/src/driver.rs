@@ -1020,8 +1020,59 @@ entry!(cuEventDestroy_v2(e: usize) {
     }
 });
 
-entry!(cuProfilerStart() { SUCCESS });
-entry!(cuProfilerStop() { SUCCESS });
+// No profiler to start; with PIMOE_EMU_TRACE the capture's bounds show in the trace,
+// so a test can check what a profiler would capture.
+entry!(cuProfilerStart() {
+    if trace_on() {
+        eprintln!("pimoe-emu: profiler start");
+    }
+    SUCCESS
+});
+entry!(cuProfilerStop() {
+    if trace_on() {
+        eprintln!("pimoe-emu: profiler stop");
+    }
+    SUCCESS
+});
+
+thread_local! {
+    static RANGES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// NVTX's range API (nvToolsExt), for programs that mark their phases: the
+/// emulator keeps each thread's range stack and, with PIMOE_EMU_TRACE, prints
+/// every push and pop, so a trace reads like an Nsight timeline. Returns the
+/// depth of the new range, as NVTX does.
+#[no_mangle]
+pub unsafe extern "C" fn nvtxRangePushA(message: *const c_char) -> c_int {
+    let name = if message.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(message).to_string_lossy().into_owned()
+    };
+    if trace_on() {
+        eprintln!("pimoe-emu: range push {name}");
+    }
+    RANGES.with(|r| {
+        let mut r = r.borrow_mut();
+        r.push(name);
+        r.len() as c_int - 1
+    })
+}
+
+/// Ends the newest range; -1 when none is open, as NVTX does.
+#[no_mangle]
+pub extern "C" fn nvtxRangePop() -> c_int {
+    RANGES.with(|r| match r.borrow_mut().pop() {
+        Some(name) => {
+            if trace_on() {
+                eprintln!("pimoe-emu: range pop {name}");
+            }
+            0
+        }
+        None => -1,
+    })
+}
 
 entry!(cuGetErrorName(code: CUresult, s: *mut *const c_char) {
     static NAMES: OnceLock<Mutex<HashMap<CUresult, usize>>> = OnceLock::new();

@@ -9,7 +9,6 @@ use pimoe_emu::session::{Arg, Session};
 use pimoe_emu::{FaultKind, LoadError};
 use support::*;
 
-
 /// `%r4` = &sm[tid], `%r7` = &sm[lane] (u32 elements of a 256-byte `sm`).
 const SHARED: &str = "\
 \t.shared .align 16 .b8 sm[256];

@@ -11,7 +11,6 @@ use std::ptr::{null, null_mut};
 use pimoe_emu::driver::*;
 use support::*;
 
-
 /// Kernels the tests share: an unguarded store (out of bounds past the buffer),
 /// its guarded twin, a misaligned load, a shared-memory race, p0[tid] += 1, and a
 /// store into dynamic shared memory.

@@ -211,6 +211,10 @@ impl<B: Backend> Llm<B> {
         let plan = self.plan(b, chunks)?;
         plan.check_params(params.len())?;
         let flat: Vec<f32> = params.iter().flatten().copied().collect();
+        // The profiler's names for a model step, as in forward_sample (tests/profile.rs
+        // found this path, the one a PiMoE scheduler takes, without them).
+        let decode = chunks.iter().all(|c| c.tokens.len() == 1 && c.logits == Logits::Last);
+        b.push_range(if decode { "decode step" } else { "prefill step" });
         let out = b.step(|| {
             let run = self.run(b, cache, &plan, want_hidden, gate);
             let tokens = run.logits.map(|l| {
@@ -224,6 +228,7 @@ impl<B: Backend> Llm<B> {
                 gate: run.gate.map(|g| b.to_host(&g)).unwrap_or_default(),
             }
         });
+        b.pop_range();
         b.check()?;
         Ok(out)
     }

@@ -941,7 +941,13 @@ pub fn launch(
 /// copy of a 256-byte register array per operand); each lane reads all its
 /// sources before writing its destination, so the destination may be a source.
 #[inline(always)]
-pub fn lanewise<const N: usize>(w: &mut Warp, d: u32, srcs: [u32; N], m: u32, f: impl Fn(usize, [u64; N]) -> u64) {
+pub fn lanewise<const N: usize>(
+    w: &mut Warp,
+    d: u32,
+    srcs: [u32; N],
+    m: u32,
+    f: impl Fn(usize, [u64; N]) -> u64,
+) {
     let n = w.regs.len();
     debug_assert!((d as usize) < n && srcs.iter().all(|&s| (s as usize) < n));
     let base = w.regs.as_mut_ptr() as *mut u64;

@@ -60,12 +60,14 @@ pub fn select(kind: DriverKind) -> Result<()> {
     let mut choice = CHOICE.lock().unwrap_or_else(|e| e.into_inner());
     match *choice {
         Some(k) if k == kind => return Ok(()),
-        Some(k) => return Err(Error::Device(format!(
+        Some(k) => {
+            return Err(Error::Device(format!(
             "this process already uses the {}; the {} cannot be loaded beside it (choose one per process, \
                  e.g. PIMOE_CUDA=emu before the first CUDA call)",
             k.describe(),
             kind.describe()
-        ))),
+        )))
+        }
         None => {}
     }
     match kind {
@@ -103,8 +105,26 @@ fn load_emulator() -> Result<()> {
         return Err(Error::Device(format!("{} is not the pimoe PTX emulator", path.display())));
     }
     // Loaded for the life of the process: cudarc finds it by soname from now on.
-    std::mem::forget(lib);
+    let _ = EMULATOR.set(lib);
     Ok(())
+}
+
+/// The emulator library, once loaded.
+static EMULATOR: std::sync::OnceLock<libloading::Library> = std::sync::OnceLock::new();
+
+pub type RangePush = unsafe extern "C" fn(*const std::ffi::c_char) -> std::ffi::c_int;
+pub type RangePop = unsafe extern "C" fn() -> std::ffi::c_int;
+
+/// The emulator's NVTX range functions: on the emulator, ranges go to its trace
+/// (PIMOE_EMU_TRACE) the way they go to Nsight on a GPU.
+pub fn emulator_nvtx() -> Option<(RangePush, RangePop)> {
+    let lib = EMULATOR.get()?;
+    // SAFETY: the emulator exports both with these C signatures (emu/src/driver.rs).
+    unsafe {
+        let push = lib.get::<RangePush>(b"nvtxRangePushA\0").ok()?;
+        let pop = lib.get::<RangePop>(b"nvtxRangePop\0").ok()?;
+        Some((*push, *pop))
+    }
 }
 
 const LIB: &str = "libpimoe_emu.so";

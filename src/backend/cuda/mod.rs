@@ -310,6 +310,14 @@ enum Mode {
     },
 }
 
+/// Where NVTX ranges go: libnvToolsExt (to Nsight), the emulator's trace, or nowhere.
+#[derive(Clone, Copy)]
+enum Nvtx {
+    None,
+    Library,
+    Emulator(driver::RangePush, driver::RangePop),
+}
+
 /// Captures or replays that may fail for a key before it stays eager.
 const GRAPH_ATTEMPTS: u8 = 3;
 
@@ -355,7 +363,7 @@ pub struct CudaBackend {
     error: Mutex<Option<String>>,
     /// Decode steps as CUDA graphs (default on; PIMOE_CUDA_GRAPHS=0 turns them off).
     graphs_on: AtomicBool,
-    nvtx: bool,
+    nvtx: Nvtx,
     pub device_name: String,
     pub compute_capability: (i32, i32),
     pub driver: DriverKind,
@@ -410,8 +418,12 @@ impl CudaBackend {
                 compute_capability.0, compute_capability.1
             )));
         }
-        // SAFETY: dlopen only.
-        let nvtx = unsafe { cudarc::nvtx::sys::is_culib_present() };
+        let nvtx = match (kind, driver::emulator_nvtx()) {
+            (DriverKind::Emulator, Some((push, pop))) => Nvtx::Emulator(push, pop),
+            // SAFETY: dlopen only.
+            _ if unsafe { cudarc::nvtx::sys::is_culib_present() } => Nvtx::Library,
+            _ => Nvtx::None,
+        };
         let backend = CudaBackend {
             ctx,
             stream,
@@ -870,10 +882,17 @@ impl Backend for CudaBackend {
     }
 
     fn push_range(&self, name: &str) {
-        if self.nvtx {
-            if let Ok(c) = std::ffi::CString::new(name) {
-                // SAFETY: the library is present (checked at startup); c is NUL-terminated.
-                unsafe { cudarc::nvtx::sys::nvtxRangePushA(c.as_ptr()) };
+        let Ok(c) = std::ffi::CString::new(name) else { return };
+        // SAFETY: the library is present (checked at startup); c is NUL-terminated.
+        unsafe {
+            match self.nvtx {
+                Nvtx::Library => {
+                    cudarc::nvtx::sys::nvtxRangePushA(c.as_ptr());
+                }
+                Nvtx::Emulator(push, _) => {
+                    push(c.as_ptr());
+                }
+                Nvtx::None => {}
             }
         }
     }
@@ -899,9 +918,17 @@ impl Backend for CudaBackend {
     }
 
     fn pop_range(&self) {
-        if self.nvtx {
-            // SAFETY: as push_range.
-            unsafe { cudarc::nvtx::sys::nvtxRangePop() };
+        // SAFETY: as push_range.
+        unsafe {
+            match self.nvtx {
+                Nvtx::Library => {
+                    cudarc::nvtx::sys::nvtxRangePop();
+                }
+                Nvtx::Emulator(_, pop) => {
+                    pop();
+                }
+                Nvtx::None => {}
+            }
         }
     }
 
