@@ -1,8 +1,10 @@
 //! The C interface from C: tests/c/generate.c is compiled with the system C compiler
 //! (`$CC`, else `cc`), linked against the libpimoe.so and libpimoe.a of this build, and
-//! run on the tiny Qwen2 fixture and on a composition whose expert fires. Every event it
-//! prints must be the one the Rust API gives for the same request, expert inputs and
-//! outputs bit for bit; its error paths must give the right status and message.
+//! run on the tiny Qwen2 fixture, on a composition whose expert fires, and on the CUDA
+//! backend (a GPU, else the PTX emulator) with a random model of the kernels' head size.
+//! Every event it prints must be the one the Rust API gives for the same request on the
+//! same backend, expert inputs and outputs bit for bit; its error paths must give the
+//! right status and message.
 
 mod common;
 
@@ -11,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pimoe::backend::cpu::CpuBackend;
+use pimoe::backend::Backend;
 use pimoe::sampling::SamplingParams;
 use pimoe::scheduler::{Event, Provenance};
 use pimoe::{Engine, Finish, Prompt, Request};
 
-use common::compose::{composition, GOOD};
+use common::compose::{composition, cuda_sized_model, GOOD};
 use common::{fixtures, scratch_dir};
 
 /// The libraries `rustc --print native-static-libs` lists for libpimoe.a on Linux.
@@ -116,7 +119,7 @@ fn parse(line: &str) -> Option<Line> {
 }
 
 /// The lines the Rust API gives for `req` run alone, as request `index`.
-fn expected(engine: &Engine<CpuBackend>, index: usize, req: &Request) -> Vec<Line> {
+fn expected<B: Backend>(engine: &Engine<B>, index: usize, req: &Request) -> Vec<Line> {
     let mut lines = Vec::new();
     engine
         .generate_events(req, |ev| {
@@ -184,9 +187,9 @@ fn lines_of(output: &[Line], req: usize) -> Vec<&Line> {
         .collect()
 }
 
-fn check_run(
+fn check_run<B: Backend>(
     events: &[Line],
-    engine: &Engine<CpuBackend>,
+    engine: &Engine<B>,
     reqs: &[Request],
     cancelled: Option<(usize, usize)>,
 ) {
@@ -228,9 +231,20 @@ fn c_program_generates_with_provenance_and_reports_errors() {
 
     let model = fixtures().join("tiny-qwen2");
     let manifest = composition("c-abi-compose", r#"{ "refractory": 3, "max_firings": 2 }"#);
+    // The CUDA run: a GPU where there is one, else the PTX emulator, in the C program's
+    // process as in this one (common::cuda).
+    let cuda_model = cuda_sized_model("c-abi-cuda-model");
+    let gpu = pimoe::backend::cuda::driver::gpu_driver_present();
+    let cuda_env = |cmd: &mut Command| {
+        if !gpu {
+            cmd.env("PIMOE_CUDA", "emu");
+        }
+    };
     // Cargo's LD_LIBRARY_PATH for tests names target/release, where an older
     // libpimoe.so from `cargo build` may lie; the program must load this build's, by its rpath.
-    let output = run(Command::new(&dynamic).env_remove("LD_LIBRARY_PATH").arg(&model).arg(&manifest));
+    let mut cmd = Command::new(&dynamic);
+    cuda_env(&mut cmd);
+    let output = run(cmd.env_remove("LD_LIBRARY_PATH").arg(&model).arg(&manifest).arg(&cuda_model));
     eprintln!("{output}");
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines[0], format!("version {} abi 1", env!("CARGO_PKG_VERSION")));
@@ -254,11 +268,17 @@ fn c_program_generates_with_provenance_and_reports_errors() {
     assert!(errs["cancel-twice"].1.contains("not running"), "{:?}", errs["cancel-twice"]);
 
     let (_, runs) = output.split_once("run plain\n").expect("no plain run");
-    let (plain_run, composed_run) = runs.split_once("run composition\n").expect("no composition run");
+    let (plain_run, runs) = runs.split_once("run cuda\n").expect("no CUDA run");
+    let (cuda_run, composed_run) = runs.split_once("run composition\n").expect("no composition run");
     let events = |text: &str| text.lines().filter_map(parse).collect::<Vec<Line>>();
 
     let plain = Engine::load(CpuBackend, &model).unwrap();
     check_run(&events(plain_run), &plain, &plain_requests(), Some((2, 2)));
+
+    let device = lines.iter().find_map(|l| l.strip_prefix("cuda device: ")).expect("no CUDA device line");
+    assert!(device.starts_with("device: cuda"), "{device}");
+    let on_cuda = Engine::load(common::cuda("c_program on CUDA"), &cuda_model).unwrap();
+    check_run(&events(cuda_run), &on_cuda, &plain_requests(), Some((2, 2)));
 
     let composed = Engine::load_manifest(CpuBackend, &manifest).unwrap();
     let req = request(Prompt::Raw(GOOD.into()), 40, SamplingParams::default());
@@ -280,7 +300,11 @@ fn c_program_generates_with_provenance_and_reports_errors() {
     let mut link = vec![libs.join("libpimoe.a").display().to_string()];
     link.extend(STATIC_LIBS.iter().map(|s| s.to_string()));
     compile(&cc, &fixed, &link);
-    assert_eq!(run(Command::new(&fixed).arg(&model).arg(&manifest)), output);
+    let mut cmd = Command::new(&fixed);
+    cuda_env(&mut cmd);
+    // Linked in, pimoe cannot find the emulator beside its own library file.
+    let emu_lib = libs.join("libpimoe_emu.so");
+    assert_eq!(run(cmd.env("PIMOE_EMU_LIB", emu_lib).arg(&model).arg(&manifest).arg(&cuda_model)), output);
 }
 
 #[test]

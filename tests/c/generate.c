@@ -174,17 +174,17 @@ static void session_errors(pimoe_engine *engine, pimoe_session *session) {
     expect("null-event", pimoe_session_next(session, NULL), PIMOE_ERR_ARGUMENT);
 }
 
+static void run_plain(const char *model, int device_choice, const char *label);
+
 int main(int argc, char **argv) {
     pimoe_engine *engine;
     pimoe_session *session;
-    pimoe_request req[3];
-    pimoe_limits limits = pimoe_limits_default();
-    uint64_t ids[3];
+    pimoe_request req[1];
+    uint64_t ids[1];
     const char *device;
-    int i;
 
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s MODEL_DIR MANIFEST\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s MODEL_DIR MANIFEST [CUDA_MODEL_DIR]\n", argv[0]);
         return 2;
     }
     printf("version %s abi %u\n", pimoe_version(), pimoe_abi_version());
@@ -199,13 +199,49 @@ int main(int argc, char **argv) {
     printf("auto %s\n", device);
     pimoe_engine_free(engine);
 
-    /* A plain model: three requests in one session; the third is cancelled after two tokens. */
-    MUST(pimoe_engine_load_model(argv[1], PIMOE_DEVICE_CPU, &engine));
+    run_plain(argv[1], PIMOE_DEVICE_CPU, "plain");
+    if (argc == 4) {
+        /* The same on the CUDA backend (a GPU, or the PTX emulator with PIMOE_CUDA=emu). */
+        run_plain(argv[3], PIMOE_DEVICE_CUDA, "cuda");
+    }
+
+    /* A composition whose router fires: the expert's tokens carry its numbers. */
+    MUST(pimoe_engine_load_manifest(argv[2], PIMOE_DEVICE_CPU, &engine));
+    MUST(pimoe_session_new(engine, NULL, &session));
+    req[0] = pimoe_request_default();
+    req[0].prompt = "Solve A = [2, 1, 1, 3] and b = [3, 5] for x.";
+    req[0].max_tokens = 40;
+    MUST(pimoe_session_submit(session, &req[0], &ids[0]));
+    printf("run composition\n");
+    drain(session, ids, 1, -1, 0);
+    pimoe_session_free(session);
+    pimoe_engine_free(engine);
+
+    printf("done %d\n", mismatches);
+    return mismatches == 0 ? 0 : 1;
+}
+
+/* A plain model: three requests in one session; the third is cancelled after two tokens.
+   The session's error paths are tried on the CPU run. */
+static void run_plain(const char *model, int device_choice, const char *label) {
+    pimoe_engine *engine;
+    pimoe_session *session;
+    pimoe_request req[3];
+    pimoe_limits limits = pimoe_limits_default();
+    uint64_t ids[3];
+    const char *device;
+    int i;
+
+    MUST(pimoe_engine_load_model(model, device_choice, &engine));
+    MUST(pimoe_engine_device(engine, &device));
+    printf("%s device: %s\n", label, device);
     limits.max_step_tokens = 64;
     limits.max_running = 4;
     limits.kv_tokens = 256;
     MUST(pimoe_session_new(engine, &limits, &session));
-    session_errors(engine, session);
+    if (device_choice == PIMOE_DEVICE_CPU) {
+        session_errors(engine, session);
+    }
     for (i = 0; i < 3; i++) {
         req[i] = pimoe_request_default();
     }
@@ -226,22 +262,7 @@ int main(int argc, char **argv) {
     }
     /* The engine may go first: the session keeps the model. */
     pimoe_engine_free(engine);
-    printf("run plain\n");
+    printf("run %s\n", label);
     drain(session, ids, 3, 2, 2);
     pimoe_session_free(session);
-
-    /* A composition whose router fires: the expert's tokens carry its numbers. */
-    MUST(pimoe_engine_load_manifest(argv[2], PIMOE_DEVICE_CPU, &engine));
-    MUST(pimoe_session_new(engine, NULL, &session));
-    req[0] = pimoe_request_default();
-    req[0].prompt = "Solve A = [2, 1, 1, 3] and b = [3, 5] for x.";
-    req[0].max_tokens = 40;
-    MUST(pimoe_session_submit(session, &req[0], &ids[0]));
-    printf("run composition\n");
-    drain(session, ids, 1, -1, 0);
-    pimoe_session_free(session);
-    pimoe_engine_free(engine);
-
-    printf("done %d\n", mismatches);
-    return mismatches == 0 ? 0 : 1;
 }

@@ -150,7 +150,8 @@ fn emulator_candidates() -> Vec<PathBuf> {
             out.push(up.join(LIB));
         }
     }
-    out.dedup();
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
     out
 }
 
