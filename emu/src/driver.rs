@@ -1013,6 +1013,8 @@ entry!(cuEventElapsedTime(ms: *mut f32, a: usize, b: usize) {
     }
 });
 
+entry!(cuEventElapsedTime_v2(ms: *mut f32, a: usize, b: usize) { cuEventElapsedTime(ms, a, b) });
+
 entry!(cuEventDestroy_v2(e: usize) {
     match lock(&driver().events).remove(&e) {
         Some(_) => SUCCESS,
@@ -1112,6 +1114,26 @@ macro_rules! unsupported {
 }
 
 unsupported!(
+    cuDestroyExternalMemory,
+    cuDeviceGetDefaultMemPool,
+    cuDeviceGetMemPool,
+    cuDeviceSetMemPool,
+    cuExternalMemoryGetMappedBuffer,
+    cuMemAdvise_v2,
+    cuMemAllocFromPoolAsync,
+    cuMemPoolCreate,
+    cuMemPoolDestroy,
+    cuMemPoolGetAttribute,
+    cuMemPoolSetAttribute,
+    cuMemPoolTrimTo,
+    cuMemPrefetchAsync_v2,
+    cuMemcpyPeerAsync,
+    cuOccupancyAvailableDynamicSMemPerBlock,
+    cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags,
+    cuOccupancyMaxActiveClusters,
+    cuOccupancyMaxPotentialBlockSizeWithFlags,
+    cuOccupancyMaxPotentialClusterSize,
+    cuStreamAttachMemAsync,
     cuCtxCreate_v2,
     cuCtxCreate_v3,
     cuCtxCreate_v4,
