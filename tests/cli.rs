@@ -181,3 +181,30 @@ fn train_fits_an_expert_and_refuses_flags_of_another_kind() {
     ]);
     assert_clean_failure(&out, "--inner does not apply to --kind piern");
 }
+
+/// Decode steps are replayed as CUDA graphs, not just captured: with greedy decoding
+/// the first decode step runs eagerly, the second is captured, and every later one
+/// must replay the graph. Read from the PTX emulator's trace (`--device emu` on any
+/// machine); a replay that silently fell back to eager launches each time (as it did
+/// once: the pool handed a step's index buffers out in changing order) fails here.
+#[test]
+fn decode_steps_replay_their_graph() {
+    let model = common::compose::cuda_sized_model("cli-graphs");
+    let out = Command::new(env!("CARGO_BIN_EXE_pimoe"))
+        .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "one"])
+        .args(["--max-tokens", "12", "--device", "emu"])
+        .env("PIMOE_EMU_TRACE", "1")
+        .output()
+        .expect("run pimoe");
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{}", &err[err.len().saturating_sub(3000)..]);
+    let graphs = err.lines().filter(|l| l.starts_with("pimoe-emu: graph launch")).count();
+    // 12 tokens: the prefill gives the first, then 11 decode steps (1 eager, 1
+    // captured and launched, 9 replayed), unless generation stopped early. The short
+    // prompt keeps the whole sequence in one 16-token KV block: a second block is a
+    // new step shape, with its own warm-up and capture.
+    let decoded = err.lines().find_map(|l| l.split("decode: ").nth(1)).expect("no timing line");
+    let n: usize = decoded.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(n >= 3, "too few tokens to test replay: {decoded}");
+    assert_eq!(graphs, n - 2, "graph launches for {n} decoded tokens");
+}
