@@ -9,6 +9,7 @@ use pimoe::backend::Backend;
 use pimoe::llm::{Llm, Logits, SeqChunk};
 use pimoe::model::fetch;
 use pimoe::sampling::argmax;
+use pimoe::scheduler::Provenance;
 use pimoe::Engine;
 
 use common::{assert_close, rel_err};
@@ -184,5 +185,82 @@ fn smollm2_greedy_matches_cpu() {
             );
         }
         eprintln!("{label:?}: {agree}/{N} greedy tokens equal, then teacher-forced to {N}");
+    }
+}
+
+/// A token's source with its numbers as bits, so that "equal" means bit for bit.
+fn provenance_bits(p: &Provenance) -> Option<(String, Vec<u64>, Vec<u64>)> {
+    match p {
+        Provenance::Llm => None,
+        Provenance::Expert { expert, inputs, outputs } => Some((
+            expert.clone(),
+            inputs.iter().map(|v| v.to_bits()).collect(),
+            outputs.iter().map(|v| v.to_bits()).collect(),
+        )),
+    }
+}
+
+fn first_expert(a: &pimoe::Answer) -> Option<(String, Vec<u64>, Vec<u64>)> {
+    a.tokens.iter().find_map(|t| provenance_bits(&t.provenance))
+}
+
+/// `pimoe demo` on the CUDA backend (the emulator where there is no GPU): the same
+/// answers as on the CPU, and every expert's inputs and outputs bit for bit. The GPU
+/// keeps the KV cache in bf16 and the CPU in f32, so an answer may part from the
+/// CPU's where the CPU's top two logits are within `NEAR_TIE`; from there the texts
+/// differ, but every expert span before that point, and the first expert span of each
+/// answer, must still be equal.
+#[test]
+fn demo_answers_match_cpu() {
+    const NEAR_TIE: f32 = 1e-3;
+    let Some(gb) = gpu("demo_answers_match_cpu") else { return };
+    fetch::ensure_default_model(false).unwrap();
+    let manifest = pimoe::tasks::demo::ensure_manifest().unwrap();
+    let cpu = Engine::load_manifest(CpuBackend, &manifest).unwrap();
+    let gpu = Engine::load_manifest(gb, &manifest).unwrap();
+    let (questions, want) = pimoe::tasks::demo::answer(&cpu).unwrap();
+    let (_, got) = pimoe::tasks::demo::answer(&gpu).unwrap();
+    for (k, (q, (w, g))) in questions.iter().zip(want.iter().zip(&got)).enumerate() {
+        let label = format!("Q{}", k + 1);
+        let same = |a: &pimoe::AnswerToken, b: &pimoe::AnswerToken| {
+            a.id == b.id && provenance_bits(&a.provenance) == provenance_bits(&b.provenance)
+        };
+        let agree = w.tokens.iter().zip(&g.tokens).take_while(|(a, b)| same(a, b)).count();
+        let cpu_expert = first_expert(w);
+        assert!(cpu_expert.is_some(), "{label}: no expert fired on the CPU: {:?}", w.text);
+        assert_eq!(first_expert(g), cpu_expert, "{label}: the first expert span differs");
+        if agree == w.tokens.len() && agree == g.tokens.len() {
+            assert_eq!(g.notes, w.notes, "{label}: trace notes");
+            eprintln!("{label}: {agree} tokens equal");
+            continue;
+        }
+        let (a, b) = (&w.tokens[agree.min(w.tokens.len() - 1)], g.tokens.get(agree));
+        assert!(
+            agree < w.tokens.len() && b.is_some(),
+            "{label}: one answer stops where the other goes on:\nCPU:  {:?}\nCUDA: {:?}",
+            w.text,
+            g.text
+        );
+        assert!(
+            *a.provenance == Provenance::Llm && *b.unwrap().provenance == Provenance::Llm,
+            "{label}: token {agree} differs in an expert span:\nCPU:  {:?}\nCUDA: {:?}",
+            w.text,
+            g.text
+        );
+        let mut seq = cpu.prompt_ids(&pimoe::tasks::eval::request(q, 1).prompt).unwrap();
+        seq.extend(w.tokens[..agree].iter().map(|t| t.id));
+        let mut logits = common::fresh_logits(&cpu.llm, &seq, Logits::Last);
+        assert_eq!(argmax(&logits) as u32, a.id, "{label}: the CPU's own logits at token {agree}");
+        logits.sort_by(|x, y| y.total_cmp(x));
+        let gap = logits[0] - logits[1];
+        assert!(
+            gap < NEAR_TIE,
+            "{label}: token {agree} is {:?} on CUDA and {:?} on the CPU, whose top two logits are {gap} apart:\nCPU:  {:?}\nCUDA: {:?}",
+            b.unwrap().text,
+            a.text,
+            w.text,
+            g.text
+        );
+        eprintln!("{label}: {agree} tokens equal, then a near tie on the CPU (gap {gap:.1e})");
     }
 }

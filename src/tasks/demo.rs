@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::Backend;
-use crate::engine::{Engine, PREFILL_CHUNK};
+use crate::engine::{Answer, Engine, PREFILL_CHUNK};
 use crate::error::{Error, Result};
 use crate::grid::Analysis;
 use crate::model::fetch::weights_root;
@@ -76,11 +76,8 @@ pub struct DemoSummary {
 /// spans marked «like this» and PYPOWER's value beside it; `trace` adds each
 /// expert's inputs and outputs and any T2C or expert failure.
 pub fn run<B: Backend>(engine: &Engine<B>, trace: bool, out: &mut impl Write) -> Result<DemoSummary> {
-    let qs = questions()?;
-    let reqs: Vec<_> = qs.iter().map(|q| request(q, MAX_TOKENS)).collect();
     let t = Instant::now();
-    let cfg = SchedulerConfig { max_step_tokens: PREFILL_CHUNK, max_running: reqs.len(), kv_tokens: 16_384 };
-    let answers = engine.generate_batch(&reqs, cfg, |_| {})?;
+    let (qs, answers) = answer(engine)?;
     let mut summary =
         DemoSummary { questions: qs.len(), seconds: t.elapsed().as_secs_f64(), ..Default::default() };
     let io = |e: std::io::Error| Error::Request(format!("writing the demo's output: {e}"));
@@ -125,6 +122,15 @@ pub fn run<B: Backend>(engine: &Engine<B>, trace: bool, out: &mut impl Write) ->
         summary.computed_right += usize::from(agrees && expert_value.is_some());
     }
     Ok(summary)
+}
+
+/// The demo's questions and their answers, all in one batch, as `run` prints them.
+pub fn answer<B: Backend>(engine: &Engine<B>) -> Result<(Vec<GridQuestion>, Vec<Answer>)> {
+    let qs = questions()?;
+    let reqs: Vec<_> = qs.iter().map(|q| request(q, MAX_TOKENS)).collect();
+    let cfg = SchedulerConfig { max_step_tokens: PREFILL_CHUNK, max_running: reqs.len(), kv_tokens: 16_384 };
+    let answers = engine.generate_batch(&reqs, cfg, |_| {})?;
+    Ok((qs, answers))
 }
 
 /// A value list for a trace line: whole when short; a grid's padded system is long,
