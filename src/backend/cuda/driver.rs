@@ -40,17 +40,15 @@ impl DriverKind {
 
 static CHOICE: Mutex<Option<DriverKind>> = Mutex::new(None);
 
-/// The driver this process uses, once one was selected.
-pub fn selected() -> Option<DriverKind> {
-    *CHOICE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Whether libcuda can be opened, without binding cudarc to it.
+/// Whether libcuda can be opened, without binding cudarc to it. Once the emulator
+/// is loaded, "libcuda.so" names it (its soname), so a library carrying the
+/// emulator's marker symbol does not count.
 pub fn gpu_driver_present() -> bool {
     ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
-        // SAFETY: opening and closing a shared library; libcuda's initialisers are
-        // safe to run.
-        unsafe { libloading::Library::new(*name) }.is_ok()
+        // SAFETY: opening and closing a shared library and looking a symbol up;
+        // libcuda's initialisers are safe to run.
+        unsafe { libloading::Library::new(*name) }
+            .is_ok_and(|lib| unsafe { lib.get::<unsafe extern "C" fn()>(b"pimoe_emu_last_error\0") }.is_err())
     })
 }
 
@@ -58,16 +56,35 @@ pub fn gpu_driver_present() -> bool {
 /// for the other one later is an error that says so.
 pub fn select(kind: DriverKind) -> Result<()> {
     let mut choice = CHOICE.lock().unwrap_or_else(|e| e.into_inner());
+    select_locked(&mut choice, kind)
+}
+
+/// The driver already selected, else the GPU where libcuda loads (and `PIMOE_CUDA`
+/// does not ask for the emulator), else the emulator: decided and selected under
+/// one lock, because once the emulator is loaded libcuda's soname resolves to it,
+/// and a second thread probing in between would see a "GPU driver".
+pub fn select_default() -> Result<DriverKind> {
+    let mut choice = CHOICE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(k) = *choice {
+        return Ok(k);
+    }
+    let kind = match DriverKind::from_env() {
+        DriverKind::Gpu if gpu_driver_present() => DriverKind::Gpu,
+        _ => DriverKind::Emulator,
+    };
+    select_locked(&mut choice, kind)?;
+    Ok(kind)
+}
+
+fn select_locked(choice: &mut Option<DriverKind>, kind: DriverKind) -> Result<()> {
     match *choice {
         Some(k) if k == kind => return Ok(()),
-        Some(k) => {
-            return Err(Error::Device(format!(
+        Some(k) => return Err(Error::Device(format!(
             "this process already uses the {}; the {} cannot be loaded beside it (choose one per process, \
                  e.g. PIMOE_CUDA=emu before the first CUDA call)",
             k.describe(),
             kind.describe()
-        )))
-        }
+        ))),
         None => {}
     }
     match kind {

@@ -393,12 +393,7 @@ impl CudaBackend {
     /// What the GPU tests run on: the GPU when a driver is present, else the
     /// emulator; `PIMOE_CUDA=emu` forces the emulator.
     pub fn gpu_or_emulator(ordinal: usize) -> Result<Self> {
-        let kind = match (driver::selected(), DriverKind::from_env()) {
-            (Some(k), _) => k,
-            (None, DriverKind::Emulator) => DriverKind::Emulator,
-            (None, DriverKind::Gpu) if driver::gpu_driver_present() => DriverKind::Gpu,
-            (None, DriverKind::Gpu) => DriverKind::Emulator,
-        };
+        let kind = driver::select_default()?;
         Self::with_driver(ordinal, kind)
     }
 
