@@ -167,6 +167,10 @@ struct Driver {
     graphs: Mutex<HashMap<usize, Arc<Vec<Op>>>>,
     events: Mutex<HashMap<usize, Option<Instant>>>,
     allocs: AtomicUsize,
+    /// Set by `pimoe_emu_counters`: every launch collects counters into `records`.
+    counting: AtomicBool,
+    /// One JSON object per launch or graph launch while counting.
+    records: Mutex<Vec<String>>,
 }
 
 const CTX: usize = 0x00c7_0001;
@@ -200,6 +204,8 @@ fn driver() -> &'static Driver {
             graphs: Mutex::default(),
             events: Mutex::default(),
             allocs: AtomicUsize::new(0),
+            counting: AtomicBool::new(false),
+            records: Mutex::default(),
         }
     })
 }
@@ -262,8 +268,34 @@ impl Driver {
             Op::Launch { func, grid, block, smem, params } => {
                 let max = func.max_dyn_smem.load(Ordering::Relaxed);
                 let t = Instant::now();
-                match crate::launch(&func.prog, &self.mem, *grid, *block, *smem, max, params, &self.opts) {
+                let counting = self.counting.load(Ordering::Relaxed);
+                let counted;
+                let opts = if counting && !self.opts.counters {
+                    counted = Options { counters: true, ..self.opts.clone() };
+                    &counted
+                } else {
+                    &self.opts
+                };
+                match crate::launch(&func.prog, &self.mem, *grid, *block, *smem, max, params, opts) {
                     Ok(stats) => {
+                        if let (true, Some(c)) = (counting, &stats.counters) {
+                            let range = RANGES.with(|r| r.borrow().join("/"));
+                            lock(&self.records).push(format!(
+                                concat!(
+                                    r#"{{"kind":"launch","kernel":"{}","grid":{:?},"block":{:?},"dyn_smem":{},"#,
+                                    r#""static_smem":{},"in_graph":{},"range":"{}","warp_instructions":{},"counters":{}}}"#
+                                ),
+                                func.prog.name,
+                                grid,
+                                block,
+                                smem,
+                                func.prog.shared_static,
+                                IN_GRAPH.with(|g| g.get()),
+                                range.replace('\\', "\\\\").replace('"', "\\\""),
+                                stats.warp_instructions,
+                                c.to_json_with(|line| source_of(&func.prog, line))
+                            ));
+                        }
                         if trace_on() {
                             eprintln!(
                                 "pimoe-emu:   {} warp instructions, {} barriers, {:.3} ms (host time)",
@@ -271,6 +303,12 @@ impl Driver {
                                 stats.barriers,
                                 t.elapsed().as_secs_f64() * 1e3
                             );
+                            if let Some(c) = &stats.counters {
+                                eprintln!(
+                                    "pimoe-emu:   counters {}",
+                                    c.to_json_with(|line| source_of(&func.prog, line))
+                                );
+                            }
                         }
                         SUCCESS
                     }
@@ -361,6 +399,15 @@ impl Driver {
         }
         Ok(())
     }
+}
+
+/// "kernels/gemm.cu:120" for the instruction at a PTX line, or "PTX line N".
+fn source_of(prog: &Program, line: u32) -> String {
+    prog.insts
+        .iter()
+        .position(|i| i.line == line)
+        .and_then(|pc| prog.source(pc))
+        .map_or_else(|| format!("PTX line {line}"), |s| format!("{s} (PTX line {line})"))
 }
 
 /// PIMOE_EMU_TRACE=1 prints every operation the device executes, to stderr.
@@ -960,13 +1007,18 @@ entry!(cuGraphLaunch(exec: usize, s: usize) {
     if trace_on() {
         eprintln!("pimoe-emu: graph launch, {} operations", g.len());
     }
-    for op in g.iter() {
-        let r = d.run(op);
-        if r != SUCCESS {
-            return r;
-        }
+    if d.counting.load(Ordering::Relaxed) {
+        let range = RANGES.with(|r| r.borrow().join("/"));
+        lock(&d.records).push(format!(
+            r#"{{"kind":"graph","operations":{},"range":"{}"}}"#,
+            g.len(),
+            range.replace('\\', "\\\\").replace('"', "\\\"")
+        ));
     }
-    SUCCESS
+    IN_GRAPH.with(|f| f.set(true));
+    let r = g.iter().map(|op| d.run(op)).find(|&r| r != SUCCESS).unwrap_or(SUCCESS);
+    IN_GRAPH.with(|f| f.set(false));
+    r
 });
 
 entry!(cuGraphUpload(_exec: usize, _s: usize) { SUCCESS });
@@ -1039,6 +1091,8 @@ entry!(cuProfilerStop() {
 
 thread_local! {
     static RANGES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// The current operations are a graph's nodes.
+    static IN_GRAPH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// NVTX's range API (nvToolsExt), for programs that mark their phases: the
@@ -1097,6 +1151,33 @@ entry!(cuGetErrorString(code: CUresult, s: *mut *const c_char) {
 #[no_mangle]
 pub extern "C" fn pimoe_emu_last_error() -> *const c_char {
     LAST.with(|l| l.borrow().as_ptr())
+}
+
+/// Starts (`on` != 0, dropping earlier records) or stops collecting counters for
+/// every kernel launch, a pimoe-emu extension beside the driver API (what a
+/// profiler would read from the hardware). Returns the number of records held.
+#[no_mangle]
+pub extern "C" fn pimoe_emu_counters(on: c_int) -> c_int {
+    let d = driver();
+    let mut r = lock(&d.records);
+    if on != 0 {
+        r.clear();
+    }
+    d.counting.store(on != 0, Ordering::Relaxed);
+    r.len() as c_int
+}
+
+/// The records collected since counting started, as a JSON array (one object per
+/// kernel launch, with its counters, and one per graph launch). The string stays
+/// valid until the next call of this function on any thread.
+#[no_mangle]
+pub extern "C" fn pimoe_emu_counter_records() -> *const c_char {
+    static OUT: Mutex<Option<CString>> = Mutex::new(None);
+    let d = driver();
+    let text = format!("[{}]", lock(&d.records).join(",\n"));
+    let mut out = lock(&OUT);
+    *out = Some(CString::new(text).unwrap_or_default());
+    out.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
 }
 
 /// Driver calls the emulator does not implement: each returns

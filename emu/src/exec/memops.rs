@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use super::counters::{phase_lanes, GlobalKind, SharedKind};
 use super::{lanes, AsyncCopy, Block, Core};
 use crate::error::{Fault, FaultKind};
 use crate::ir::{Exec, Inst, NONE};
@@ -335,6 +336,49 @@ fn write_lane<const SP: u8, const SIZE: usize, const N: usize>(
     Ok(())
 }
 
+/// Counts one request of `len` bytes per lane at `a[l] + imm` for the lanes in `m`
+/// (global or shared; other spaces are not counted).
+#[inline(never)]
+fn count(
+    c: &mut Core<'_>,
+    sp: u8,
+    write: Option<bool>,
+    a: &[u64; 32],
+    imm: i64,
+    m: u32,
+    len: usize,
+    line: u32,
+) {
+    let Some(t) = c.b.tally.as_deref_mut() else { return };
+    let mut addrs = [(0u32, 0u64); 32];
+    let mut n = 0;
+    for l in lanes(m) {
+        addrs[n] = (l as u32, a[l].wrapping_add(imm as u64));
+        n += 1;
+    }
+    let addrs = &addrs[..n];
+    match sp {
+        GLOBAL => {
+            let kind = match write {
+                Some(false) => GlobalKind::Load,
+                Some(true) => GlobalKind::Store,
+                None => GlobalKind::Atomic,
+            };
+            let flat: Vec<u64> = addrs.iter().map(|&(_, x)| x).collect();
+            t.global(kind, &flat, len);
+        }
+        SHARED => {
+            let kind = match write {
+                Some(false) => SharedKind::Load,
+                Some(true) => SharedKind::Store,
+                None => SharedKind::Atomic,
+            };
+            t.shared(kind, addrs, len, phase_lanes(len), line);
+        }
+        _ => {}
+    }
+}
+
 /// ld.SPACE{.vN}.type d, [a+imm]; `SIGN` sign-extends sub-word integers.
 fn ld<const SP: u8, const SIZE: usize, const N: usize, const SIGN: bool>(
     c: &mut Core<'_>,
@@ -342,6 +386,9 @@ fn ld<const SP: u8, const SIZE: usize, const N: usize, const SIGN: bool>(
     m: u32,
 ) -> R {
     let a = *c.w.r(i.s[0]);
+    if c.b.tally.is_some() {
+        count(c, SP, Some(false), &a, i.imm, m, SIZE * N, i.line);
+    }
     let mut hit: Option<(&Alloc, u64)> = None;
     for l in lanes(m) {
         let addr = a[l].wrapping_add(i.imm as u64);
@@ -412,6 +459,9 @@ fn fast_global<'m, const SIZE: usize, const N: usize>(
 
 fn st<const SP: u8, const SIZE: usize, const N: usize>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
     let a = *c.w.r(i.s[0]);
+    if c.b.tally.is_some() {
+        count(c, SP, Some(true), &a, i.imm, m, SIZE * N, i.line);
+    }
     let vals: [[u64; 32]; N] = std::array::from_fn(|k| *c.w.r(i.s[1 + k]));
     let mut hit: Option<(&Alloc, u64)> = None;
     for l in lanes(m) {
@@ -560,6 +610,9 @@ fn atom<const SP: u8, const OP: u8, const W: u8, const K: u8>(c: &mut Core<'_>, 
     let (a, b) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]));
     let cmp = if OP == A_CAS { *c.w.r(i.s[2]) } else { [0; 32] };
     let len = W as usize / 8;
+    if c.b.tally.is_some() {
+        count(c, SP, None, &a, i.imm, m, len, i.line);
+    }
     for l in lanes(m) {
         let addr = a[l].wrapping_add(i.imm as u64);
         let old = if SP == SHARED {
@@ -706,6 +759,23 @@ fn cp_async(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
     let (dst, src) = (*c.w.r(i.s[0]), *c.w.r(i.s[1]));
     let srcsize = if i.s[2] != NONE { Some(*c.w.r(i.s[2])) } else { None };
     let cp = i.aux as usize;
+    if c.b.tally.is_some() {
+        // The global side reads src-size bytes (zero-fill reads nothing past them).
+        let mut bytes = 0;
+        let mut addrs = Vec::with_capacity(32);
+        for l in lanes(m) {
+            let n = srcsize.map_or(cp, |v| (v[l] as u32 as usize).min(cp));
+            if n > 0 {
+                addrs.push(src[l]);
+                bytes += n;
+            }
+        }
+        let t = c.b.tally.as_deref_mut().expect("checked");
+        t.c.cp_async += 1;
+        t.c.cp_async_bytes += bytes as u64;
+        t.global(GlobalKind::Load, &addrs, cp);
+        count(c, SHARED, Some(true), &dst, i.imm, m, cp, i.line);
+    }
     for l in lanes(m) {
         let d = dst[l].wrapping_add(i.imm as u64);
         let s = src[l];

@@ -10,6 +10,7 @@
 //! barrier is released or, if it cannot be, synccheck reports why.
 
 pub mod alu;
+pub mod counters;
 pub mod fp;
 pub mod memops;
 pub mod warpops;
@@ -20,6 +21,7 @@ use std::sync::Mutex;
 use crate::error::{Fault, FaultKind, KernelError};
 use crate::ir::{Ctrl, Need, Program, Special};
 use crate::mem::View;
+use counters::{class_index, Counters, Tally, Traffic};
 
 pub const FULL: u32 = u32::MAX;
 
@@ -47,8 +49,8 @@ pub struct Options {
     pub budget: u64,
     /// Host threads for the blocks of a grid.
     pub threads: usize,
-    /// Count active lanes per instruction (Stats::lane_instructions): off by
-    /// default, a popcount per instruction is a measurable share of the run time.
+    /// Collect `Stats::counters` (instruction classes, lane efficiency, memory
+    /// requests, sectors, wavefronts): off by default, they cost run time.
     pub counters: bool,
 }
 
@@ -63,8 +65,9 @@ impl Default for Options {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub warp_instructions: u64,
-    pub lane_instructions: u64,
     pub barriers: u64,
+    /// With `Options::counters`.
+    pub counters: Option<Box<Counters>>,
 }
 
 /// One pending cp.async copy of one lane: read from global at issue, written to
@@ -109,7 +112,6 @@ pub struct Warp {
     pub asyncq: Vec<AsyncCopy>,
     pub committed: [u32; 32],
     pub executed: u64,
-    pub lane_ops: u64,
 }
 
 impl Warp {
@@ -139,7 +141,6 @@ impl Warp {
             asyncq: Vec::new(),
             committed: [0; 32],
             executed: 0,
-            lane_ops: 0,
         }
     }
 
@@ -284,6 +285,8 @@ pub struct Block {
     /// The epoch the current block started in: older writes are a previous block's.
     pub epoch0: u32,
     pub ctaid: [u32; 3],
+    /// This worker's counters, with `Options::counters`.
+    pub tally: Option<Box<Tally>>,
 }
 
 /// What every instruction can see.
@@ -294,7 +297,6 @@ pub struct Launch<'a> {
     pub checks: bool,
     /// Warp instructions a block may execute (Options::budget).
     pub budget: u64,
-    pub counters: bool,
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub dyn_smem: u32,
@@ -418,8 +420,9 @@ impl Launch<'_> {
                             group & if neg { !pm } else { pm }
                         }
                     };
-                    if self.counters {
-                        w.lane_ops += gm.count_ones() as u64;
+                    if let Some(t) = b.tally.as_deref_mut() {
+                        t.c.inst[class_index(inst.class)] += 1;
+                        t.c.thread_inst += gm.count_ones() as u64;
                     }
                     if gm != 0 {
                         let mut core = Core { w: &mut *w, b: &mut *b, l: self };
@@ -456,8 +459,11 @@ impl Launch<'_> {
                     group & if neg { !pm } else { pm }
                 }
             };
-            if self.counters {
-                w.lane_ops += gm.count_ones() as u64;
+            if let Some(t) = b.tally.as_deref_mut() {
+                t.c.inst[class_index(inst.class)] += 1;
+                // A warp-synchronous instruction runs once for the lanes that wait
+                // for each other; counted here as it is issued.
+                t.c.thread_inst += gm.count_ones() as u64;
             }
             match inst.ctrl {
                 Ctrl::Op => {
@@ -860,7 +866,6 @@ pub fn launch(
         mem,
         checks: opts.checks,
         budget: opts.budget,
-        counters: opts.counters,
         grid: cfg.grid,
         block: cfg.block,
         dyn_smem: cfg.dyn_smem,
@@ -872,7 +877,8 @@ pub fn launch(
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let first_err: Mutex<Option<(usize, KernelError)>> = Mutex::new(None);
-    let (wi, li, bars) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (wi, bars) = (AtomicU64::new(0), AtomicU64::new(0));
+    let totals: Mutex<(Counters, Traffic)> = Mutex::default();
     let work = || {
         let mut b = Block {
             shared: vec![0u8; shared],
@@ -880,6 +886,7 @@ pub fn launch(
             epoch: 0,
             epoch0: 0,
             ctaid: [0; 3],
+            tally: opts.counters.then(Box::default),
         };
         let mut warps: Vec<Warp> = (0..nwarps as u32).map(|i| Warp::new(prog, i)).collect();
         for w in warps.iter_mut() {
@@ -913,7 +920,11 @@ pub fn launch(
         }
         for w in &warps {
             wi.fetch_add(w.executed, Ordering::Relaxed);
-            li.fetch_add(w.lane_ops, Ordering::Relaxed);
+        }
+        if let Some(t) = b.tally.take() {
+            let mut tot = totals.lock().unwrap_or_else(|e| e.into_inner());
+            tot.0.add(&t.c);
+            tot.1.merge(t.traffic);
         }
     };
     let threads = opts.threads.clamp(1, nblocks.max(1));
@@ -929,11 +940,15 @@ pub fn launch(
     if let Some((_, e)) = first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
-    Ok(Stats {
-        warp_instructions: wi.into_inner(),
-        lane_instructions: li.into_inner(),
-        barriers: bars.into_inner(),
-    })
+    let barriers = bars.into_inner();
+    let counters = opts.counters.then(|| {
+        let (mut c, traffic) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
+        (c.dram_read_sectors, c.dram_write_sectors) = traffic.unique();
+        c.barriers = barriers;
+        c.mma = c.inst[class_index(crate::ir::Class::Mma)];
+        Box::new(c)
+    });
+    Ok(Stats { warp_instructions: wi.into_inner(), barriers, counters })
 }
 
 /// d = f(lane, sources) for the lanes in `m`: the lane-wise core of most exec

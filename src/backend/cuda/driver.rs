@@ -79,12 +79,14 @@ pub fn select_default() -> Result<DriverKind> {
 fn select_locked(choice: &mut Option<DriverKind>, kind: DriverKind) -> Result<()> {
     match *choice {
         Some(k) if k == kind => return Ok(()),
-        Some(k) => return Err(Error::Device(format!(
+        Some(k) => {
+            return Err(Error::Device(format!(
             "this process already uses the {}; the {} cannot be loaded beside it (choose one per process, \
                  e.g. PIMOE_CUDA=emu before the first CUDA call)",
             k.describe(),
             kind.describe()
-        ))),
+        )))
+        }
         None => {}
     }
     match kind {
@@ -141,6 +143,35 @@ pub fn emulator_nvtx() -> Option<(RangePush, RangePop)> {
         let push = lib.get::<RangePush>(b"nvtxRangePushA\0").ok()?;
         let pop = lib.get::<RangePop>(b"nvtxRangePop\0").ok()?;
         Some((*push, *pop))
+    }
+}
+
+/// Turns the emulator's per-launch counters on (dropping earlier records) or off;
+/// None when this process does not run on the emulator.
+pub fn emulator_counters(on: bool) -> Option<()> {
+    let lib = EMULATOR.get()?;
+    // SAFETY: exported by the emulator with this C signature (emu/src/driver.rs).
+    unsafe {
+        let f = lib
+            .get::<unsafe extern "C" fn(std::ffi::c_int) -> std::ffi::c_int>(b"pimoe_emu_counters\0")
+            .ok()?;
+        f(on as std::ffi::c_int);
+    }
+    Some(())
+}
+
+/// The emulator's counter records since `emulator_counters(true)`: a JSON array
+/// with an object per kernel launch and per graph launch.
+pub fn emulator_counter_records() -> Option<String> {
+    let lib = EMULATOR.get()?;
+    // SAFETY: as above; the string is NUL-terminated and valid until the next call,
+    // and is copied before this returns.
+    unsafe {
+        let f = lib
+            .get::<unsafe extern "C" fn() -> *const std::ffi::c_char>(b"pimoe_emu_counter_records\0")
+            .ok()?;
+        let p = f();
+        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
     }
 }
 
