@@ -9,4 +9,15 @@ pub struct Kernel {
     pub ptx: Option<&'static str>,
 }
 
+/// One entry point's resources as ptxas assembled it for `PTX_ARCH`.
+#[derive(Debug, Clone, Copy)]
+pub struct Resources {
+    pub entry: &'static str,
+    pub registers: u32,
+    pub static_smem: u32,
+    pub stack: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+}
+
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
