@@ -353,6 +353,14 @@ PREFILL_ENTRY(128)
 #define DC_THREADS (DC_WARPS * WARP)
 #define DC_STEPS 4  // row loads in flight per lane (for K, and as many for V)
 
+// Where element i of a head's q (and of a warp's accumulator row) sits in shared
+// memory. Lanes 0-7 of a quarter warp read or write 16-byte halves of 8-element
+// chunks c = 0..7, at c * 8 floats: chunks c and c + 4 share banks (a 2-way conflict
+// the emulator's counters found). Swapping the halves of chunks 4-7 of every 64
+// floats (i ^ 4 when bit 5 of i is set) puts the eight 16-byte pieces in different
+// banks, and keeps any 32 consecutive elements in 32 different banks.
+__device__ __forceinline__ int dc_swz(int i) { return i ^ (((i >> 5) & 1) << 2); }
+
 // Merge online-softmax state (m2, l2) into (m, l); returns the weights of the old
 // and the new state. Either state may be empty (m == -inf, l == 0).
 __device__ __forceinline__ void merge_weights(float& m, float m2, float& w1, float& w2) {
@@ -405,7 +413,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (
     // q, pre-scaled, lives in shared memory: registers go to the accumulators and the
     // loads in flight (with q in registers the GMAX = 8 variants needed ~240).
     const float* qsrc = qkv + (size_t)t * (hq + 2 * hk) * D + (size_t)h0 * D;
-    for (int idx = tid; idx < nh * D; idx += DC_THREADS) s_q[idx / D][idx % D] = qsrc[idx] * scale_log2;
+    for (int idx = tid; idx < nh * D; idx += DC_THREADS) s_q[idx / D][dc_swz(idx % D)] = qsrc[idx] * scale_log2;
     __syncthreads();
 
     float m[GMAX], l[GMAX], acc[GMAX][8];
@@ -441,8 +449,8 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (
 #pragma unroll
             for (int j = 0; j < GMAX; j++) {
                 if (j >= nh) break;
-                const float4 qa = reinterpret_cast<const float4*>(&s_q[j][c * 8])[0];
-                const float4 qb = reinterpret_cast<const float4*>(&s_q[j][c * 8])[1];
+                const float4 qa = *reinterpret_cast<const float4*>(&s_q[j][dc_swz(c * 8)]);
+                const float4 qb = *reinterpret_cast<const float4*>(&s_q[j][dc_swz(c * 8 + 4)]);
                 float s[DC_STEPS];
                 float mx = NEG_INF;
 #pragma unroll
@@ -511,9 +519,10 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (
     if (lane < LPR) {
 #pragma unroll
         for (int j = 0; j < GMAX; j++) {
-            float4* dst = reinterpret_cast<float4*>(&s_acc[warp][j][c * 8]);
-            dst[0] = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
-            dst[1] = make_float4(acc[j][4], acc[j][5], acc[j][6], acc[j][7]);
+            *reinterpret_cast<float4*>(&s_acc[warp][j][dc_swz(c * 8)]) =
+                make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+            *reinterpret_cast<float4*>(&s_acc[warp][j][dc_swz(c * 8 + 4)]) =
+                make_float4(acc[j][4], acc[j][5], acc[j][6], acc[j][7]);
             if (lane == 0) {
                 s_m[warp][j] = m[j];
                 s_l[warp][j] = l[j];
@@ -533,7 +542,7 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (
         for (int w = 0; w < DC_WARPS; w++) {
             const float wt = exp2f(s_m[w][j] - mx);
             sum = fmaf(wt, s_l[w][j], sum);
-            a = fmaf(wt, s_acc[w][j][i], a);
+            a = fmaf(wt, s_acc[w][j][dc_swz(i)], a);
         }
         const u32 h = h0 + j;
         if (splits == 1) {

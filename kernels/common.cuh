@@ -27,25 +27,16 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Sum over the whole block; every thread gets the result. `scratch` holds one float
-// per warp (at most 32). Must be called by all threads of the block.
+// per warp (at most 32). Must be called by all threads of the block. Every lane of a
+// warp stores its (equal) warp sum and every thread adds the warps' sums in the same
+// order: no lane sits idle in a branch, and all threads get bitwise the same sum.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     const int warps = (blockDim.x + WARP - 1) / WARP;
     v = warp_sum(v);
     __syncthreads();  // scratch may still be read by a previous call
-    if (lane == 0) scratch[warp] = v;
+    scratch[threadIdx.x / WARP] = v;
     __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.f;
-    return warp_sum(v);
-}
-
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    const int warps = (blockDim.x + WARP - 1) / WARP;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : NEG_INF;
-    return warp_max(v);
+    float s = 0.f;
+    for (int i = 0; i < warps; ++i) s += scratch[i];
+    return s;
 }

@@ -51,7 +51,7 @@
 //    element through registers; it is correct, not fast (no real model has such k).
 //
 // 2. gemv (decode, 1 <= m <= 16): bandwidth first. The weight matrix is read exactly
-//    once, with 16-byte ld.global.nc.L1::no_allocate loads (streamed past L1, so the
+//    once, with ld.global.nc.L1::no_allocate loads (streamed past L1, so the
 //    L1 keeps x), and the m rows of x are read from global through L1: x is at most
 //    16 x k f32 (57 KB at k = 896) and every block rereads it, so it is L1/L2-resident.
 //    x is not staged in shared memory: staging would put a block-wide barrier and an
@@ -62,11 +62,16 @@
 //    Template MB (1, 2, 4, 8, 16) is m rounded up; rows of x past m are clamped to
 //    row m-1 and their sums dropped, so no branch sits in the inner loop.
 //    Mapping: a warp owns R = 4 consecutive rows of W (output columns); the `ks`
-//    warps of a row group split k, chunk c (8 elements) going to lane c % 32 of
-//    warp (c / 32) % ks, so each warp's loads are 512 contiguous bytes per row. A
-//    lane keeps MB x R partial sums, loads its R chunks of W for the next step
-//    before the FMAs of this one (2R 16-byte loads in flight per lane), and reuses
-//    each x chunk for R rows (x traffic from L1 = 2m/R bytes per weight byte).
+//    warps of a row group split k in spans of 256 columns, span sp going to warp
+//    sp % ks, and lane l takes the four-column groups l and 32 + l of the span. So
+//    every load instruction reads one contiguous run: 256 bytes of a W row, 512 (f32)
+//    or 256 (bf16) bytes of an x row, each 32-byte sector whole. (Eight adjacent
+//    columns per lane would allow 16-byte W loads, but then a lane's 32 bytes of f32
+//    x take two loads that each use half of every sector they touch: the emulator's
+//    counters put that at 0.75 of the bytes fetched used, 0.67 at R = 2.) A lane
+//    keeps MB x R partial sums, loads its 2R groups of W for the next step before
+//    the FMAs of this one (2R 8-byte loads in flight per lane), and reuses each x
+//    group for R rows (x traffic from L1 = 2m/R bytes per weight byte).
 //    Reduction: a butterfly reduce-scatter over the warp (V - 1 shuffles for V =
 //    MB x R values rather than 5V), then the ks partial sums meet in shared memory
 //    and one thread per output adds them and the bias.
@@ -120,6 +125,17 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// One 16-byte shared store at element offset `off` (a multiple of 8) of a stage.
+// Indexed as uint4 so that nvcc knows the 16-byte alignment: through a u16 pointer
+// it cannot prove the swizzled address aligned and splits the store into four
+// 4-byte ones, which the emulator's counters showed to be 4-way bank conflicts (a
+// warp's lanes then hit 8 banks, each word of a chunk in turn); __builtin_assume_
+// aligned did not keep the f32 A path vectorised, and inline asm costs the
+// 128-register GEMM a spill.
+__device__ __forceinline__ void st_shared16(u16* stage, int off, uint4 v) {
+    reinterpret_cast<uint4*>(stage)[off >> 3] = v;
+}
+
 __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -132,15 +148,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b
         "{%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 16 bytes of weights that are read exactly once: not kept in L1.
-__device__ __forceinline__ uint4 ld_stream(const u16* p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
-    return v;
 }
 
 // Eight consecutive elements of a row starting at column kk, as f32, zero past
@@ -178,17 +185,12 @@ __device__ __forceinline__ void load8(const bf16* __restrict__ row, int kk, int 
     }
 }
 
-// The same for a weight row, kept packed as 4 bf16x2 words.
-template <bool VEC>
+// The same for a weight row, element by element, kept packed as 4 bf16x2 words.
 __device__ __forceinline__ uint4 load8_w(const u16* __restrict__ row, int kk, int k) {
-    if constexpr (VEC) {
-        return ld_stream(row + kk);  // caller guarantees kk + 8 <= k
-    } else {
-        u32 h[8];
+    u32 h[8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) h[e] = kk + e < k ? static_cast<u32>(__ldg(row + kk + e)) : 0u;
-        return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
-    }
+    for (int e = 0; e < 8; ++e) h[e] = kk + e < k ? static_cast<u32>(__ldg(row + kk + e)) : 0u;
+    return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
 }
 
 // ----------------------------------------------------------------------------
@@ -278,7 +280,7 @@ __device__ __forceinline__ void gemm_body(float* __restrict__ out, const TA* __r
 #pragma unroll
             for (int j = 0; j < WCH; ++j) {
                 const int gr = row_w0 + ld_row + j * (THREADS / 4);
-                w_reg[j] = gr < n ? load8_w<false>(w + static_cast<size_t>(gr) * k, k0, k) : make_uint4(0, 0, 0, 0);
+                w_reg[j] = gr < n ? load8_w(w + static_cast<size_t>(gr) * k, k0, k) : make_uint4(0, 0, 0, 0);
             }
         }
     };
@@ -287,15 +289,15 @@ __device__ __forceinline__ void gemm_body(float* __restrict__ out, const TA* __r
 #pragma unroll
             for (int j = 0; j < ACH; ++j) {
                 const float* v = a_reg[j];
-                *reinterpret_cast<uint4*>(sa(st) + swz(ld_row + j * (THREADS / 4), ld_ch)) =
-                    make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]),
-                               pack_bf16(v[6], v[7]));
+st_shared16(sa(st), swz(ld_row + j * (THREADS / 4), ld_ch),
+                            make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]),
+                                       pack_bf16(v[6], v[7])));
             }
         }
         if constexpr (!W_ASYNC) {
 #pragma unroll
             for (int j = 0; j < WCH; ++j)
-                *reinterpret_cast<uint4*>(sw(st) + swz(ld_row + j * (THREADS / 4), ld_ch)) = w_reg[j];
+                st_shared16(sw(st), swz(ld_row + j * (THREADS / 4), ld_ch), w_reg[j]);
         }
     };
 
@@ -449,6 +451,27 @@ __device__ __forceinline__ void reduce_scatter(float (&v)[V], int lane) {
     }
 }
 
+// Four-column group g of a weight row (8 bytes, streamed past L1), zero past the
+// ng groups of the row.
+__device__ __forceinline__ uint2 load4_w(const u16* __restrict__ row, int g, int ng) {
+    uint2 v = make_uint2(0, 0);
+    if (g < ng)
+        asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(row + 4 * g));
+    return v;
+}
+
+// Four-column group g of an x row as f32, zero past the ng groups of the row.
+__device__ __forceinline__ void load4_x(const float* __restrict__ row, int g, int ng, float* v) {
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (g < ng) a = __ldg(reinterpret_cast<const float4*>(row) + g);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+}
+__device__ __forceinline__ void load4_x(const bf16* __restrict__ row, int g, int ng, float* v) {
+    uint2 u = make_uint2(0, 0);
+    if (g < ng) u = __ldg(reinterpret_cast<const uint2*>(row) + g);
+    v[0] = bf16_lo(u.x), v[1] = bf16_hi(u.x), v[2] = bf16_lo(u.y), v[3] = bf16_hi(u.y);
+}
+
 template <typename TA, int MB>
 __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __restrict__ x,
                                           const u16* __restrict__ w, const float* __restrict__ bias, int m,
@@ -475,37 +498,48 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __r
 #pragma unroll
     for (int i = 0; i < V; ++i) acc[i] = 0.f;
 
-    const int nch = (k + 7) / 8, stride = WARP * ks;
-    int c = s * WARP + lane;
-    uint4 cur[R];
+    // Four-column groups g: lane l of a warp's step takes groups 64 sp + l and
+    // 64 sp + 32 + l of its span sp (256 columns), so each load instruction of the
+    // warp, weights (8 bytes a lane) and x (16 or 8), reads one contiguous run.
+    const int ng = k / 4, nsp = (ng + 63) / 64;
+    int sp = s;
+    uint2 cur[R][2];
 #pragma unroll
-    for (int r = 0; r < R; ++r) cur[r] = c < nch ? load8_w<true>(wr[r], c * 8, k) : make_uint4(0, 0, 0, 0);
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) cur[r][h] = load4_w(wr[r], sp * 64 + h * 32 + lane, ng);
 
-    for (; c < nch; c += stride) {
-        // Next step's weights first: 2R 16-byte loads in flight per lane.
-        const int cn = c + stride;
-        uint4 nxt[R];
+    for (; sp < nsp; sp += ks) {
+        // Next step's weights first: 2R 8-byte loads in flight per lane.
+        uint2 nxt[R][2];
 #pragma unroll
-        for (int r = 0; r < R; ++r) nxt[r] = cn < nch ? load8_w<true>(wr[r], cn * 8, k) : make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) nxt[r][h] = load4_w(wr[r], (sp + ks) * 64 + h * 32 + lane, ng);
 
         float wf[R][8];
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const uint4 u = cur[r];
-            wf[r][0] = bf16_lo(u.x), wf[r][1] = bf16_hi(u.x), wf[r][2] = bf16_lo(u.y), wf[r][3] = bf16_hi(u.y);
-            wf[r][4] = bf16_lo(u.z), wf[r][5] = bf16_hi(u.z), wf[r][6] = bf16_lo(u.w), wf[r][7] = bf16_hi(u.w);
-        }
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const uint2 u = cur[r][h];
+                wf[r][4 * h] = bf16_lo(u.x), wf[r][4 * h + 1] = bf16_hi(u.x);
+                wf[r][4 * h + 2] = bf16_lo(u.y), wf[r][4 * h + 3] = bf16_hi(u.y);
+            }
 #pragma unroll
         for (int j = 0; j < MB; ++j) {
             float xv[8];
-            load8<true>(xr[j], c * 8, k, true, xv);
+            load4_x(xr[j], sp * 64 + lane, ng, xv);
+            load4_x(xr[j], sp * 64 + 32 + lane, ng, xv + 4);
 #pragma unroll
             for (int r = 0; r < R; ++r)
 #pragma unroll
                 for (int e = 0; e < 8; ++e) acc[j * R + r] = fmaf(xv[e], wf[r][e], acc[j * R + r]);
         }
 #pragma unroll
-        for (int r = 0; r < R; ++r) cur[r] = nxt[r];
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) cur[r][h] = nxt[r][h];
     }
 
     reduce_scatter<V>(acc, lane);

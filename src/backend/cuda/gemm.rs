@@ -6,7 +6,8 @@
 //! - m <= 16 and k % 8 == 0: `gemv_m{1,2,4,8,16}_*`, the weight-streaming kernel for
 //!   decode, m rounded up to a bucket; `ks` warps split k when n is small.
 //! - m > 16 and k % 8 == 0: the tensor-core GEMM with 128-row tiles, or 64-row tiles
-//!   when 128-row ones would give fewer than two blocks per SM.
+//!   when 128-row ones would pad more rows (m = 64: a whole 64-row tile, not half a
+//!   128-row one) or give fewer than two blocks per SM.
 //! - k % 8 != 0 (rows of W not 16-byte aligned): `gemm_unaligned_*`, any m.
 
 use super::{Arg, CudaBackend, CudaTensor, CudaWeight, Grid};
@@ -16,7 +17,7 @@ const MODULE: &str = "gemm";
 /// SMs of an H100 SXM (H200 too): only sizes grids; any value is correct.
 const SMS: usize = 132;
 /// Largest m that takes the gemv path (its biggest m bucket).
-const GEMV_MAX_M: usize = 16;
+pub const GEMV_MAX_M: usize = 16;
 /// Rows of W per warp in the gemv (`gv::R` in the kernel).
 const GEMV_ROWS: usize = 4;
 /// Warps per gemv block (`gv::THREADS / 32`).
@@ -86,7 +87,7 @@ fn plan(a_dtype: &str, m: usize, n: usize, k: usize, aligned: bool) -> (String, 
     }
     let (name, bm) = if !aligned {
         (format!("gemm_unaligned_{a_dtype}_bf16"), 64)
-    } else if m.div_ceil(128) * n.div_ceil(TC_BN) >= 2 * SMS {
+    } else if m.div_ceil(128) * 2 == m.div_ceil(64) && m.div_ceil(128) * n.div_ceil(TC_BN) >= 2 * SMS {
         (format!("gemm_{a_dtype}_bf16"), 128)
     } else {
         (format!("gemm_bm64_{a_dtype}_bf16"), 64)
@@ -198,6 +199,10 @@ mod tests {
         // Prefill: tile by grid size; odd k: the unaligned GEMM at any m.
         assert_eq!(plan("f32", 2048, 9728, 896, true).0, "gemm_f32_bf16");
         assert_eq!(plan("f32", 2048, 896, 4864, true).0, "gemm_bm64_f32_bf16");
+        // 64 rows (a batch-64 lm_head): one 64-row tile, not half a 128-row one.
+        assert_eq!(plan("f32", 64, 151936, 896, true).0, "gemm_bm64_f32_bf16");
+        assert_eq!(plan("f32", 1050, 151936, 896, true).0, "gemm_bm64_f32_bf16");
+        assert_eq!(plan("f32", 1024, 151936, 896, true).0, "gemm_f32_bf16");
         assert_eq!(plan("bf16", 4096, 4096, 4096, true).0, "gemm_bf16_bf16");
         assert_eq!(plan("f32", 1, 33, 31, false).0, "gemm_unaligned_f32_bf16");
         let (_, g, _) = plan("f32", 2048, 9728, 896, true);
