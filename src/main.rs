@@ -186,6 +186,42 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
+    /// Count one model step's kernels on the PTX emulator, like a profiler: one row
+    /// per kernel (launches, estimated time share, DRAM bytes, coalescing, bank
+    /// conflicts, lane efficiency, occupancy), a roofline estimate of the step on an
+    /// H100 and an H200, and the efficiency targets. Default: Qwen2.5-0.5B's shapes,
+    /// random weights.
+    ProfileKernels {
+        /// A model directory (its weights are used); default: --config's shapes.
+        #[arg(long, conflicts_with = "config")]
+        model: Option<PathBuf>,
+        /// A config.json: random weights of its shapes. Default: Qwen2.5-0.5B-Instruct's.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = StepArg::Decode)]
+        step: StepArg,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Decode: tokens already in each sequence's cache; prefill: prompt tokens.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// emu: count the step on the PTX emulator (the table); cuda: run the same step
+        /// on the GPU and time it (the measurement the estimate predicts; run it under
+        /// ncu with --replays 0 for the hardware counters, bench/gpu/run.sh ncu).
+        #[arg(long, value_enum, default_value_t = ProfileDevice::Emu)]
+        device: ProfileDevice,
+        /// --device cuda: timed steps after the warm-ups.
+        #[arg(long, default_value_t = 200)]
+        replays: usize,
+        /// Count only the first N decoder layers of a --config model: every layer has
+        /// the same shapes, so its kernels count the same (a 2,048-token prefill of all
+        /// 24 layers of Qwen2.5-0.5B is ~40 min on the emulator, one layer ~2).
+        #[arg(long, conflicts_with = "model")]
+        layers: Option<usize>,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Fit a router gate, a learned T2C head or an expert to JSONL rows (Adam,
     /// hand-written backward passes, deterministic for a seed); writes
     /// OUT/NAME.safetensors and OUT/NAME.json, the manifest fragment.
@@ -193,6 +229,18 @@ enum Cmd {
         #[command(subcommand)]
         target: Box<TrainTarget>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProfileDevice {
+    Emu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StepArg {
+    Decode,
+    Prefill,
 }
 
 #[derive(Subcommand)]
@@ -596,6 +644,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Fetch => {
             let dir = fetch::ensure_default_model(true)?;
             println!("{}", dir.display());
+        }
+        Cmd::ProfileKernels { model, config, step, batch, ctx, device, replays, layers, json } => {
+            use pimoe::bench::profile::{self, ProfileConfig, StepKind};
+            let b = match device {
+                ProfileDevice::Emu => CudaBackend::emulated(0)?,
+                ProfileDevice::Cuda => {
+                    CudaBackend::with_driver(0, pimoe::backend::cuda::driver::DriverKind::Gpu)?
+                }
+            };
+            let random = |mut cfg: pimoe::model::ModelConfig, name: String| -> anyhow::Result<_> {
+                let mut name = format!("random weights, {name}");
+                if let Some(n) = layers {
+                    if n == 0 || n > cfg.num_layers {
+                        anyhow::bail!("--layers {n}: the model has {} layers", cfg.num_layers);
+                    }
+                    name = format!("{name}, first {n} of its {} layers", cfg.num_layers);
+                    cfg.num_layers = n;
+                }
+                Ok((pimoe::llm::Llm::random(&b, cfg, 1)?, name))
+            };
+            let (llm, name) = match (model, config) {
+                (Some(dir), _) => (pimoe::llm::Llm::load(&b, &dir)?, dir.display().to_string()),
+                (None, Some(path)) => {
+                    random(pimoe::model::ModelConfig::load(&path)?, path.display().to_string())?
+                }
+                (None, None) => random(
+                    pimoe::model::ModelConfig::parse(
+                        profile::QWEN25_05B,
+                        Path::new("<Qwen2.5-0.5B config>"),
+                    )?,
+                    "Qwen2.5-0.5B-Instruct config".into(),
+                )?,
+            };
+            let step = match step {
+                StepArg::Decode => StepKind::Decode,
+                StepArg::Prefill => StepKind::Prefill,
+            };
+            let cfg = ProfileConfig { step, batch, ctx };
+            let report = match device {
+                ProfileDevice::Emu => {
+                    let report = profile::run(&b, &llm, &name, &cfg)?;
+                    print!("{}", report.table());
+                    serde_json::to_string_pretty(&report)?
+                }
+                ProfileDevice::Cuda => {
+                    let t = profile::time_on_gpu(&b, &llm, &name, &cfg, replays)?;
+                    println!(
+                        "{}: {} steps, median {:.1} us, min {:.1} us (host wall time per step)",
+                        t.run.device,
+                        t.replays,
+                        t.step_s_median * 1e6,
+                        t.step_s_min * 1e6
+                    );
+                    serde_json::to_string_pretty(&t)?
+                }
+            };
+            if let Some(out) = json {
+                pimoe::bench::write_atomic(&out, report.as_bytes())?;
+                eprintln!("wrote {}", out.display());
+            }
         }
         Cmd::ExpertServer { manifest } => {
             let comp = pimoe::bench::toolcall::load_tools(&manifest)?;

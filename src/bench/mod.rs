@@ -5,6 +5,8 @@
 pub mod answers;
 pub mod gpu;
 pub mod nvml;
+pub mod profile;
+pub mod roofline;
 pub mod scenario;
 pub mod toolcall;
 
@@ -211,7 +213,7 @@ pub(crate) fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-pub(crate) fn git_commit() -> String {
+pub fn git_commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -63,12 +63,43 @@ impl<B: Backend> Llm<B> {
     }
 
     pub fn from_files(backend: &B, config: ModelConfig, files: &SafetensorFiles) -> Result<Self> {
+        Self::build(backend, config, |name, shape| files.load(name, shape))
+    }
+
+    /// A model of `config`'s shapes with random weights (bf16 matrices uniform in
+    /// +-1/sqrt(fan-in), norms near 1, small biases), the same for the same seed:
+    /// for profiling and shape tests without a download.
+    pub fn random(backend: &B, config: ModelConfig, seed: u64) -> Result<Self> {
+        let rng = std::cell::RefCell::new(crate::sampling::Rng::new(seed));
+        Self::build(backend, config, |name, shape| {
+            let mut r = rng.borrow_mut();
+            let n: usize = shape.iter().product();
+            let data = if shape.len() == 2 {
+                let a = 1.0 / (shape[1] as f32).sqrt();
+                HostData::Bf16(
+                    (0..n).map(|_| half::bf16::from_f32((r.next_f32() * 2.0 - 1.0) * a).to_bits()).collect(),
+                )
+            } else if name.ends_with("norm.weight") {
+                HostData::F32((0..n).map(|_| 1.0 + (r.next_f32() - 0.5) * 0.2).collect())
+            } else {
+                HostData::F32((0..n).map(|_| (r.next_f32() - 0.5) * 0.04).collect())
+            };
+            Ok(HostTensor { name: name.to_string(), shape: shape.to_vec(), data })
+        })
+    }
+
+    /// The model from a source of named tensors of the given shapes.
+    fn build(
+        backend: &B,
+        config: ModelConfig,
+        source: impl Fn(&str, &[usize]) -> Result<HostTensor>,
+    ) -> Result<Self> {
         let c = &config;
         let (h, d) = (c.hidden_size, c.head_dim);
         let (q, kv) = (c.num_heads * d, c.num_kv_heads * d);
         let bytes = std::cell::Cell::new(0usize);
         let load = |name: &str, shape: &[usize]| -> Result<HostTensor> {
-            let t = files.load(name, shape)?;
+            let t = source(name, shape)?;
             bytes.set(bytes.get() + t.bytes());
             Ok(t)
         };
