@@ -8,6 +8,9 @@
 #                              (needs the default model in weights/, bench/NOTES.md)
 #   bench/gpu/run.sh reference the PiERN reference's loop vs pimoe, same random
 #                              full-shape composition, built here (bench/reference/)
+#   bench/gpu/run.sh ncu       the steps profile-kernels counts on the emulator
+#                              (bench/results/profile-*.json), timed and under
+#                              Nsight Compute, compared kernel by kernel
 set -uo pipefail
 C=bench/carry
 OUT=${OUT:-/tmp/out}
@@ -38,6 +41,21 @@ qwen)
 bench)
     $C/bench-cuda_ops --bench 2>&1 | tee "$OUT/criterion.log"
     $C/bench-end_to_end --bench 2>&1 | tee "$OUT/criterion-e2e.log"
+    ;;
+ncu)
+    # Each step: 200 timed replays, then one run under ncu (warm-ups + the counted
+    # step; ~1 minute each), then the comparison with the emulator's JSON.
+    M=$(python3 bench/gpu/ncu_compare.py --metrics)
+    for s in decode:1:512 decode:64:600 prefill:1:2048; do
+        IFS=: read -r step batch ctx <<<"$s"
+        tag=$step-b$batch-ctx$ctx
+        args=(profile-kernels --device cuda --step "$step" --batch "$batch" --ctx "$ctx")
+        $C/pimoe "${args[@]}" --replays 200 --json "$OUT/gpu-$tag.json" 2>&1 | tail -n 1
+        ncu --clock-control none --csv --page raw --metrics "$M" $C/pimoe "${args[@]}" --replays 0 \
+            >"$OUT/ncu-$tag.csv" 2>"$OUT/ncu-$tag.err"
+        python3 bench/gpu/ncu_compare.py --emulator "bench/results/profile-$tag.json" --ncu "$OUT/ncu-$tag.csv" \
+            --timing "$OUT/gpu-$tag.json" --gpu "$OUT/gpu.txt" --out "$OUT/ncu-vs-emulator-$tag.json"
+    done
     ;;
 reference)
     # About 4 minutes on an H100/H200 (bench/NOTES.md). The weights (~7 GB) are made
