@@ -208,3 +208,75 @@ fn decode_steps_replay_their_graph() {
     assert!(n >= 3, "too few tokens to test replay: {decoded}");
     assert_eq!(graphs, n - 2, "graph launches for {n} decoded tokens");
 }
+
+#[test]
+fn profile_kernels_counts_a_step_and_refuses_bad_shapes() {
+    let dir = common::scratch_dir("cli-profile");
+    let json = dir.join("p.json");
+    // Qwen2.5-0.5B's shapes, one layer: the table, the targets, and the JSON.
+    let out = pimoe(&[
+        "profile-kernels",
+        "--batch",
+        "1",
+        "--ctx",
+        "40",
+        "--layers",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    for needle in [
+        "gemv_m1_f32_bf16",
+        "attn_decode_d64_g8_bf16",
+        "ESTIMATE H100",
+        "target ",
+        "first 1 of its 24 layers",
+    ] {
+        assert!(table.contains(needle), "no {needle:?} in:\n{table}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["graph_launches"], 1, "the counted decode step is one graph launch");
+    let rows = report["kernels"].as_array().unwrap();
+    let launches: u64 = rows.iter().map(|r| r["launches"].as_u64().unwrap()).sum();
+    assert_eq!(launches, report["kernel_launches"].as_u64().unwrap());
+    assert!(rows.iter().all(|r| r["bank_conflicts"] == 0.0), "conflicts in {rows:?}");
+
+    // A two-layer prefill: the GEMMs' mma are the FLOPs' minimum; attention's single
+    // 64 x 64 tile per head runs whole for the 64-token causal triangle, so its mma
+    // are 64^2 / (64 * 65 / 2) = 1.97 of the minimum for every layer.
+    let out = pimoe(&[
+        "profile-kernels",
+        "--step",
+        "prefill",
+        "--ctx",
+        "64",
+        "--layers",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ratio =
+        |what: &str| report[what].as_f64().unwrap() / report[&format!("{what}_minimum")].as_f64().unwrap();
+    assert_eq!(ratio("gemm_mma"), 1.0, "{report}");
+    assert!(
+        (1.96..1.98).contains(&ratio("attention_mma")),
+        "attention mma / minimum {}",
+        ratio("attention_mma")
+    );
+
+    assert_clean_failure(&pimoe(&["profile-kernels", "--layers", "0"]), "--layers 0");
+    assert_clean_failure(&pimoe(&["profile-kernels", "--layers", "25"]), "the model has 24 layers");
+    assert_clean_failure(&pimoe(&["profile-kernels", "--batch", "0", "--layers", "1"]), "at least 1");
+    assert_clean_failure(
+        &pimoe(&["profile-kernels", "--ctx", "40000", "--layers", "1"]),
+        "more than the model's 32768",
+    );
+    assert_clean_failure(
+        &pimoe(&["profile-kernels", "--config", "/no/such/config.json"]),
+        "/no/such/config.json",
+    );
+}

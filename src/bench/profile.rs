@@ -513,7 +513,7 @@ fn analyse(
     let gemm_flop = tc(rows_of_tokens) * rows_of_tokens * super::linear_flop_per_token(c)
         + tc(cfg.batch as f64) * lm_head_flop;
     let d = c.head_dim as f64;
-    let attn_flop = match cfg.step {
+    let attn_flop_per_layer = match cfg.step {
         // QK^T and PV over the causal triangle, every head.
         StepKind::Prefill => {
             let n = cfg.ctx as f64;
@@ -521,6 +521,7 @@ fn analyse(
         }
         StepKind::Decode => cfg.batch as f64 * c.num_heads as f64 * 4.0 * d * (cfg.ctx + 1) as f64,
     };
+    let attn_flop = attn_flop_per_layer * c.num_layers as f64;
     let mma_of =
         |prefix: &str| rows.iter().filter(|r| r.kernel.starts_with(prefix)).map(|r| r.mma).sum::<f64>();
     let (gemm_mma, attention_mma) = (mma_of("gemm") + mma_of("gemv"), mma_of("attn"));
