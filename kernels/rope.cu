@@ -2,10 +2,13 @@
 // k heads of a qkv row. CPU twin: src/backend/cpu/rope.rs; launcher:
 // src/backend/cuda/rope.rs.
 //
-// Entry point
-//   rope_f32  qkv (n, (hq + 2 hk) * d) f32, positions (n) u32. The first hq + hk heads
-//             of each row (q, then k) have pairs (i, i + d/2) rotated by the angle
-//             pos * inv_freq[i]; the v heads are not touched.
+// Entry points
+//   rope_f32     qkv (n, (hq + 2 hk) * d) f32, positions (n) u32. The first hq + hk
+//                heads of each row (q, then k) have pairs (i, i + d/2) rotated by the
+//                angle pos * inv_freq[i]; the v heads are not touched.
+//   rope_kv_f32  the same, then the rotated k and the v of each token written to its
+//                slot of the paged bf16 cache (kv.cuh, as kv_write_bf16): the step's
+//                two per-token ops in one launch, one kernel fewer per layer.
 //
 // Thread mapping: one block per token (blockIdx.x). Its threads first compute the
 // row's d/2 cos/sin values into shared memory (one per frequency, shared by all of
@@ -37,7 +40,7 @@
 // the f64 sincos costs d/2 per token, not per head, so it is small beside the
 // memory traffic even for a prefill of thousands of tokens.
 
-#include "common.cuh"
+#include "kv.cuh"
 
 // The largest head_dim / 2 the parameter table holds (head_dim up to 256).
 #define ROPE_MAX_HALF 128
@@ -48,13 +51,10 @@ struct RopeFreqs {
     float inv_freq[ROPE_MAX_HALF];
 };
 
-// grid (n), block (a multiple of 32, at most 1024)
-extern "C" __global__ void rope_f32(float* __restrict__ qkv,              // (n, row)
-                                    const u32* __restrict__ positions,    // (n)
-                                    u32 heads,  // hq + hk: the rotated heads at the start of a row
-                                    u32 row,    // (hq + 2 hk) * d
-                                    u32 d,      // head_dim, even, at most 2 * ROPE_MAX_HALF
-                                    RopeFreqs f) {
+// Token blockIdx.x's q and k heads rotated in place. The whole block calls it.
+__device__ __forceinline__ void rope_row(float* __restrict__ qkv,            // (n, row)
+                                         const u32* __restrict__ positions,  // (n)
+                                         u32 heads, u32 row, u32 d, const RopeFreqs& f) {
     __shared__ float cos_s[ROPE_MAX_HALF];
     __shared__ float sin_s[ROPE_MAX_HALF];
     const u32 half = d / 2;
@@ -81,4 +81,30 @@ extern "C" __global__ void rope_f32(float* __restrict__ qkv,              // (n,
         *x1 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
         *x2 = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
     }
+}
+
+// grid (n), block (a multiple of 32, at most 1024)
+extern "C" __global__ void rope_f32(float* __restrict__ qkv,              // (n, row)
+                                    const u32* __restrict__ positions,    // (n)
+                                    u32 heads,  // hq + hk: the rotated heads at the start of a row
+                                    u32 row,    // (hq + 2 hk) * d
+                                    u32 d,      // head_dim, even, at most 2 * ROPE_MAX_HALF
+                                    RopeFreqs f) {
+    rope_row(qkv, positions, heads, row, d, f);
+}
+
+// rope_f32, then kv_write_bf16 of the rotated row: one launch for both. The barrier
+// makes every thread's rotated k visible to the threads that copy it.
+// grid (n), block (a multiple of 32, at most 1024)
+extern "C" __global__ void rope_kv_f32(float* qkv,                         // (n, row)
+                                       const u32* __restrict__ positions,  // (n)
+                                       u32 heads, u32 row, u32 d, RopeFreqs f,
+                                       bf16* __restrict__ k_cache,         // (num_slots, hk * d)
+                                       bf16* __restrict__ v_cache,         // (num_slots, hk * d)
+                                       const u32* __restrict__ slots,      // (n)
+                                       u32 num_slots) {
+    rope_row(qkv, positions, heads, row, d, f);
+    __syncthreads();
+    const u32 kv = row - heads * d;  // hk * d: the v heads after the q and k heads
+    kv_write_row(k_cache, v_cache, qkv, slots, row - 2 * kv, kv, num_slots);
 }

@@ -177,6 +177,21 @@ pub trait Backend: Send + Sync {
         shape: AttnShape,
     );
 
+    /// `rope`, then `kv_write` of the rotated k (and v) at plan.slots, at plan.positions:
+    /// what every layer does before attention, one launch on the GPU.
+    fn rope_kv_write(
+        &self,
+        qkv: &mut Self::Tensor,
+        k_cache: &mut Self::Cache,
+        v_cache: &mut Self::Cache,
+        plan: &AttnPlan<Self::Index>,
+        shape: AttnShape,
+        theta: f32,
+    ) {
+        self.rope(qkv, &plan.positions, shape, theta);
+        self.kv_write(k_cache, v_cache, qkv, plan, shape);
+    }
+
     /// Causal grouped-query attention of the q part of qkv over the paged cache.
     /// out (n, hq * head_dim)
     fn attention(

@@ -320,9 +320,8 @@ impl<B: Backend> Llm<B> {
                 b.add_rmsnorm(&mut xn, &mut x, &proj, &layer.input_norm, h, c.rms_norm_eps);
             }
             b.matmul(&mut qkv, &xn, &layer.qkv, layer.qkv_bias.as_ref(), n);
-            b.rope(&mut qkv, &plan.attn.positions, shape, c.rope_theta);
             let (kc, vc) = &mut cache.layers[l];
-            b.kv_write(kc, vc, &qkv, &plan.attn, shape);
+            b.rope_kv_write(&mut qkv, kc, vc, &plan.attn, shape, c.rope_theta);
             b.attention(&mut att, &qkv, kc, vc, &plan.attn, shape);
             b.matmul(&mut proj, &att, &layer.o, None, n);
             b.pop_range();

@@ -103,3 +103,60 @@ fn kv_write_skips_bad_slots() {
     assert_eq!(k, bf16_exact(&k_want), "k cache");
     assert_eq!(v, bf16_exact(&v_want), "v cache");
 }
+
+/// qkv and the caches after rope then kv_write as two ops, or as the fused
+/// rope_kv_write, at random positions.
+fn rope_then_write<B: Backend>(
+    b: &B,
+    qkv: &[f32],
+    slots: &[u32],
+    shape: AttnShape,
+    fused: bool,
+) -> [Vec<f32>; 3] {
+    let len = NUM_BLOCKS * BLOCK_SIZE * shape.num_kv_heads * shape.head_dim;
+    let (mut k, mut v) = (b.cache(len), b.cache(len));
+    let mut rng = Rng::new(slots.len() as u64);
+    let positions: Vec<u32> = slots.iter().map(|_| rng.next_u32() % 32_768).collect();
+    let plan = AttnPlan { positions: b.index(&positions), ..plan(b, slots) };
+    let mut t = b.tensor_from(qkv);
+    if fused {
+        b.rope_kv_write(&mut t, &mut k, &mut v, &plan, shape, 1e6);
+    } else {
+        b.rope(&mut t, &plan.positions, shape, 1e6);
+        b.kv_write(&mut k, &mut v, &t, &plan, shape);
+    }
+    let out = [b.to_host(&t), b.cache_to_host(&k), b.cache_to_host(&v)];
+    b.check().unwrap_or_else(|e| panic!("rope + kv_write on {}: {e}", b.name()));
+    out
+}
+
+/// The fused kernel (rope_kv_f32) does exactly what rope_f32 then kv_write_bf16 do,
+/// bit for bit (each of those is checked against the CPU above and in rope.rs), and a
+/// bad slot is skipped there too.
+#[test]
+fn rope_kv_write_equals_rope_then_kv_write() {
+    let Some(g) = gpu("rope_kv_write_equals_rope_then_kv_write") else { return };
+    for &(hq, hk, d) in &SHAPES {
+        let shape = AttnShape { num_heads: hq, num_kv_heads: hk, head_dim: d };
+        for &n in &ROWS {
+            let seed = (n * 1000 + hq * 10 + d) as u64;
+            let qkv = rand_vec(n * (hq + 2 * hk) * d, seed);
+            let mut slots = distinct_slots(n, seed + 1);
+            if n > 1 {
+                slots[n - 1] = u32::MAX;
+            }
+            let two = rope_then_write(&g, &qkv, &slots, shape, false);
+            let one = rope_then_write(&g, &qkv, &slots, shape, true);
+            for (what, a, b) in
+                [("qkv", &one[0], &two[0]), ("k cache", &one[1], &two[1]), ("v cache", &one[2], &two[2])]
+            {
+                let same =
+                    a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "rope_kv_write {what} differs from rope + kv_write, n={n} hq={hq} hk={hk} d={d}"
+                );
+            }
+        }
+    }
+}

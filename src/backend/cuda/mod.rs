@@ -1035,6 +1035,18 @@ impl Backend for CudaBackend {
         kv::kv_write(self, k_cache, v_cache, qkv, plan, shape)
     }
 
+    fn rope_kv_write(
+        &self,
+        qkv: &mut CudaTensor,
+        k_cache: &mut CudaCache,
+        v_cache: &mut CudaCache,
+        plan: &AttnPlan<CudaIndex>,
+        shape: AttnShape,
+        theta: f32,
+    ) {
+        rope::rope_kv_write(self, qkv, k_cache, v_cache, plan, shape, theta)
+    }
+
     fn attention(
         &self,
         out: &mut CudaTensor,
