@@ -11,6 +11,8 @@ the step the emulator counted. What should agree, and how closely:
   - DRAM bytes: the emulator's model (each sector once per launch) against
     dram__bytes; L2 hits across launches make the GPU's lower, write-back timing
     can move bytes between kernels.
+  - L2 sectors (lts__t_sectors) against the emulator's sectors touched by the
+    requests: equal where L1 misses everything (the streamed weights).
   - sectors per global request and shared-memory bank conflicts: the same
     definitions on both sides (l1tex counters), so they should match closely.
   - instructions: the emulator counts PTX, the GPU executes SASS (ptxas folds
@@ -32,6 +34,7 @@ METRICS = [
     "gpu__time_duration.sum",
     "dram__bytes_read.sum",
     "dram__bytes_write.sum",
+    "lts__t_sectors.sum",
     "l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum",
     "l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum",
     "l1tex__t_requests_pipe_lsu_mem_global_op_st.sum",
@@ -92,7 +95,7 @@ def main():
     per = OrderedDict()
     for name, r in zip(names, step):
         g = per.setdefault(name, {"launches": 0, "time_s": 0.0, "dram_bytes": 0.0, "requests": 0.0,
-                                  "sectors": 0.0, "bank_conflicts": 0.0, "sass_inst": 0.0,
+                                  "sectors": 0.0, "l2_sectors": 0.0, "bank_conflicts": 0.0, "sass_inst": 0.0,
                                   "thread_inst": 0.0, "occupancy_pct_sum": 0.0})
         g["launches"] += 1
         g["time_s"] += num(r, "gpu__time_duration.sum", units)
@@ -101,6 +104,7 @@ def main():
             r, "l1tex__t_requests_pipe_lsu_mem_global_op_st.sum", units)
         g["sectors"] += num(r, "l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum", units) + num(
             r, "l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum", units)
+        g["l2_sectors"] += num(r, "lts__t_sectors.sum", units)
         g["bank_conflicts"] += num(r, "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum", units) + num(
             r, "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum", units)
         inst = num(r, "smsp__inst_executed.sum", units)
@@ -119,6 +123,9 @@ def main():
             "kernel": k["kernel"], "launches": g["launches"],
             "dram_bytes_emulator": k["dram_bytes"], "dram_bytes_ncu": g["dram_bytes"],
             "sectors_per_request_emulator": k["sectors_per_request"], "sectors_per_request_ncu": ncu_spr,
+            # The emulator's L1 sectors (every request's) against all L2 sectors: L1
+            # hits lower the GPU's, L2 traffic of other units raises it.
+            "sectors_emulator": k["bytes_in_sectors"] / 32, "l2_sectors_ncu": g["l2_sectors"],
             "bank_conflicts_emulator": k["bank_conflicts"], "bank_conflicts_ncu": g["bank_conflicts"],
             "ptx_instructions_emulator": k["warp_instructions"], "sass_instructions_ncu": g["sass_inst"],
             "lane_efficiency_emulator": k["lane_efficiency"],
