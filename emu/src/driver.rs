@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::error::FaultKind;
+use crate::exec::counters::json_string;
 use crate::{limits, LaunchError, Memory, Options, Program};
 
 pub type CUresult = c_int;
@@ -283,7 +284,7 @@ impl Driver {
                             lock(&self.records).push(format!(
                                 concat!(
                                     r#"{{"kind":"launch","kernel":"{}","grid":{:?},"block":{:?},"dyn_smem":{},"#,
-                                    r#""static_smem":{},"in_graph":{},"range":"{}","warp_instructions":{},"counters":{}}}"#
+                                    r#""static_smem":{},"in_graph":{},"range":{},"warp_instructions":{},"counters":{}}}"#
                                 ),
                                 func.prog.name,
                                 grid,
@@ -291,7 +292,7 @@ impl Driver {
                                 smem,
                                 func.prog.shared_static,
                                 IN_GRAPH.with(|g| g.get()),
-                                range.replace('\\', "\\\\").replace('"', "\\\""),
+                                json_string(&range),
                                 stats.warp_instructions,
                                 c.to_json_with(|line| source_of(&func.prog, line))
                             ));
@@ -1010,9 +1011,9 @@ entry!(cuGraphLaunch(exec: usize, s: usize) {
     if d.counting.load(Ordering::Relaxed) {
         let range = RANGES.with(|r| r.borrow().join("/"));
         lock(&d.records).push(format!(
-            r#"{{"kind":"graph","operations":{},"range":"{}"}}"#,
+            r#"{{"kind":"graph","operations":{},"range":{}}}"#,
             g.len(),
-            range.replace('\\', "\\\\").replace('"', "\\\"")
+            json_string(&range)
         ));
     }
     IN_GRAPH.with(|f| f.set(true));

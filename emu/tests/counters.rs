@@ -233,5 +233,5 @@ fn cp_async_counts_its_global_and_shared_sides() {
 fn barriers_and_mma_are_counted() {
     let c = counters(64, "    bar.sync 0;\n    bar.sync 0;");
     assert_eq!(c.barriers, 2);
-    assert_eq!(c.mma, 0);
+    assert_eq!(c.mma(), 0);
 }

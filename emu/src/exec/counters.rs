@@ -25,20 +25,8 @@ use crate::mem::SLOT_SHIFT;
 
 pub const CLASSES: usize = 7;
 
-/// Names of the instruction classes, in `Class as usize` order.
+/// Names of the instruction classes, in `Class as usize` (declaration) order.
 pub const CLASS_NAMES: [&str; CLASSES] = ["int", "fp32", "fp64", "memory", "mma", "control", "sync"];
-
-pub fn class_index(c: Class) -> usize {
-    match c {
-        Class::Int => 0,
-        Class::F32 => 1,
-        Class::F64 => 2,
-        Class::Mem => 3,
-        Class::Mma => 4,
-        Class::Control => 5,
-        Class::Sync => 6,
-    }
-}
 
 /// Global-memory requests of one kind (loads, stores or atomics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,7 +69,7 @@ impl Shared {
 /// The counters of one launch.
 #[derive(Clone, Debug, Default)]
 pub struct Counters {
-    /// Warp instructions executed, by class (`class_index`).
+    /// Warp instructions executed, by class (`Class as usize`).
     pub inst: [u64; CLASSES],
     /// Thread instructions not predicated off: lane efficiency is this over 32 x
     /// warp instructions.
@@ -98,7 +86,6 @@ pub struct Counters {
     /// shared side in `shared_store`) and the bytes they copy.
     pub cp_async: u64,
     pub cp_async_bytes: u64,
-    pub mma: u64,
     /// Barriers completed, summed over blocks.
     pub barriers: u64,
     /// Bank conflicts (extra wavefronts) by PTX line, where there were any.
@@ -123,6 +110,11 @@ impl Counters {
         }
     }
 
+    /// mma warp instructions (the Mma class holds only mma).
+    pub fn mma(&self) -> u64 {
+        self.inst[Class::Mma as usize]
+    }
+
     pub fn bank_conflicts(&self) -> u64 {
         self.shared_load.conflicts() + self.shared_store.conflicts() + self.shared_atomic.conflicts()
     }
@@ -141,7 +133,6 @@ impl Counters {
         self.ldmatrix += o.ldmatrix;
         self.cp_async += o.cp_async;
         self.cp_async_bytes += o.cp_async_bytes;
-        self.mma += o.mma;
         self.barriers += o.barriers;
         for (&line, &n) in &o.conflicts_at {
             *self.conflicts_at.entry(line).or_default() += n;
@@ -198,23 +189,24 @@ pub struct Tally {
     pub traffic: Traffic,
 }
 
+/// What a memory request does, global or shared.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum GlobalKind {
+pub enum Access {
     Load,
     Store,
     Atomic,
 }
 
 impl Tally {
-    /// One global request: `addrs` holds each active lane's address, each
-    /// accessing `len` bytes.
-    pub fn global(&mut self, kind: GlobalKind, addrs: &[u64], len: usize) {
+    /// One global request of `len` bytes per lane at `addrs` (one per active lane,
+    /// with its lane number).
+    pub fn global(&mut self, kind: Access, addrs: &[(u32, u64)], len: usize) {
         if addrs.is_empty() {
             return;
         }
         let mut sectors = [0u64; 64];
         let mut n = 0;
-        for &a in addrs {
+        for &(_, a) in addrs {
             let (first, last) = (a >> 5, (a + len as u64 - 1) >> 5);
             for s in first..=last {
                 if n < sectors.len() {
@@ -231,16 +223,16 @@ impl Tally {
             if s != prev {
                 unique += 1;
                 prev = s;
-                self.traffic.touch(s, kind == GlobalKind::Store);
-                if kind == GlobalKind::Atomic {
+                self.traffic.touch(s, kind == Access::Store);
+                if kind == Access::Atomic {
                     self.traffic.touch(s, true);
                 }
             }
         }
         let g = match kind {
-            GlobalKind::Load => &mut self.c.global_load,
-            GlobalKind::Store => &mut self.c.global_store,
-            GlobalKind::Atomic => &mut self.c.global_atomic,
+            Access::Load => &mut self.c.global_load,
+            Access::Store => &mut self.c.global_store,
+            Access::Atomic => &mut self.c.global_atomic,
         };
         g.requests += 1;
         g.bytes += distinct_bytes(addrs, len);
@@ -250,7 +242,7 @@ impl Tally {
     /// One shared request of `len` bytes per lane at `addrs` (one per active lane,
     /// with its lane number), `phase` lanes per phase; `line` is the PTX line, for
     /// `conflicts_at`.
-    pub fn shared(&mut self, kind: SharedKind, addrs: &[(u32, u64)], len: usize, phase: u32, line: u32) {
+    pub fn shared(&mut self, kind: Access, addrs: &[(u32, u64)], len: usize, phase: u32, line: u32) {
         if addrs.is_empty() {
             return;
         }
@@ -290,9 +282,9 @@ impl Tally {
             ideal += 1;
         }
         let s = match kind {
-            SharedKind::Load => &mut self.c.shared_load,
-            SharedKind::Store => &mut self.c.shared_store,
-            SharedKind::Atomic => &mut self.c.shared_atomic,
+            Access::Load => &mut self.c.shared_load,
+            Access::Store => &mut self.c.shared_store,
+            Access::Atomic => &mut self.c.shared_atomic,
         };
         s.requests += 1;
         s.wavefronts += wavefronts;
@@ -306,10 +298,12 @@ impl Tally {
 /// Bytes covered by the lanes' ranges of `len` bytes: lanes reading the same bytes
 /// (a broadcast) count them once, so bytes over sector bytes is the share of the
 /// fetched bytes the request uses.
-fn distinct_bytes(addrs: &[u64], len: usize) -> u64 {
+fn distinct_bytes(addrs: &[(u32, u64)], len: usize) -> u64 {
     let mut starts = [0u64; 32];
     let n = addrs.len().min(32);
-    starts[..n].copy_from_slice(&addrs[..n]);
+    for (s, &(_, a)) in starts.iter_mut().zip(addrs) {
+        *s = a;
+    }
     let starts = &mut starts[..n];
     starts.sort_unstable();
     let (mut total, mut end) = (0u64, 0u64);
@@ -321,13 +315,6 @@ fn distinct_bytes(addrs: &[u64], len: usize) -> u64 {
         }
     }
     total
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum SharedKind {
-    Load,
-    Store,
-    Atomic,
 }
 
 /// Lanes per phase for a shared access of `len` bytes per lane.
@@ -358,11 +345,8 @@ impl Counters {
     pub fn to_json_with(&self, place: impl Fn(u32) -> String) -> String {
         let inst: Vec<String> =
             CLASS_NAMES.iter().zip(&self.inst).map(|(n, v)| format!(r#""{n}":{v}"#)).collect();
-        let at: Vec<String> = self
-            .conflicts_at
-            .iter()
-            .map(|(&l, n)| format!(r#""{}":{n}"#, place(l).replace('\\', "/").replace('"', "'")))
-            .collect();
+        let at: Vec<String> =
+            self.conflicts_at.iter().map(|(&l, n)| format!("{}:{n}", json_string(&place(l)))).collect();
         format!(
             concat!(
                 r#"{{"inst":{{{}}},"thread_inst":{},"global_load":{},"global_store":{},"global_atomic":{},"#,
@@ -381,11 +365,27 @@ impl Counters {
             self.ldmatrix,
             self.cp_async,
             self.cp_async_bytes,
-            self.mma,
+            self.mma(),
             self.barriers,
             at.join(","),
             self.dram_read_sectors,
             self.dram_write_sectors,
         )
     }
+}
+
+/// `s` as a JSON string literal, quotes included.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

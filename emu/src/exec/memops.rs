@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::counters::{phase_lanes, GlobalKind, SharedKind};
+use super::counters::{phase_lanes, Access};
 use super::{lanes, AsyncCopy, Block, Core};
 use crate::error::{Fault, FaultKind};
 use crate::ir::{Exec, Inst, NONE};
@@ -336,45 +336,21 @@ fn write_lane<const SP: u8, const SIZE: usize, const N: usize>(
     Ok(())
 }
 
-/// Counts one request of `len` bytes per lane at `a[l] + imm` for the lanes in `m`
+/// Counts one request of `len` bytes per lane at `a[l] + i.imm` for the lanes in `m`
 /// (global or shared; other spaces are not counted).
 #[inline(never)]
-fn count(
-    c: &mut Core<'_>,
-    sp: u8,
-    write: Option<bool>,
-    a: &[u64; 32],
-    imm: i64,
-    m: u32,
-    len: usize,
-    line: u32,
-) {
+fn count(c: &mut Core<'_>, sp: u8, kind: Access, a: &[u64; 32], i: &Inst, m: u32, len: usize) {
     let Some(t) = c.b.tally.as_deref_mut() else { return };
     let mut addrs = [(0u32, 0u64); 32];
     let mut n = 0;
     for l in lanes(m) {
-        addrs[n] = (l as u32, a[l].wrapping_add(imm as u64));
+        addrs[n] = (l as u32, a[l].wrapping_add(i.imm as u64));
         n += 1;
     }
     let addrs = &addrs[..n];
     match sp {
-        GLOBAL => {
-            let kind = match write {
-                Some(false) => GlobalKind::Load,
-                Some(true) => GlobalKind::Store,
-                None => GlobalKind::Atomic,
-            };
-            let flat: Vec<u64> = addrs.iter().map(|&(_, x)| x).collect();
-            t.global(kind, &flat, len);
-        }
-        SHARED => {
-            let kind = match write {
-                Some(false) => SharedKind::Load,
-                Some(true) => SharedKind::Store,
-                None => SharedKind::Atomic,
-            };
-            t.shared(kind, addrs, len, phase_lanes(len), line);
-        }
+        GLOBAL => t.global(kind, addrs, len),
+        SHARED => t.shared(kind, addrs, len, phase_lanes(len), i.line),
         _ => {}
     }
 }
@@ -387,7 +363,7 @@ fn ld<const SP: u8, const SIZE: usize, const N: usize, const SIGN: bool>(
 ) -> R {
     let a = *c.w.r(i.s[0]);
     if c.b.tally.is_some() {
-        count(c, SP, Some(false), &a, i.imm, m, SIZE * N, i.line);
+        count(c, SP, Access::Load, &a, i, m, SIZE * N);
     }
     let mut hit: Option<(&Alloc, u64)> = None;
     for l in lanes(m) {
@@ -460,7 +436,7 @@ fn fast_global<'m, const SIZE: usize, const N: usize>(
 fn st<const SP: u8, const SIZE: usize, const N: usize>(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
     let a = *c.w.r(i.s[0]);
     if c.b.tally.is_some() {
-        count(c, SP, Some(true), &a, i.imm, m, SIZE * N, i.line);
+        count(c, SP, Access::Store, &a, i, m, SIZE * N);
     }
     let vals: [[u64; 32]; N] = std::array::from_fn(|k| *c.w.r(i.s[1 + k]));
     let mut hit: Option<(&Alloc, u64)> = None;
@@ -611,7 +587,7 @@ fn atom<const SP: u8, const OP: u8, const W: u8, const K: u8>(c: &mut Core<'_>, 
     let cmp = if OP == A_CAS { *c.w.r(i.s[2]) } else { [0; 32] };
     let len = W as usize / 8;
     if c.b.tally.is_some() {
-        count(c, SP, None, &a, i.imm, m, len, i.line);
+        count(c, SP, Access::Atomic, &a, i, m, len);
     }
     for l in lanes(m) {
         let addr = a[l].wrapping_add(i.imm as u64);
@@ -761,20 +737,20 @@ fn cp_async(c: &mut Core<'_>, i: &Inst, m: u32) -> R {
     let cp = i.aux as usize;
     if c.b.tally.is_some() {
         // The global side reads src-size bytes (zero-fill reads nothing past them).
-        let mut bytes = 0;
-        let mut addrs = Vec::with_capacity(32);
+        let (mut bytes, mut addrs, mut n) = (0, [(0u32, 0u64); 32], 0);
         for l in lanes(m) {
-            let n = srcsize.map_or(cp, |v| (v[l] as u32 as usize).min(cp));
-            if n > 0 {
-                addrs.push(src[l]);
-                bytes += n;
+            let len = srcsize.map_or(cp, |v| (v[l] as u32 as usize).min(cp));
+            if len > 0 {
+                addrs[n] = (l as u32, src[l]);
+                n += 1;
+                bytes += len;
             }
         }
         let t = c.b.tally.as_deref_mut().expect("checked");
         t.c.cp_async += 1;
         t.c.cp_async_bytes += bytes as u64;
-        t.global(GlobalKind::Load, &addrs, cp);
-        count(c, SHARED, Some(true), &dst, i.imm, m, cp, i.line);
+        t.global(Access::Load, &addrs[..n], cp);
+        count(c, SHARED, Access::Store, &dst, i, m, cp);
     }
     for l in lanes(m) {
         let d = dst[l].wrapping_add(i.imm as u64);

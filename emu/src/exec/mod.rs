@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use crate::error::{Fault, FaultKind, KernelError};
 use crate::ir::{Ctrl, Need, Program, Special};
 use crate::mem::View;
-use counters::{class_index, Counters, Tally, Traffic};
+use counters::{Counters, Tally, Traffic};
 
 pub const FULL: u32 = u32::MAX;
 
@@ -421,7 +421,7 @@ impl Launch<'_> {
                         }
                     };
                     if let Some(t) = b.tally.as_deref_mut() {
-                        t.c.inst[class_index(inst.class)] += 1;
+                        t.c.inst[inst.class as usize] += 1;
                         t.c.thread_inst += gm.count_ones() as u64;
                     }
                     if gm != 0 {
@@ -460,7 +460,7 @@ impl Launch<'_> {
                 }
             };
             if let Some(t) = b.tally.as_deref_mut() {
-                t.c.inst[class_index(inst.class)] += 1;
+                t.c.inst[inst.class as usize] += 1;
                 // A warp-synchronous instruction runs once for the lanes that wait
                 // for each other; counted here as it is issued.
                 t.c.thread_inst += gm.count_ones() as u64;
@@ -945,7 +945,6 @@ pub fn launch(
         let (mut c, traffic) = totals.into_inner().unwrap_or_else(|e| e.into_inner());
         (c.dram_read_sectors, c.dram_write_sectors) = traffic.unique();
         c.barriers = barriers;
-        c.mma = c.inst[class_index(crate::ir::Class::Mma)];
         Box::new(c)
     });
     Ok(Stats { warp_instructions: wi.into_inner(), barriers, counters })

@@ -127,10 +127,9 @@ fn ldmatrix<const N: usize, const TRANS: bool>(c: &mut Core<'_>, i: &Inst, m: u3
     let a = *c.w.r(i.s[0]);
     if let Some(t) = c.b.tally.as_deref_mut() {
         // Lanes 8k..8k+7 address matrix k's rows: one 128-byte phase per matrix.
-        let addrs: Vec<(u32, u64)> =
-            (0..8 * N as u32).map(|l| (l, a[l as usize].wrapping_add(i.imm as u64))).collect();
+        let addrs: [(u32, u64); 32] = std::array::from_fn(|l| (l as u32, a[l].wrapping_add(i.imm as u64)));
         t.c.ldmatrix += 1;
-        t.shared(super::counters::SharedKind::Load, &addrs, 16, 8, i.line);
+        t.shared(super::counters::Access::Load, &addrs[..8 * N], 16, 8, i.line);
     }
     // rows[k][r][col]: matrix k, row r, 8 b16 elements.
     let mut rows = [[[0u16; 8]; 8]; N];
