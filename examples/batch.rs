@@ -49,7 +49,7 @@ fn main() -> pimoe::Result<()> {
                     }
                     text.entry(id).or_default().push_str(&piece);
                 }
-                Event::Note { id, message } => eprintln!("request {id}: {message}"),
+                Event::Note { id, message, .. } => eprintln!("request {id}: {message}"),
                 Event::Finished { id, finish, stats } => println!(
                     "request {id} ({finish:?}, {} prompt + {} generated + {} injected tokens): {}",
                     stats.prompt_tokens,

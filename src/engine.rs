@@ -183,7 +183,7 @@ impl<B: Backend> Engine<B> {
                     Event::Token { id, token, text, provenance } => {
                         parts[index(id)].0.push(AnswerToken { id: token, text, provenance })
                     }
-                    Event::Note { id, message } => parts[index(id)].1.push(message),
+                    Event::Note { id, message, .. } => parts[index(id)].1.push(message),
                     Event::Finished { id, finish, stats } => {
                         let i = index(id);
                         let (tokens, notes) = std::mem::take(&mut parts[i]);

@@ -18,6 +18,7 @@ pub mod model;
 pub mod pimoe;
 pub mod sampling;
 pub mod scheduler;
+pub mod serve;
 pub mod tasks;
 pub mod train;
 

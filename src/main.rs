@@ -68,6 +68,48 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
+    /// An OpenAI-compatible HTTP server (chat and text completions, streamed or not,
+    /// tools, /v1/models, /health, /metrics) over one continuous-batching scheduler.
+    /// Default: the demo's composition (SmolLM2 with the power-flow experts).
+    Serve {
+        /// A PiMoE composition (JSON).
+        #[arg(long, conflicts_with = "model")]
+        manifest: Option<PathBuf>,
+        /// A plain model directory (no router or experts).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Address to listen on; anything but loopback exposes the server.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// 0 picks a free port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Require `Authorization: Bearer KEY` on every /v1 route (also read from
+        /// PIMOE_API_KEY).
+        #[arg(long, env = "PIMOE_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// The model id clients send and /v1/models lists (default: the manifest's
+        /// or model directory's name).
+        #[arg(long)]
+        served_model_name: Option<String>,
+        /// Sequences generating at once.
+        #[arg(long, default_value_t = 64)]
+        max_running: usize,
+        /// KV cache capacity in tokens over all sequences.
+        #[arg(long, default_value_t = 16_384)]
+        kv_tokens: usize,
+        /// Tokens per scheduler step (bounds a step's activation memory).
+        #[arg(long, default_value_t = 512)]
+        max_step_tokens: usize,
+        /// Requests waiting for admission before new ones get 429.
+        #[arg(long, default_value_t = 256)]
+        max_queue: usize,
+        /// Largest request body in bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        body_limit: usize,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
     /// Print a model's architecture, parameter count and size.
     Info {
         #[arg(long)]
@@ -574,6 +616,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::ImportGguf { gguf, out_dir } => {
             let s = import::import_gguf(&gguf, &out_dir, true)?;
             eprintln!("{s}");
+        }
+        Cmd::Serve {
+            manifest,
+            model,
+            host,
+            port,
+            api_key,
+            served_model_name,
+            max_running,
+            kv_tokens,
+            max_step_tokens,
+            max_queue,
+            body_limit,
+            device,
+        } => {
+            let (path, composed) = match (manifest, model) {
+                (Some(m), _) => (m, true),
+                (None, Some(d)) => (d, false),
+                (None, None) => {
+                    fetch::ensure_default_model(true)?;
+                    (pimoe::tasks::demo::ensure_manifest()?, true)
+                }
+            };
+            let name = served_model_name.unwrap_or_else(|| {
+                let stem = if composed { path.file_stem() } else { path.file_name() };
+                stem.map_or("pimoe".into(), |s| s.to_string_lossy().into_owned())
+            });
+            if !host.is_loopback() && api_key.is_none() {
+                eprintln!(
+                    "warning: listening on {host} without --api-key: anyone who can reach it can use it"
+                );
+            }
+            let cfg = pimoe::serve::ServeConfig {
+                host,
+                port,
+                api_key,
+                model_name: name.clone(),
+                sched: SchedulerConfig { max_step_tokens, max_running, kv_tokens },
+                max_queue,
+                body_limit,
+            };
+            let ready = |addr| eprintln!("pimoe serve: {name} on http://{addr}/v1 (Ctrl-C stops)");
+            if composed {
+                with_engine!(device, Engine::load_manifest, path, |engine| pimoe::serve::serve(
+                    &engine, cfg, ready
+                )?)
+            } else {
+                with_engine!(device, Engine::load, path, |engine| pimoe::serve::serve(&engine, cfg, ready)?)
+            }
         }
         Cmd::Demo { trace, device } => {
             fetch::ensure_default_model(true)?;

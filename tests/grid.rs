@@ -653,7 +653,7 @@ fn run_routed(engine: &Engine<CpuBackend>, reqs: &[Request]) -> Vec<Routed> {
                     let k = ids.iter().position(|&i| i == id).unwrap();
                     out[k].0.push((token, (*provenance).clone()));
                 }
-                Event::Note { id, message } => {
+                Event::Note { id, message, .. } => {
                     out[ids.iter().position(|&i| i == id).unwrap()].1.push(message)
                 }
                 Event::Finished { .. } => {}

@@ -52,7 +52,7 @@ fn run_counted(engine: &Engine<CpuBackend>, cfg: SchedulerConfig, reqs: &[Reques
                 Event::Token { id, token, provenance, .. } => {
                     out.entry(id).or_default().tokens.push((token, (*provenance).clone()))
                 }
-                Event::Note { id, message } => out.entry(id).or_default().notes.push(message),
+                Event::Note { id, message, .. } => out.entry(id).or_default().notes.push(message),
                 Event::Finished { id, finish, .. } => out.entry(id).or_default().finish = Some(finish),
             }
         }

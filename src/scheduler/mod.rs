@@ -58,6 +58,8 @@ pub enum Event {
     /// could not run (T2C found no number, a singular system, ...).
     Note {
         id: RequestId,
+        /// The expert that could not run.
+        expert: String,
         message: String,
     },
     Finished {
@@ -251,6 +253,27 @@ impl<'e, B: Backend> Scheduler<'e, B> {
 
     pub fn is_idle(&self) -> bool {
         self.seqs.is_empty()
+    }
+
+    /// A live request's prompt length in tokens.
+    pub fn prompt_tokens(&self, id: RequestId) -> Option<usize> {
+        self.seqs.iter().find(|s| s.id == id).map(|s| s.prompt_len)
+    }
+
+    /// Requests submitted and not yet admitted (including preempted ones).
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Sequences admitted and generating.
+    pub fn running(&self) -> usize {
+        self.seqs.len() - self.queue.len()
+    }
+
+    /// KV cache blocks (of `BLOCK_SIZE` tokens): (in use, free).
+    pub fn kv_blocks(&self) -> (usize, usize) {
+        let free = self.cache.free_blocks();
+        (self.cache.num_blocks - free, free)
     }
 
     /// Sequences sent back to wait (and be recomputed) because blocks ran out.
@@ -496,7 +519,11 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                         }
                     }
                     Computed::Failed(message) => {
-                        events.push(Event::Note { id: s.id, message });
+                        events.push(Event::Note {
+                            id: s.id,
+                            expert: pimoe.expert_name(expert).to_string(),
+                            message,
+                        });
                         if let Some(r) = s.router.as_mut() {
                             pimoe.injected(r, &[])?;
                         }
