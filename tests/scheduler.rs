@@ -83,12 +83,63 @@ fn expert_result_is_injected_with_provenance() {
         o.tokens.windows(2).filter(|w| w[0].1 == Provenance::Llm && w[1].1 != Provenance::Llm).count()
             + usize::from(o.tokens[0].1 != Provenance::Llm);
     assert_eq!(spans, 2, "expected two expert spans: {o:?}");
-    // The injected text is exactly the formatted result.
-    let text = engine
-        .tokenizer
-        .decode(&o.tokens.iter().filter(|(_, p)| p == expert[0]).map(|(t, _)| *t).collect::<Vec<_>>()[..]);
-    assert!(text.unwrap().contains(" x = 0.800000, 1.400000."));
+    // The span is exactly the formatted result; the template's closing period
+    // follows it as sentence punctuation (the model's own, or ours in its place).
+    let first = o.tokens.iter().position(|(_, p)| p == expert[0]).unwrap();
+    let end = first + o.tokens[first..].iter().take_while(|(_, p)| p == expert[0]).count();
+    let ids = |r: std::ops::Range<usize>| o.tokens[r].iter().map(|(t, _)| *t).collect::<Vec<_>>();
+    assert_eq!(engine.tokenizer.decode(&ids(first..end)).unwrap(), " x = 0.800000, 1.400000");
+    assert!(engine.tokenizer.decode(&ids(end..end + 1)).unwrap().starts_with('.'), "{o:?}");
     assert_eq!(o.finish, Some(Finish::Length));
+}
+
+/// The tiny composition with an `after_result` and one firing.
+fn ending(name: &str, after: &str) -> Engine<CpuBackend> {
+    let path = composition(name, r#"{ "max_firings": 1 }"#);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = format!("{},\n  \"after_result\": {after}\n}}\n", text.trim_end().strip_suffix('}').unwrap());
+    std::fs::write(&path, text).unwrap();
+    Engine::load_manifest(CpuBackend, &path).unwrap()
+}
+
+/// The text after the expert's span, and how many tokens it took.
+fn after_span(engine: &Engine<CpuBackend>, o: &Outcome) -> (String, usize) {
+    let end = o.tokens.iter().rposition(|(_, p)| *p != Provenance::Llm).expect("an expert span") + 1;
+    let ids: Vec<u32> = o.tokens[end..].iter().map(|(t, _)| *t).collect();
+    (engine.tokenizer.decode(&ids).unwrap(), ids.len())
+}
+
+#[test]
+fn after_result_ends_the_answer_where_the_composition_says() {
+    // "sentence": the template ends in a period, so the answer ends at it (the
+    // model's own period with what it glues to it, or ours), well before the budget.
+    let engine = ending("after-sentence", r#""sentence""#);
+    for seed in 0..4 {
+        let o = alone(&engine, &request(GOOD, 40, seed));
+        assert_eq!(o.finish, Some(Finish::Stop), "seed {seed}: {o:?}");
+        let (tail, _) = after_span(&engine, &o);
+        assert!(
+            tail.starts_with('.') && !tail.trim_end().contains(char::is_whitespace),
+            "seed {seed}: {tail:?}"
+        );
+    }
+    // {"max_tokens": 3}: at most three of the model's tokens after the closing period.
+    let engine = ending("after-tokens", r#"{ "max_tokens": 3 }"#);
+    for seed in 0..4 {
+        let o = alone(&engine, &request(GOOD, 40, seed));
+        assert_eq!(o.finish, Some(Finish::Stop), "seed {seed}: {o:?}");
+        let (tail, n) = after_span(&engine, &o);
+        assert!(tail.starts_with('.') && (1..=4).contains(&n), "seed {seed}: {n} tokens {tail:?}");
+    }
+    // {"max_tokens": 0}: the result and its period end the answer.
+    let engine = ending("after-none", r#"{ "max_tokens": 0 }"#);
+    let o = alone(&engine, &request(GOOD, 40, 0));
+    assert_eq!((o.finish, after_span(&engine, &o).0.as_str()), (Some(Finish::Stop), "."), "{o:?}");
+    // "continue" (the default) writes on past the sentence, to its own end or the budget.
+    let engine = ending("after-continue", r#""continue""#);
+    let o = alone(&engine, &request(GOOD, 40, 0));
+    let (tail, n) = after_span(&engine, &o);
+    assert!(n > 4 && tail.trim_end().contains(char::is_whitespace), "{n} tokens {tail:?}");
 }
 
 #[test]
@@ -262,6 +313,20 @@ fn malformed_manifests_name_what_is_wrong() {
                     .replace("\"expert\": {", "\"order\": \"0..6\", \"expert\": {")
             }),
             "leave it out",
+        ),
+        (
+            "bad-after-result",
+            Box::new(|t: &str| {
+                t.replacen("\"experts\": [{", "\"after_result\": \"paragraph\", \"experts\": [{", 1)
+            }),
+            "paragraph",
+        ),
+        (
+            "negative-after-tokens",
+            Box::new(|t: &str| {
+                t.replacen("\"experts\": [{", "\"after_result\": { \"max_tokens\": -2 }, \"experts\": [{", 1)
+            }),
+            "integer `-2`",
         ),
         (
             "power-flow-limits",

@@ -89,10 +89,15 @@ fn python() -> PathBuf {
 }
 
 fn client(mode: &str, server: &Server, model: &str) -> String {
+    client_with(mode, server, model, &[])
+}
+
+fn client_with(mode: &str, server: &Server, model: &str, extra: &[&str]) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/serve/client.py");
     let out = Command::new(python())
         .arg(script)
         .args([mode, &server.base, model, KEY])
+        .args(extra)
         .output()
         .expect("run client.py");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -134,6 +139,33 @@ fn load_of_300_mixed_requests_at_concurrency_32() {
     let out = client("load", &server, "pimoe");
     eprintln!("{out}");
     assert!(out.contains("\"counts\""), "{out}");
+}
+
+/// The first use: `pimoe serve` with no arguments serves the embedded demo
+/// composition, and the openai client's chat answer to a grid question carries the
+/// expert's number, with its span in the `pimoe` field, and ends with its sentence.
+#[test]
+fn default_composition_answers_a_grid_question_with_its_expert() {
+    pimoe::model::fetch::ensure_default_model(false).expect("the default model");
+    let server = Server::start(&["--api-key", KEY]);
+    let q = &pimoe::tasks::demo::questions().unwrap()[1];
+    let pimoe::Prompt::Chat { system, user } = q.prompt() else { panic!("a chat prompt") };
+    let messages = serde_json::json!([{"role": "system", "content": system.unwrap()}, {"role": "user", "content": user}]);
+    let path = common::scratch_dir("serve-grid").join("messages.json");
+    std::fs::write(&path, messages.to_string()).unwrap();
+    let out = client_with("grid", &server, "grid", &[path.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let text = v["text"].as_str().unwrap();
+    let span = &v["pimoe"]["spans"][0];
+    assert_eq!(span["expert"], "dc-power-flow", "{v}");
+    let (start, end) = (span["start"].as_u64().unwrap() as usize, span["end"].as_u64().unwrap() as usize);
+    let number: String = text.chars().skip(start).take(end - start).collect();
+    let x: f64 = number.trim().parse().unwrap_or_else(|_| panic!("the span is a number: {number:?} in {v}"));
+    assert!((x - q.truth).abs() <= 1e-4 * q.truth.abs(), "{x} vs PYPOWER {}", q.truth);
+    assert_eq!(span["outputs"][0].as_f64().map(|y| format!("{y:.6}")), Some(number.trim().to_string()));
+    // "after_result": "sentence" and the held-back period: the answer ends right there.
+    assert_eq!(v["finish"], "stop", "{v}");
+    assert!(text.chars().skip(end).collect::<String>().trim_end() == ".", "{text:?}");
 }
 
 #[test]

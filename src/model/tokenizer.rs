@@ -104,4 +104,14 @@ impl StreamDecoder {
         }
         Ok(piece)
     }
+
+    /// The text `id` would add after what is pushed, without pushing it (empty while
+    /// a character is incomplete).
+    pub fn peek(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids);
+        self.ids.pop();
+        let text = text?;
+        Ok(text.get(self.emitted..).filter(|p| !p.ends_with('\u{FFFD}')).unwrap_or_default().to_string())
+    }
 }

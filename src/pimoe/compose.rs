@@ -13,7 +13,7 @@ use crate::pimoe::experts::{
     Activation, DeepONet, DeepONetSpec, Expert, LinearSolve, Mlp, PowerFlow, Precision, RowResult, WeightFile,
 };
 use crate::pimoe::format::ResultFormat;
-use crate::pimoe::manifest::{Manifest, ModelSpec, RouterSpec, T2cSpec};
+use crate::pimoe::manifest::{AfterResult, Manifest, ModelSpec, RouterSpec, T2cSpec};
 use crate::pimoe::router::{
     Decision, Gate, HiddenGate, HiddenGateConfig, PiernGate, PiernGateConfig, Router, RouterInputs,
     RouterPolicy, Trigger, TriggerGate,
@@ -56,6 +56,7 @@ pub struct Slot {
 pub struct Composition {
     pub router: Router,
     pub experts: Vec<Slot>,
+    pub after_result: AfterResult,
 }
 
 /// What `route` needs of the LLM for a sequence beyond its token and text.
@@ -217,7 +218,7 @@ impl Composition {
                 ResultFormat::new(&e.format, expert.n_outputs()).map_err(|msg| bad("format", msg))?;
             experts.push(Slot { name: e.name.clone(), t2c, backbone, order, expert, format });
         }
-        Ok(Composition { router, experts })
+        Ok(Composition { router, experts, after_result: m.after_result })
     }
 
     pub fn num_experts(&self) -> usize {

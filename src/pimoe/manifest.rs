@@ -16,7 +16,8 @@
 //!                 "branch": [11, 2048, 1024, 512, 256, 128, 64, 10],
 //!                 "trunk": [2, 784, 512, 256, 128, 64, 10] },
 //!     "format": { "template": "{value:.6f}", "conclusions": [{ "below": 0.8, "text": " (replace it)" }] }
-//!   }]
+//!   }],
+//!   "after_result": "sentence"
 //! }
 //! ```
 //! The README documents every field.
@@ -34,6 +35,23 @@ pub struct Manifest {
     pub llm: PathBuf,
     pub router: RouterSpec,
     pub experts: Vec<ExpertSpec>,
+    /// How an answer goes on after an expert's result (default: "continue").
+    #[serde(default)]
+    pub after_result: AfterResult,
+}
+
+/// What the LLM does after an expert's result is in the answer: `"sentence"` ends the
+/// answer with the sentence that carries the result (at its closing punctuation, or
+/// at a line break), `"continue"` lets it write on until its own end or the token
+/// budget, `{"max_tokens": N}` lets it add at most N tokens. "continue" is the
+/// default because a composition that fires more than once per answer needs it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AfterResult {
+    Sentence,
+    #[default]
+    Continue,
+    MaxTokens(usize),
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,6 +26,7 @@ use crate::kv::{KvCache, BLOCK_SIZE};
 use crate::llm::{DeviceGate, Logits, SeqChunk};
 use crate::model::tokenizer::StreamDecoder;
 use crate::pimoe::compose::{ok_rows, Composition, Computed, RouterState, SeqView};
+use crate::pimoe::manifest::AfterResult;
 use crate::pimoe::router::GateActivation;
 use crate::sampling::Sampler;
 
@@ -131,8 +132,85 @@ struct Seq {
     pooled_upto: usize,
     /// The hidden-state gate's probabilities for the newest token.
     last_gate: Vec<f32>,
+    /// A result's closing punctuation, held back until the LLM's next token shows
+    /// whether the model writes it itself. It is sentence punctuation standing in for
+    /// the model's, not part of the computed result, so it goes in as the LLM's text
+    /// and a result's span is exactly its formatted number.
+    pending_close: Option<Vec<u32>>,
+    /// Set by a result when the composition ends answers after it.
+    after: Option<After>,
     stats: Stats,
     started: Instant,
+}
+
+/// How much more the LLM may write after a result (the composition's `after_result`).
+#[derive(Clone, Copy, Debug)]
+enum After {
+    /// Up to the end of the sentence that starts at this byte of `text` (the result's).
+    Sentence {
+        from: usize,
+    },
+    Tokens(usize),
+}
+
+impl Seq {
+    fn length_finish(&self) -> Finish {
+        if self.hit_context {
+            Finish::Context
+        } else {
+            Finish::Length
+        }
+    }
+
+    /// Appends tokens of an expert's result (up to the budget) and streams them.
+    fn inject(
+        &mut self,
+        tokenizer: &crate::model::tokenizer::Tokenizer,
+        ids: &[u32],
+        provenance: &Arc<Provenance>,
+        events: &mut Vec<Event>,
+    ) -> Result<usize> {
+        let take = ids.len().min(self.budget);
+        for &tok in &ids[..take] {
+            self.tokens.push(tok);
+            let piece = self.stream.push(tokenizer, tok)?.unwrap_or_default();
+            self.text.push_str(&piece);
+            events.push(Event::Token {
+                id: self.id,
+                token: tok,
+                text: piece,
+                provenance: provenance.clone(),
+            });
+        }
+        self.budget -= take;
+        self.stats.injected_tokens += take;
+        Ok(take)
+    }
+
+    /// Whether the LLM's next token, whose text is `piece`, comes after the end of
+    /// the answer that the composition's `after_result` allows (it is then dropped).
+    fn ends_before(&self, piece: &str) -> bool {
+        match self.after {
+            None => false,
+            Some(After::Tokens(n)) => n == 0,
+            Some(After::Sentence { from }) => {
+                let tail = self.text[from..].trim_end_matches(['"', '\'', ')', ']']);
+                let closed = tail.ends_with(['.', '!', '?']) || self.text.ends_with('\n');
+                piece.starts_with('\n') || (closed && piece.starts_with(char::is_whitespace))
+            }
+        }
+    }
+}
+
+/// Sentence punctuation at the end of a result: held back, so that the model's own
+/// (". " after "MW") does not double it.
+fn closing_punctuation(text: &str) -> usize {
+    let body = text.trim_end_matches(['.', ',', ';', ':', '!', '?']);
+    if body.is_empty() {
+        0
+    } else {
+        text.len() - body.len()
+    }
 }
 
 pub struct Scheduler<'e, B: Backend> {
@@ -226,6 +304,8 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             pooled: Vec::new(),
             pooled_upto: 0,
             last_gate: Vec::new(),
+            pending_close: None,
+            after: None,
             started: Instant::now(),
         });
         self.queue.push_back(id);
@@ -375,9 +455,38 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             if s.stats.generated_tokens == 0 && s.stats.injected_tokens == 0 {
                 s.stats.first_token_secs = s.started.elapsed().as_secs_f64();
             }
-            if self.stops.contains(&tok) {
+            let stop = self.stops.contains(&tok);
+            let piece = if s.pending_close.is_some() || s.after.is_some() {
+                s.stream.peek(&e.tokenizer, tok)?
+            } else {
+                String::new()
+            };
+            if let Some(close) = s.pending_close.take() {
+                let own = e.tokenizer.decode(&close)?;
+                if stop || !own.chars().next().is_some_and(|c| piece.starts_with(c)) {
+                    // The model went on without the punctuation (ending, or gluing
+                    // digits onto the number): it goes in, and the token sampled
+                    // without it is dropped.
+                    s.inject(&e.tokenizer, &close, &Arc::new(Provenance::Llm), &mut events)?;
+                    if let (Some(pimoe), Some(r)) = (&e.pimoe, s.router.as_mut()) {
+                        pimoe.router.absorb(r, &close)?;
+                    }
+                    if s.budget == 0 || stop || s.ends_before(" ") {
+                        done.push((i, if s.budget == 0 && !stop { s.length_finish() } else { Finish::Stop }));
+                    }
+                    continue;
+                }
+            }
+            if stop {
                 done.push((i, Finish::Stop));
                 continue;
+            }
+            if s.ends_before(&piece) {
+                done.push((i, Finish::Stop));
+                continue;
+            }
+            if let Some(After::Tokens(n)) = &mut s.after {
+                *n -= 1;
             }
             s.tokens.push(tok);
             s.budget -= 1;
@@ -386,7 +495,9 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             s.text.push_str(&text);
             events.push(Event::Token { id: s.id, token: tok, text, provenance: Arc::new(Provenance::Llm) });
             if s.budget == 0 {
-                done.push((i, if s.hit_context { Finish::Context } else { Finish::Length }));
+                done.push((i, s.length_finish()));
+            } else if matches!(s.after, Some(After::Tokens(0))) {
+                done.push((i, Finish::Stop));
             } else {
                 fresh.push(i);
             }
@@ -491,31 +602,43 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                         if s.stats.generated_tokens == 0 && s.stats.injected_tokens == 0 {
                             s.stats.first_token_secs = s.started.elapsed().as_secs_f64();
                         }
-                        let ids = self.engine.tokenizer.encode(&text)?;
-                        let take = ids.len().min(s.budget);
+                        let tokenizer = &self.engine.tokenizer;
+                        // A result that follows another's held-back punctuation puts it in first.
+                        if let Some(close) = s.pending_close.take() {
+                            s.inject(tokenizer, &close, &Arc::new(Provenance::Llm), events)?;
+                            if let Some(r) = s.router.as_mut() {
+                                pimoe.router.absorb(r, &close)?;
+                            }
+                        }
+                        let from = s.text.len();
+                        let (body, close) = text.split_at(text.len() - closing_punctuation(&text));
+                        let ids = tokenizer.encode(body)?;
                         let prov = Arc::new(Provenance::Expert {
                             expert: pimoe.expert_name(expert).to_string(),
                             inputs,
                             outputs,
                         });
-                        for &tok in &ids[..take] {
-                            s.tokens.push(tok);
-                            let piece = s.stream.push(&self.engine.tokenizer, tok)?.unwrap_or_default();
-                            s.text.push_str(&piece);
-                            events.push(Event::Token {
-                                id: s.id,
-                                token: tok,
-                                text: piece,
-                                provenance: prov.clone(),
-                            });
-                        }
-                        s.budget -= take;
-                        s.stats.injected_tokens += take;
+                        let take = s.inject(tokenizer, &ids, &prov, events)?;
                         if let Some(r) = s.router.as_mut() {
                             pimoe.injected(r, &ids[..take])?;
                         }
+                        s.after = match pimoe.after_result {
+                            AfterResult::Continue => None,
+                            AfterResult::Sentence => Some(After::Sentence { from }),
+                            AfterResult::MaxTokens(n) => Some(After::Tokens(n)),
+                        };
+                        if !close.is_empty() {
+                            let close = tokenizer.encode(close)?;
+                            if matches!(s.after, Some(After::Tokens(0))) {
+                                s.inject(tokenizer, &close, &Arc::new(Provenance::Llm), events)?;
+                            } else {
+                                s.pending_close = Some(close);
+                            }
+                        }
                         if s.budget == 0 {
-                            done.push((i, if s.hit_context { Finish::Context } else { Finish::Length }));
+                            done.push((i, s.length_finish()));
+                        } else if matches!(s.after, Some(After::Tokens(0))) {
+                            done.push((i, Finish::Stop));
                         }
                     }
                     Computed::Failed(message) => {

@@ -5,6 +5,9 @@ starts the server and runs one mode of this script against it).
                                         seeds, the pimoe extension field, errors
     client.py tools BASE_URL MODEL KEY  a tool call and its result sent back
     client.py load  BASE_URL MODEL KEY  300 mixed requests at concurrency 32
+    client.py grid  BASE_URL MODEL KEY MESSAGES.json
+                                        one chat call, printed as returned (the
+                                        default composition's grid question)
 
 Each mode exits non-zero with a message on the first check that fails, and prints
 one JSON line of what it saw on success.
@@ -215,8 +218,20 @@ async def load(base, model, key, n=300, concurrency=32):
                       "requests_200": m.get('pimoe_requests_total{code="200"}', 0)}))
 
 
+def grid(base, model, key, path):
+    c = OpenAI(base_url=base, api_key=key, max_retries=0)
+    with open(path) as f:
+        messages = json.load(f)
+    r = c.chat.completions.create(model=model, messages=messages, max_tokens=48, temperature=0)
+    ch = r.choices[0]
+    print(json.dumps({"text": ch.message.content, "finish": ch.finish_reason, "pimoe": extension(ch)}))
+
+
 if __name__ == "__main__":
     mode, base, model, key = sys.argv[1:5]
+    if mode == "grid":
+        grid(base, model, key, sys.argv[5])
+        sys.exit(0)
     if mode == "api":
         api(base, model, key)
     elif mode == "tools":
