@@ -416,6 +416,79 @@ fn hidden_composition(name: &str, learned: bool, backbone: bool) -> PathBuf {
     dir.join("pimoe.json")
 }
 
+/// A softmax hidden gate over ["no expert", "solve3", "solve"] that always prefers
+/// "solve3" (a 3x3 solver whose T2C wants nine numbers) and ranks "solve" second.
+fn rerouting_composition(name: &str) -> PathBuf {
+    let dir = scratch_dir(name);
+    let h = 96; // tiny-qwen2's hidden size
+    let gate =
+        vec![("gate.0.weight", vec![3, h], vec![0.0; 3 * h]), ("gate.0.bias", vec![3], vec![-9.0, 3.0, 1.0])];
+    write_safetensors(&dir.join("gate.safetensors"), &gate);
+    let expert = |name: &str, n: usize| {
+        format!(
+            r#"{{ "name": "{name}", "t2c": {{ "kind": "extract", "pattern": "list[{}] after \"A =\"; list[{n}] after \"b =\"" }},
+                "expert": {{ "kind": "linear-solve", "n": {n} }}, "format": {{ "template": " x = {{{{values:.6f}}}}." }} }}"#,
+            n * n
+        )
+    };
+    let manifest = format!(
+        r#"{{
+  "llm": {llm:?},
+  "router": {{ "kind": "hidden-gate", "weights": "gate.safetensors", "experts": ["solve3", "solve"],
+              "activation": "softmax", "policy": {{ "max_firings": 1 }} }},
+  "experts": [{}, {}]
+}}"#,
+        expert("solve3", 3),
+        expert("solve", 2),
+        llm = fixtures().join("tiny-qwen2")
+    );
+    std::fs::write(dir.join("pimoe.json"), manifest).unwrap();
+    dir.join("pimoe.json")
+}
+
+#[test]
+fn a_refusing_t2c_hands_the_question_to_the_gates_next_choice() {
+    let engine = Engine::load_manifest(CpuBackend, &rerouting_composition("sched-reroute")).unwrap();
+    let mut s = Scheduler::new(&engine, SchedulerConfig::default()).unwrap();
+    s.submit(&request(GOOD, 12, 0)).unwrap();
+    let (mut experts, mut notes, mut stats) = (Vec::new(), Vec::new(), None);
+    while !s.is_idle() {
+        for ev in s.step().unwrap() {
+            match ev {
+                Event::Token { provenance, .. } => {
+                    if let Provenance::Expert { expert, outputs, .. } = &*provenance {
+                        experts.push((expert.clone(), outputs.clone()));
+                    }
+                }
+                Event::Note { message, .. } => notes.push(message),
+                Event::Finished { stats: st, .. } => stats = Some(st),
+            }
+        }
+    }
+    // "solve3" found no nine numbers; "solve", ranked second, computed the answer.
+    assert!(notes.is_empty(), "{notes:?}");
+    assert!(
+        !experts.is_empty() && experts.iter().all(|(name, x)| name == "solve" && x.len() == 2),
+        "{experts:?}"
+    );
+    assert!((experts[0].1[0] - 0.8).abs() < 1e-15 && (experts[0].1[1] - 1.4).abs() < 1e-15);
+    let stats = stats.unwrap();
+    assert_eq!((stats.reroutes, stats.expert_calls), (1, 1), "{stats:?}");
+    // A question no expert takes is one note, from the last one tried.
+    let mut s = Scheduler::new(&engine, SchedulerConfig::default()).unwrap();
+    let id = s.submit(&request("Solve A = [2, 1, 1] and b = [3, 5].", 12, 0)).unwrap();
+    let mut notes = Vec::new();
+    while !s.is_idle() {
+        for ev in s.step().unwrap() {
+            if let Event::Note { id: n, expert, .. } = ev {
+                assert_eq!(n, id);
+                notes.push(expert);
+            }
+        }
+    }
+    assert_eq!(notes, ["solve"]);
+}
+
 #[test]
 fn hidden_gate_runs_in_the_step_and_batches_like_alone() {
     let engine =

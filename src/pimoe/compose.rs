@@ -253,8 +253,12 @@ impl Composition {
         self.experts.iter().any(|e| matches!(e.t2c, T2c::Learned(_)) && e.backbone.is_none())
     }
 
-    /// One decision per sequence: the expert it fired, if any.
-    pub fn route(&self, states: &mut [&mut RouterState], seqs: &[SeqView]) -> Result<Vec<Option<usize>>> {
+    /// One decision per sequence: the experts to try, the one it fired first and then
+    /// the gate's other experts by probability (a hidden gate), or none when it did
+    /// not fire. The runners-up are for a T2C that finds the question is not its
+    /// expert's (an AC question sent to the DC expert): the gate decides when a number
+    /// must be computed, and T2C checks exactly which computation it is.
+    pub fn route(&self, states: &mut [&mut RouterState], seqs: &[SeqView]) -> Result<Vec<Vec<usize>>> {
         let tokens: Vec<u32> = seqs.iter().map(|s| s.token).collect();
         let texts: Vec<&str> = seqs.iter().map(|s| s.text).collect();
         let probs: Option<Vec<f32>> = match self.hidden_gate() {
@@ -268,13 +272,19 @@ impl Composition {
         };
         let inputs =
             RouterInputs { tokens: &tokens, texts: Some(&texts), hidden: None, probs: probs.as_deref() };
+        let width = probs.as_ref().map_or(0, |p| p.len() / seqs.len().max(1));
         Ok(self
             .router
             .step(states, inputs)?
             .into_iter()
-            .map(|d| match d {
-                Decision::Fire { expert, .. } => Some(expert),
-                Decision::Continue => None,
+            .enumerate()
+            .map(|(i, d)| match d {
+                Decision::Fire { expert, .. } => {
+                    let row = probs.as_ref().map_or(&[][..], |p| &p[i * width..(i + 1) * width]);
+                    let rest = self.router.ranked(row).into_iter().filter(|&x| x != expert);
+                    std::iter::once(expert).chain(rest).collect()
+                }
+                Decision::Continue => Vec::new(),
             })
             .collect())
     }

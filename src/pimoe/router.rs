@@ -804,6 +804,16 @@ impl Router {
         Ok(out)
     }
 
+    /// A hidden gate's experts for one row of probabilities, most probable first
+    /// ("no expert" left out); empty for the other gates, whose choice has no runner-up.
+    pub fn ranked(&self, row: &[f32]) -> Vec<usize> {
+        let Gate::Hidden(g) = &self.gate else { return Vec::new() };
+        let skip = usize::from(g.activation == GateActivation::Softmax);
+        let mut classes: Vec<usize> = (skip..row.len().min(g.experts.len() + skip)).collect();
+        classes.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        classes.into_iter().map(|j| g.experts[j - skip]).collect()
+    }
+
     /// The best class of one row (first on ties) as (expert, probability), or None
     /// when it is a softmax gate's "no expert" class (or a trigger gate matched none).
     fn best(&self, row: &[f32]) -> Option<(usize, f32)> {

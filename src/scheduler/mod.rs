@@ -78,6 +78,9 @@ pub struct Stats {
     /// Tokens injected from expert results.
     pub injected_tokens: usize,
     pub expert_calls: usize,
+    /// Firings whose expert's T2C refused the question, handed to the router's next
+    /// choice (a hidden gate's runner-up): the gate picked the wrong expert.
+    pub reroutes: usize,
     /// Prompt, generated and injected tokens run through the model (recomputation
     /// after a preemption counts again).
     pub processed_tokens: usize,
@@ -549,110 +552,135 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             fired?
         };
         let mut injected = Vec::new();
-        // fired[j] belongs to fresh[j]; group by expert, keeping batch order.
-        for expert in 0..pimoe.num_experts() {
-            let members: Vec<usize> =
-                fresh.iter().zip(&fired).filter(|(_, f)| **f == Some(expert)).map(|(&i, _)| i).collect();
-            if members.is_empty() {
-                continue;
-            }
-            let contexts: Vec<String> = members
-                .iter()
-                .map(|&i| format!("{}{}", self.seqs[i].prompt_text, self.seqs[i].text))
-                .collect();
-            let pooled: Option<Vec<f64>> = match self.engine.backbones.get(expert) {
-                // Its own backbone reads the whole context, as the reference's does.
-                Some(Some(backbone)) => {
-                    let mut all = Vec::new();
-                    for &i in &members {
-                        all.extend(backbone.pooled_hidden(
-                            &self.engine.backend,
-                            &self.seqs[i].tokens,
-                            self.cfg.max_step_tokens,
-                        )?);
+        // fired[j] belongs to fresh[j]: each sequence with the experts it may try.
+        let mut pending: Vec<(usize, Vec<usize>)> =
+            fresh.iter().copied().zip(fired).filter(|(_, c)| !c.is_empty()).collect();
+        while !pending.is_empty() {
+            let mut retry = Vec::new();
+            // Grouped by expert, keeping batch order.
+            for expert in 0..pimoe.num_experts() {
+                let members: Vec<usize> =
+                    pending.iter().filter(|(_, c)| c[0] == expert).map(|(i, _)| *i).collect();
+                if members.is_empty() {
+                    continue;
+                }
+                let contexts: Vec<String> = members
+                    .iter()
+                    .map(|&i| format!("{}{}", self.seqs[i].prompt_text, self.seqs[i].text))
+                    .collect();
+                let pooled: Option<Vec<f64>> = match self.engine.backbones.get(expert) {
+                    // Its own backbone reads the whole context, as the reference's does.
+                    Some(Some(backbone)) => {
+                        let mut all = Vec::new();
+                        for &i in &members {
+                            all.extend(backbone.pooled_hidden(
+                                &self.engine.backend,
+                                &self.seqs[i].tokens,
+                                self.cfg.max_step_tokens,
+                            )?);
+                        }
+                        Some(all)
                     }
-                    Some(all)
+                    _ => pimoe.needs_pooled_hidden().then(|| {
+                        members
+                            .iter()
+                            .flat_map(|&i| {
+                                let s = &self.seqs[i];
+                                s.pooled.iter().map(move |v| v / s.pooled_upto.max(1) as f64)
+                            })
+                            .collect()
+                    }),
+                };
+                // T2C on the host, the expert on the backend (f64 kernels on the GPU).
+                e.backend.push_range(&format!("expert {}", pimoe.expert_name(expert)));
+                // A T2C that refuses the question hands it to the router's next choice.
+                let members_all = members;
+                let (mut members, mut inputs) = (Vec::new(), Vec::new());
+                for (i, input) in
+                    members_all.iter().copied().zip(pimoe.inputs(expert, &contexts, pooled.as_deref()))
+                {
+                    let rest = &pending.iter().find(|(j, _)| *j == i).expect("a member is pending").1[1..];
+                    if input.is_err() && !rest.is_empty() {
+                        retry.push((i, rest.to_vec()));
+                        self.seqs[i].stats.reroutes += 1;
+                    } else {
+                        members.push(i);
+                        inputs.push(input);
+                    }
                 }
-                _ => pimoe.needs_pooled_hidden().then(|| {
-                    members
-                        .iter()
-                        .flat_map(|&i| {
-                            let s = &self.seqs[i];
-                            s.pooled.iter().map(move |v| v / s.pooled_upto.max(1) as f64)
-                        })
-                        .collect()
-                }),
-            };
-            // T2C on the host, the expert on the backend (f64 kernels on the GPU).
-            e.backend.push_range(&format!("expert {}", pimoe.expert_name(expert)));
-            let inputs = pimoe.inputs(expert, &contexts, pooled.as_deref());
-            let (flat, rows) = ok_rows(&inputs);
-            let outputs =
-                e.backend.run_expert(&e.experts[expert], &pimoe.experts[expert].expert, &flat, rows);
-            e.backend.pop_range();
-            let results = pimoe.finish(expert, inputs, outputs?);
-            for (&i, result) in members.iter().zip(results) {
-                if matches!(result, Computed::Ok { .. }) {
-                    injected.push(i);
+                if members.is_empty() {
+                    e.backend.pop_range();
+                    continue;
                 }
-                let s = &mut self.seqs[i];
-                s.stats.expert_calls += 1;
-                match result {
-                    Computed::Ok { text, inputs, outputs } => {
-                        if s.stats.generated_tokens == 0 && s.stats.injected_tokens == 0 {
-                            s.stats.first_token_secs = s.started.elapsed().as_secs_f64();
-                        }
-                        let tokenizer = &self.engine.tokenizer;
-                        // A result that follows another's held-back punctuation puts it in first.
-                        if let Some(close) = s.pending_close.take() {
-                            s.inject(tokenizer, &close, &Arc::new(Provenance::Llm), events)?;
-                            if let Some(r) = s.router.as_mut() {
-                                pimoe.router.absorb(r, &close)?;
+                let (flat, rows) = ok_rows(&inputs);
+                let outputs =
+                    e.backend.run_expert(&e.experts[expert], &pimoe.experts[expert].expert, &flat, rows);
+                e.backend.pop_range();
+                let results = pimoe.finish(expert, inputs, outputs?);
+                for (&i, result) in members.iter().zip(results) {
+                    if matches!(result, Computed::Ok { .. }) {
+                        injected.push(i);
+                    }
+                    let s = &mut self.seqs[i];
+                    s.stats.expert_calls += 1;
+                    match result {
+                        Computed::Ok { text, inputs, outputs } => {
+                            if s.stats.generated_tokens == 0 && s.stats.injected_tokens == 0 {
+                                s.stats.first_token_secs = s.started.elapsed().as_secs_f64();
                             }
-                        }
-                        let from = s.text.len();
-                        let (body, close) = text.split_at(text.len() - closing_punctuation(&text));
-                        let ids = tokenizer.encode(body)?;
-                        let prov = Arc::new(Provenance::Expert {
-                            expert: pimoe.expert_name(expert).to_string(),
-                            inputs,
-                            outputs,
-                        });
-                        let take = s.inject(tokenizer, &ids, &prov, events)?;
-                        if let Some(r) = s.router.as_mut() {
-                            pimoe.injected(r, &ids[..take])?;
-                        }
-                        s.after = match pimoe.after_result {
-                            AfterResult::Continue => None,
-                            AfterResult::Sentence => Some(After::Sentence { from }),
-                            AfterResult::MaxTokens(n) => Some(After::Tokens(n)),
-                        };
-                        if !close.is_empty() {
-                            let close = tokenizer.encode(close)?;
-                            if matches!(s.after, Some(After::Tokens(0))) {
+                            let tokenizer = &self.engine.tokenizer;
+                            // A result that follows another's held-back punctuation puts it in first.
+                            if let Some(close) = s.pending_close.take() {
                                 s.inject(tokenizer, &close, &Arc::new(Provenance::Llm), events)?;
-                            } else {
-                                s.pending_close = Some(close);
+                                if let Some(r) = s.router.as_mut() {
+                                    pimoe.router.absorb(r, &close)?;
+                                }
+                            }
+                            let from = s.text.len();
+                            let (body, close) = text.split_at(text.len() - closing_punctuation(&text));
+                            let ids = tokenizer.encode(body)?;
+                            let prov = Arc::new(Provenance::Expert {
+                                expert: pimoe.expert_name(expert).to_string(),
+                                inputs,
+                                outputs,
+                            });
+                            let take = s.inject(tokenizer, &ids, &prov, events)?;
+                            if let Some(r) = s.router.as_mut() {
+                                pimoe.injected(r, &ids[..take])?;
+                            }
+                            s.after = match pimoe.after_result {
+                                AfterResult::Continue => None,
+                                AfterResult::Sentence => Some(After::Sentence { from }),
+                                AfterResult::MaxTokens(n) => Some(After::Tokens(n)),
+                            };
+                            if !close.is_empty() {
+                                let close = tokenizer.encode(close)?;
+                                if matches!(s.after, Some(After::Tokens(0))) {
+                                    s.inject(tokenizer, &close, &Arc::new(Provenance::Llm), events)?;
+                                } else {
+                                    s.pending_close = Some(close);
+                                }
+                            }
+                            if s.budget == 0 {
+                                done.push((i, s.length_finish()));
+                            } else if matches!(s.after, Some(After::Tokens(0))) {
+                                done.push((i, Finish::Stop));
                             }
                         }
-                        if s.budget == 0 {
-                            done.push((i, s.length_finish()));
-                        } else if matches!(s.after, Some(After::Tokens(0))) {
-                            done.push((i, Finish::Stop));
-                        }
-                    }
-                    Computed::Failed(message) => {
-                        events.push(Event::Note {
-                            id: s.id,
-                            expert: pimoe.expert_name(expert).to_string(),
-                            message,
-                        });
-                        if let Some(r) = s.router.as_mut() {
-                            pimoe.injected(r, &[])?;
+                        Computed::Failed(message) => {
+                            events.push(Event::Note {
+                                id: s.id,
+                                expert: pimoe.expert_name(expert).to_string(),
+                                message,
+                            });
+                            if let Some(r) = s.router.as_mut() {
+                                pimoe.injected(r, &[])?;
+                            }
                         }
                     }
                 }
             }
+            pending = retry;
         }
         Ok(injected)
     }

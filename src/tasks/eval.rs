@@ -81,6 +81,10 @@ pub struct RouterReport {
     pub fired_right: usize,
     pub fired_wrong: usize,
     pub missed: usize,
+    /// Answers in which the gate's first choice of expert was wrong and its T2C handed
+    /// the question to the gate's next choice (the gate's DC/AC confusion; the
+    /// firing counts as right when the expert that answered is the question's).
+    pub rerouted: usize,
     pub precision: Option<f64>,
     pub recall: Option<f64>,
 }
@@ -164,6 +168,7 @@ fn score(
         router.fired_right += usize::from(right);
         router.fired_wrong += firings.len() - usize::from(right) + r.notes.len();
         router.missed += usize::from(should.is_some() && !right);
+        router.rerouted += usize::from(r.stats.reroutes > 0);
     }
     let all_firings = router.fired_right + router.fired_wrong;
     router.precision = (all_firings > 0).then(|| router.fired_right as f64 / all_firings as f64);
@@ -294,18 +299,19 @@ impl Report {
     pub fn summary(&self) -> String {
         let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1} %", 100.0 * v));
         let mut s = format!(
-            "{:<5} {:>9} {:>13} {:>13} {:>16} {:>13}\n",
-            "task", "questions", "LLM alone", "PiMoE", "router precision", "router recall"
+            "{:<5} {:>9} {:>13} {:>13} {:>16} {:>13} {:>9}\n",
+            "task", "questions", "LLM alone", "PiMoE", "router precision", "router recall", "rerouted"
         );
         for t in &self.tasks {
             s += &format!(
-                "{:<5} {:>9} {:>13} {:>13} {:>16} {:>13}\n",
+                "{:<5} {:>9} {:>13} {:>13} {:>16} {:>13} {:>9}\n",
                 t.task,
                 t.questions,
                 pct(Some(t.llm_only.accuracy)),
                 pct(Some(t.pimoe.accuracy)),
                 pct(t.router.precision),
-                pct(t.router.recall)
+                pct(t.router.recall),
+                t.router.rerouted
             );
         }
         s
