@@ -10,7 +10,7 @@ use pimoe::backend::cpu::CpuBackend;
 use pimoe::backend::cuda::CudaBackend;
 use pimoe::backend::Backend;
 use pimoe::bench::nvml::Nvml;
-use pimoe::bench::scenario::{Ceilings, Harness, ScenarioConfig, ScenarioReport};
+use pimoe::bench::scenario::{Ceilings, Harness, HttpServer, ScenarioConfig, ScenarioReport};
 use pimoe::device::{self, DeviceChoice, Opened};
 use pimoe::model::{fetch, import, ModelConfig};
 use pimoe::pimoe::experts::{Activation, Precision};
@@ -164,8 +164,9 @@ enum Cmd {
     /// With --scenario: a composition (default: the demo's) answers the scenario's
     /// questions three ways (LLM alone, PiMoE, a tool-call pipeline) at each
     /// concurrency level, with latency, tokens, accuracy and GPU energy per answer
-    /// (src/bench/scenario.rs). With --profile-steps: only that many scheduler steps
-    /// of the PiMoE way, for a profiler.
+    /// (src/bench/scenario.rs); with --http, a fourth: the tool-call pipeline through
+    /// `pimoe serve`'s OpenAI tools API. With --profile-steps: only that many
+    /// scheduler steps of the PiMoE way, for a profiler.
     Bench {
         #[arg(long)]
         model: Option<PathBuf>,
@@ -193,6 +194,14 @@ enum Cmd {
         /// `ncu --profile-from-start off`.
         #[arg(long)]
         profile_steps: Option<usize>,
+        /// With --scenario: also run the tool-call way over HTTP, against `pimoe serve`
+        /// on the composition's LLM alone (started here, on the same --device).
+        #[arg(long, requires = "scenario")]
+        http: bool,
+        /// --http against this running OpenAI-compatible server (its base URL, e.g.
+        /// http://127.0.0.1:8080/v1) instead of one started here.
+        #[arg(long, requires = "scenario")]
+        server: Option<String>,
         /// Tokens to decode per repeat (CPU).
         #[arg(long, default_value_t = 64)]
         tokens: usize,
@@ -808,6 +817,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_tokens,
             concurrency,
             profile_steps,
+            http,
+            server,
             json,
             device,
             ..
@@ -836,6 +847,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("profiled {ran} scheduler steps at concurrency {c}");
                 return Ok(());
             }
+            let http_server = || -> anyhow::Result<Option<HttpServer<'static>>> {
+                if let Some(url) = server.clone() {
+                    return Ok(Some(HttpServer::At(url)));
+                }
+                if !http {
+                    return Ok(None);
+                }
+                let (m, base) = pimoe::pimoe::manifest::Manifest::load(&path)?;
+                let llm = base.join(&m.llm);
+                Ok(Some(HttpServer::Spawn(Box::new(move || serve_command(&llm, device)))))
+            };
             let (opened, note) = device::open(device)?;
             if let Some(note) = note {
                 eprintln!("{note}");
@@ -858,6 +880,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         }),
                         energy: Err("the CPU backend has no energy counter (NVML counts a GPU's)".into()),
                         tool_command: Box::new(|| tool_command(&path)),
+                        http: http_server()?,
                         on_answer: Box::new(|| ()),
                     };
                     scenario_run(Engine::load_manifest(b, &path)?, &path, &cfg, h, machine, n)?
@@ -876,6 +899,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         }),
                         energy,
                         tool_command: Box::new(|| tool_command(&path)),
+                        http: http_server()?,
                         on_answer: Box::new(|| ()),
                     };
                     scenario_run(Engine::load_manifest(*b, &path)?, &path, &cfg, h, machine, n)?
@@ -1068,7 +1092,8 @@ fn scenario_run<B: Backend>(
     machine: (String, Option<String>),
     n: usize,
 ) -> anyhow::Result<ScenarioReport> {
-    let total = (pimoe::bench::scenario::Way::ALL.len() * cfg.concurrency.len() * n) as u64;
+    let ways = pimoe::bench::scenario::Way::ALL.len() + usize::from(h.http.is_some());
+    let total = (ways * cfg.concurrency.len() * n) as u64;
     let mut bar = Progress::new(total, "answers");
     let mut done = 0;
     h.on_answer = Box::new(move || {
@@ -1085,6 +1110,17 @@ fn tool_command(manifest: &Path) -> std::process::Command {
     let exe = std::env::current_exe().unwrap_or_else(|_| "pimoe".into());
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("expert-server").arg("--manifest").arg(manifest);
+    cmd
+}
+
+/// `pimoe serve` on a model directory alone, from this very binary.
+fn serve_command(model: &Path, device: DeviceChoice) -> std::process::Command {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "pimoe".into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("serve").arg("--model").arg(model);
+    if let Some(d) = device.to_possible_value() {
+        cmd.args(["--device", d.get_name()]);
+    }
     cmd
 }
 

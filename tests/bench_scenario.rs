@@ -46,6 +46,7 @@ fn three_ways_two_levels_on_the_demo() {
             c.arg("expert-server").arg("--manifest").arg(&path);
             c
         }),
+        http: None,
         on_answer: Box::new(|| ticks += 1),
     };
     let run = scenario::run(&mut engine, &cfg, &mut h).unwrap();
@@ -150,4 +151,61 @@ fn profile_steps_run_that_many_steps() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("profiled 3 scheduler steps at concurrency 2"), "{err}");
     assert!(out.stdout.is_empty(), "a profiling run writes no report");
+}
+
+#[test]
+fn the_tool_call_way_over_http_against_a_spawned_server() {
+    manifest();
+    let json = std::env::temp_dir().join(format!("pimoe-bench-http-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_pimoe"))
+        .args(["bench", "--scenario", "dc", "--per-task", "1", "--concurrency", "1", "--http"])
+        .args(["--device", "cpu", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    let ways: Vec<&str> =
+        report["ways"].as_array().unwrap().iter().map(|w| w["way"].as_str().unwrap()).collect();
+    assert_eq!(ways, ["llm-only", "pimoe", "tool-call", "tool-call-http"]);
+    let (pimoe, http) = (&report["ways"][1]["levels"][0], &report["ways"][3]);
+    let l = &http["levels"][0];
+    // Through the tools API the model calls the tool (one worked example per tool, sent
+    // as prior messages) and answers with its number.
+    assert_eq!(
+        (l["answers"].as_u64(), l["tool_calls"].as_u64(), l["tool_errors"].as_u64()),
+        (Some(1), Some(1), Some(0))
+    );
+    assert_eq!((l["correct"].as_u64(), l["accuracy"].as_f64()), (Some(1), Some(1.0)), "{}", http["answers"]);
+    assert!(http["answers"][0]["number"].is_number(), "{}", http["answers"]);
+    let (ttft, e2e) = (l["ttft_s"]["p50"].as_f64().unwrap(), l["e2e_s"]["p50"].as_f64().unwrap());
+    assert!(ttft > 0.0 && ttft <= e2e, "{ttft} {e2e}");
+    // Two requests, each prefilled whole, and no injected tokens: the LLM is served alone.
+    let processed = |l: &Value| l["processed_tokens_per_answer"].as_f64().unwrap();
+    assert!(processed(l) > 2.0 * processed(pimoe), "{} vs {}", processed(l), processed(pimoe));
+    assert_eq!(l["injected_tokens_per_answer"].as_f64(), Some(0.0));
+    assert!(l["generated_tokens_per_answer"].as_f64().unwrap() >= 1.0);
+    assert!(err.contains("tool-call-http"), "the table has the way: {err}");
+    // The server was started from this binary on the LLM alone, and is gone.
+    let served = report["http_server"].as_str().unwrap();
+    assert!(served.contains("\"serve\" \"--model\"") && served.contains("smollm2"), "{served}");
+    let addr = served.trim_start_matches("http://").split('/').next().unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "{addr} still answers");
+}
+
+#[test]
+fn an_http_server_that_is_not_there_is_a_clear_error() {
+    manifest();
+    let out = Command::new(env!("CARGO_BIN_EXE_pimoe"))
+        .args(["bench", "--scenario", "dc", "--per-task", "1", "--concurrency", "1"])
+        .args(["--server", "http://127.0.0.1:1/v1", "--device", "cpu"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // Checked before the other ways run: a bad URL costs seconds, not the whole run.
+    assert!(err.contains("GET http://127.0.0.1:1/v1/models") && err.contains("refused"), "{err}");
+    assert!(!err.contains("answers ("), "no answer was timed: {err}");
 }

@@ -9,6 +9,7 @@ pub mod profile;
 pub mod roofline;
 pub mod scenario;
 pub mod toolcall;
+mod toolhttp;
 
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -7,7 +7,9 @@
 //! - `pimoe`: router, T2C and experts inside the generation loop;
 //! - `tool-call`: the model writes a JSON tool call, its request ends, the tool runs
 //!   in another process behind a pipe, its result comes back as a new message and
-//!   the whole conversation is prefilled again (`toolcall`).
+//!   the whole conversation is prefilled again (`toolcall`);
+//! - `tool-call-http` (with `--http`): the same pipeline through the OpenAI tools
+//!   API against `pimoe serve` on the LLM alone (`toolhttp`).
 //!
 //! Concurrency c means c clients, each sending its next question as soon as its
 //! last answer is complete (a closed loop), all served by one scheduler. Per answer:
@@ -28,6 +30,7 @@
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -35,6 +38,7 @@ use serde::Serialize;
 use super::linear_flop_per_token;
 use super::nvml::{Nvml, MIN_SPAN_SECS};
 use super::toolcall::{conversation, parse_call, shots, tool_system, Call, Shot, ToolProcess};
+use super::toolhttp::{self, Pipeline, Server};
 use crate::backend::Backend;
 use crate::engine::{Engine, Prompt, Request};
 use crate::error::{Error, Result};
@@ -53,9 +57,12 @@ pub enum Way {
     LlmOnly,
     Pimoe,
     ToolCall,
+    ToolCallHttp,
 }
 
 impl Way {
+    /// The ways run in this process; `ToolCallHttp` runs after them when the
+    /// harness has a server for it.
     pub const ALL: [Way; 3] = [Way::LlmOnly, Way::Pimoe, Way::ToolCall];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +70,7 @@ impl Way {
             Way::LlmOnly => "llm-only",
             Way::Pimoe => "pimoe",
             Way::ToolCall => "tool-call",
+            Way::ToolCallHttp => "tool-call-http",
         }
     }
 }
@@ -134,7 +142,17 @@ pub struct Harness<'a, B: Backend> {
     pub energy: std::result::Result<Nvml, String>,
     /// The command that starts `pimoe expert-server` for the composition.
     pub tool_command: Box<dyn Fn() -> Command + 'a>,
+    /// The server for the tool-call-http way; None: that way is not run.
+    pub http: Option<HttpServer<'a>>,
     pub on_answer: Box<dyn FnMut() + 'a>,
+}
+
+pub enum HttpServer<'a> {
+    /// The command that starts `pimoe serve` on the composition's LLM alone, without
+    /// a port or scheduler sizes (the run adds them).
+    Spawn(Box<dyn Fn() -> Command + 'a>),
+    /// An OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1, already serving.
+    At(String),
 }
 
 #[derive(Debug, Serialize)]
@@ -163,6 +181,8 @@ pub struct ScenarioReport {
     /// Tokens the tool-call way's first prompt has beyond the others' (its system
     /// message and worked examples), the mean over the questions.
     pub tool_prompt_extra_tokens: f64,
+    /// The server the tool-call-http way talked to, when it ran.
+    pub http_server: Option<String>,
     pub ways: Vec<WayReport>,
 }
 
@@ -191,7 +211,7 @@ pub struct LevelReport {
     pub correct: usize,
     pub accuracy: f64,
     pub no_number: usize,
-    /// Tool-call only: answers whose model wrote a call, and calls the tool refused.
+    /// Tool-call ways only: answers whose model wrote a call, and calls the tool refused.
     pub tool_calls: Option<usize>,
     pub tool_errors: Option<usize>,
     pub ttft_s: Dist,
@@ -267,23 +287,23 @@ struct WayRun<'a, B: Backend> {
 
 /// One answer as the client saw it.
 #[derive(Clone, Debug, Default)]
-struct Timed {
-    ttft: f64,
-    gaps: Vec<f64>,
-    e2e: f64,
-    processed: usize,
-    generated: usize,
-    injected: usize,
-    text: String,
-    tool_call: bool,
-    tool_error: bool,
+pub(super) struct Timed {
+    pub(super) ttft: f64,
+    pub(super) gaps: Vec<f64>,
+    pub(super) e2e: f64,
+    pub(super) processed: usize,
+    pub(super) generated: usize,
+    pub(super) injected: usize,
+    pub(super) text: String,
+    pub(super) tool_call: bool,
+    pub(super) tool_error: bool,
     /// Prompt tokens of every request, and steps that gave the answer tokens
     /// after each request's first (each a decode or extend step): for the floors.
-    prefilled: usize,
-    decode_steps: usize,
+    pub(super) prefilled: usize,
+    pub(super) decode_steps: usize,
     /// The same, counted up to the final message's first token.
-    prefilled_before_first: usize,
-    decode_steps_before_first: usize,
+    pub(super) prefilled_before_first: usize,
+    pub(super) decode_steps_before_first: usize,
 }
 
 enum Phase {
@@ -321,11 +341,13 @@ pub fn run<B: Backend>(engine: &mut Engine<B>, cfg: &ScenarioConfig, h: &mut Har
             .map(|&(a, when)| (expert_name(a), a, when))
             .filter(|(name, ..)| comp.expert_named(name).is_some())
             .collect();
+    let offered: Vec<(&str, &str)> = tools.iter().map(|&(n, _, w)| (n, w)).collect();
     let asking = ToolPrompt {
-        system: tool_system(&tools.iter().map(|&(n, _, w)| (n, w)).collect::<Vec<_>>()),
+        system: tool_system(&offered),
         shots: shots(comp, &tools.iter().map(|&(n, a, _)| (n, a)).collect::<Vec<_>>())?,
     };
     let system = &asking;
+    let http = HttpWay::start(engine, &qs, cfg, &offered, system, h)?;
     let mut comp = engine.pimoe.take();
     let mut ways = Vec::new();
     let mut outcome = Ok(());
@@ -346,6 +368,16 @@ pub fn run<B: Backend>(engine: &mut Engine<B>, cfg: &ScenarioConfig, h: &mut Har
         }
     }
     engine.pimoe = comp;
+    let mut http_server = None;
+    if let Some(way) = http.filter(|_| outcome.is_ok()) {
+        match way.run(engine, &qs, cfg, h) {
+            Ok((w, server)) => {
+                ways.push(w);
+                http_server = Some(server);
+            }
+            Err(e) => outcome = Err(e),
+        }
+    }
     let mut extra = 0;
     for q in &qs {
         let with_tools = engine.prompt_ids(&Prompt::Raw(system.conversation(q, &[])))?.len();
@@ -355,6 +387,7 @@ pub fn run<B: Backend>(engine: &mut Engine<B>, cfg: &ScenarioConfig, h: &mut Har
         ways,
         questions: qs.len(),
         tool_prompt_extra_tokens: extra as f64 / qs.len() as f64,
+        http_server,
     })
 }
 
@@ -363,23 +396,105 @@ pub struct Ran {
     pub ways: Vec<WayReport>,
     pub questions: usize,
     pub tool_prompt_extra_tokens: f64,
+    pub http_server: Option<String>,
 }
 
 fn run_way<B: Backend>(run: &WayRun<B>, h: &mut Harness<B>) -> Result<WayReport> {
-    let WayRun { engine, way, qs, cfg, .. } = *run;
-    let ceilings = (h.ceiling)(engine)?;
+    let ceilings = (h.ceiling)(run.engine)?;
+    let mut tool = match run.way {
+        Way::ToolCall => Some(ToolProcess::spawn((h.tool_command)())?),
+        _ => None,
+    };
+    measure(run.engine, run.way, run.qs, run.cfg, ceilings, h, &mut |c, tick| {
+        pass(run, c, tool.as_mut(), tick)
+    })
+}
+
+/// The tool-call way through `pimoe serve`'s OpenAI API, ready to run: started
+/// before the other ways so that a server that cannot start fails the run at once.
+struct HttpWay {
+    server: Option<Server>,
+    pipeline: Pipeline,
+    tool: Mutex<ToolProcess>,
+    /// What served it, for the report.
+    what: String,
+}
+
+impl HttpWay {
+    fn start<B: Backend>(
+        engine: &Engine<B>,
+        qs: &[GridQuestion],
+        cfg: &ScenarioConfig,
+        offered: &[(&str, &str)],
+        system: &ToolPrompt,
+        h: &Harness<B>,
+    ) -> Result<Option<HttpWay>> {
+        let (server, base, what) = match &h.http {
+            None => return Ok(None),
+            Some(HttpServer::Spawn(command)) => {
+                let c = cfg.concurrency.iter().copied().max().unwrap_or(1);
+                // Twice the in-process estimate: the API's tool offer makes the prompts longer.
+                let kv = 2 * kv_tokens(engine, qs, c, cfg, Some(system))?;
+                let mut cmd = command();
+                cmd.args(["--host", "127.0.0.1", "--port", "0"]);
+                cmd.args(["--max-running", &c.to_string(), "--kv-tokens", &kv.to_string()]);
+                cmd.args(["--max-step-tokens", &cfg.max_step_tokens.to_string()]);
+                let what = format!("{cmd:?}");
+                let server = Server::spawn(cmd)?;
+                let base = server.base.clone();
+                (Some(server), base, what)
+            }
+            Some(HttpServer::At(url)) => (None, url.clone(), "given with --server".to_string()),
+        };
+        Ok(Some(HttpWay {
+            pipeline: Pipeline::new(&base, offered, &system.shots, cfg.max_tokens)?,
+            tool: Mutex::new(ToolProcess::spawn((h.tool_command)())?),
+            what: format!("{base} ({what})"),
+            server,
+        }))
+    }
+
+    /// Measures the way, then stops the server if it was started here.
+    fn run<B: Backend>(
+        self,
+        engine: &Engine<B>,
+        qs: &[GridQuestion],
+        cfg: &ScenarioConfig,
+        h: &mut Harness<B>,
+    ) -> Result<(WayReport, String)> {
+        let ceilings = (h.ceiling)(engine)?;
+        let HttpWay { server, pipeline, tool, what } = self;
+        let report = measure(engine, Way::ToolCallHttp, qs, cfg, ceilings, h, &mut |c, tick| {
+            toolhttp::pass(&pipeline, qs, c, &tool, tick)
+        })?;
+        if let Some(s) = server {
+            s.stop()?;
+        }
+        Ok((report, what))
+    }
+}
+
+/// Answers the questions once, at concurrency c, ticking once per answer.
+type Pass<'p> = dyn FnMut(usize, &mut dyn FnMut()) -> Result<Vec<Timed>> + 'p;
+
+/// One way at every concurrency level, its floors from `ceilings`.
+fn measure<B: Backend>(
+    engine: &Engine<B>,
+    way: Way,
+    qs: &[GridQuestion],
+    cfg: &ScenarioConfig,
+    ceilings: Ceilings,
+    h: &mut Harness<B>,
+    pass: &mut Pass,
+) -> Result<WayReport> {
     let floors = Floors {
         step: engine.llm.weight_bytes as f64 / ceilings.bytes_per_s,
         token: linear_flop_per_token(&engine.llm.config) / ceilings.flop_per_s,
     };
-    let mut tool = match way {
-        Way::ToolCall => Some(ToolProcess::spawn((h.tool_command)())?),
-        _ => None,
-    };
     let mut levels = Vec::new();
     let mut rows = Vec::new();
     for &c in &cfg.concurrency {
-        let (level, answers) = level(run, c, tool.as_mut(), floors, h)?;
+        let (level, answers) = level(way, qs, c, floors, h, pass)?;
         if rows.is_empty() {
             rows = qs
                 .iter()
@@ -416,13 +531,13 @@ struct Floors {
 /// One concurrency level of one way, repeated until the energy counter's span is
 /// long enough (once without a counter).
 fn level<B: Backend>(
-    run: &WayRun<B>,
+    way: Way,
+    qs: &[GridQuestion],
     c: usize,
-    mut tool: Option<&mut ToolProcess>,
     floors: Floors,
     h: &mut Harness<B>,
+    pass: &mut Pass,
 ) -> Result<(LevelReport, Vec<Timed>)> {
-    let (way, qs) = (run.way, run.qs);
     let mut all = Vec::new();
     let mut first = Vec::new();
     let mut secs = 0.0;
@@ -431,7 +546,7 @@ fn level<B: Backend>(
     loop {
         let before = h.energy.as_ref().ok().map(|n| n.millijoules()).transpose().map_err(Error::Device)?;
         let t = Instant::now();
-        let answers = pass(run, c, tool.as_deref_mut(), &mut *h.on_answer)?;
+        let answers = pass(c, &mut *h.on_answer)?;
         secs += t.elapsed().as_secs_f64();
         if let (Some(b), Ok(n)) = (before, &h.energy) {
             joules += (n.millijoules().map_err(Error::Device)? - b) as f64 / 1e3;
@@ -456,7 +571,7 @@ fn level<B: Backend>(
         }
     }
     r.accuracy = r.correct as f64 / n;
-    if way == Way::ToolCall {
+    if matches!(way, Way::ToolCall | Way::ToolCallHttp) {
         r.tool_calls = Some(all.iter().filter(|a| a.tool_call).count());
         r.tool_errors = Some(all.iter().filter(|a| a.tool_error).count());
     }
@@ -752,6 +867,7 @@ impl ScenarioReport {
             weight_bytes_per_step: engine.llm.weight_bytes,
             linear_flop_per_token: linear_flop_per_token(&engine.llm.config),
             tool_prompt_extra_tokens: ran.tool_prompt_extra_tokens,
+            http_server: ran.http_server,
             ways: ran.ways,
         }
     }
@@ -760,7 +876,7 @@ impl ScenarioReport {
     pub fn summary(&self) -> String {
         let ms = |s: f64| format!("{:.1}", s * 1e3);
         let mut s = format!(
-            "{:<9} {:>3} {:>8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9}\n",
+            "{:<14} {:>3} {:>8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9}\n",
             "way",
             "c",
             "accuracy",
@@ -777,7 +893,7 @@ impl ScenarioReport {
         for w in &self.ways {
             for l in &w.levels {
                 s += &format!(
-                    "{:<9} {:>3} {:>7.1}% {:>9} {:>9} {:>9} {:>8.2} {:>9.3} {:>8.1} {:>9.0} {:>9.1} {:>9}\n",
+                    "{:<14} {:>3} {:>7.1}% {:>9} {:>9} {:>9} {:>8.2} {:>9.3} {:>8.1} {:>9.0} {:>9.1} {:>9}\n",
                     w.way.name(),
                     l.concurrency,
                     100.0 * l.accuracy,
