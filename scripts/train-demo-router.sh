@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 data=target/demo/router-data.jsonl
 mkdir -p target/demo
 if [[ ! -s "$data" ]]; then
-    cargo run --release -- router-data --per-task 80 --seed 7 --out "$data" --device cpu
+    cargo run --release -- router-data --per-task 80 --seed 7 --max-tokens 48 --out "$data" --device cpu
 fi
 cargo run --release -- train router --kind hidden-gate --data "$data" \
     --experts dc-power-flow,ac-power-flow --activation softmax --inner 64 \

@@ -445,8 +445,10 @@ struct QuestionArgs {
     /// Draws the questions.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Tokens per answer at most.
-    #[arg(long, default_value_t = 48)]
+    /// Tokens per answer at most: enough for the model's longer answers (it sometimes
+    /// reasons for a paragraph) to reach their number; a composition ending answers at
+    /// the result's sentence stops the others early.
+    #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     /// Sequences decoded at once.
     #[arg(long, default_value_t = 16)]
