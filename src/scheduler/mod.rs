@@ -190,6 +190,23 @@ impl Seq {
         Ok(take)
     }
 
+    /// Puts held-back closing punctuation in, as the LLM's text (see `pending_close`),
+    /// and tells the router.
+    fn flush_close(
+        &mut self,
+        tokenizer: &crate::model::tokenizer::Tokenizer,
+        pimoe: &Composition,
+        events: &mut Vec<Event>,
+    ) -> Result<()> {
+        if let Some(close) = self.pending_close.take() {
+            self.inject(tokenizer, &close, &Arc::new(Provenance::Llm), events)?;
+            if let Some(r) = self.router.as_mut() {
+                pimoe.router.absorb(r, &close)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the LLM's next token, whose text is `piece`, comes after the end of
     /// the answer that the composition's `after_result` allows (it is then dropped).
     fn ends_before(&self, piece: &str) -> bool {
@@ -464,21 +481,19 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             } else {
                 String::new()
             };
-            if let Some(close) = s.pending_close.take() {
-                let own = e.tokenizer.decode(&close)?;
+            if let (Some(close), Some(pimoe)) = (&s.pending_close, &e.pimoe) {
+                let own = e.tokenizer.decode(close)?;
                 if stop || !own.chars().next().is_some_and(|c| piece.starts_with(c)) {
                     // The model went on without the punctuation (ending, or gluing
                     // digits onto the number): it goes in, and the token sampled
                     // without it is dropped.
-                    s.inject(&e.tokenizer, &close, &Arc::new(Provenance::Llm), &mut events)?;
-                    if let (Some(pimoe), Some(r)) = (&e.pimoe, s.router.as_mut()) {
-                        pimoe.router.absorb(r, &close)?;
-                    }
+                    s.flush_close(&e.tokenizer, pimoe, &mut events)?;
                     if s.budget == 0 || stop || s.ends_before(" ") {
                         done.push((i, if s.budget == 0 && !stop { s.length_finish() } else { Finish::Stop }));
                     }
                     continue;
                 }
+                s.pending_close = None;
             }
             if stop {
                 done.push((i, Finish::Stop));
@@ -559,11 +574,12 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             let mut retry = Vec::new();
             // Grouped by expert, keeping batch order.
             for expert in 0..pimoe.num_experts() {
-                let members: Vec<usize> =
-                    pending.iter().filter(|(_, c)| c[0] == expert).map(|(i, _)| *i).collect();
-                if members.is_empty() {
+                let group: Vec<&(usize, Vec<usize>)> =
+                    pending.iter().filter(|(_, c)| c[0] == expert).collect();
+                if group.is_empty() {
                     continue;
                 }
+                let members: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
                 let contexts: Vec<String> = members
                     .iter()
                     .map(|&i| format!("{}{}", self.seqs[i].prompt_text, self.seqs[i].text))
@@ -594,14 +610,12 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 // T2C on the host, the expert on the backend (f64 kernels on the GPU).
                 e.backend.push_range(&format!("expert {}", pimoe.expert_name(expert)));
                 // A T2C that refuses the question hands it to the router's next choice.
-                let members_all = members;
                 let (mut members, mut inputs) = (Vec::new(), Vec::new());
-                for (i, input) in
-                    members_all.iter().copied().zip(pimoe.inputs(expert, &contexts, pooled.as_deref()))
+                for (&(i, ref tried), input) in
+                    group.into_iter().zip(pimoe.inputs(expert, &contexts, pooled.as_deref()))
                 {
-                    let rest = &pending.iter().find(|(j, _)| *j == i).expect("a member is pending").1[1..];
-                    if input.is_err() && !rest.is_empty() {
-                        retry.push((i, rest.to_vec()));
+                    if input.is_err() && tried.len() > 1 {
+                        retry.push((i, tried[1..].to_vec()));
                         self.seqs[i].stats.reroutes += 1;
                     } else {
                         members.push(i);
@@ -630,12 +644,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                             }
                             let tokenizer = &self.engine.tokenizer;
                             // A result that follows another's held-back punctuation puts it in first.
-                            if let Some(close) = s.pending_close.take() {
-                                s.inject(tokenizer, &close, &Arc::new(Provenance::Llm), events)?;
-                                if let Some(r) = s.router.as_mut() {
-                                    pimoe.router.absorb(r, &close)?;
-                                }
-                            }
+                            s.flush_close(tokenizer, pimoe, events)?;
                             let from = s.text.len();
                             let (body, close) = text.split_at(text.len() - closing_punctuation(&text));
                             let ids = tokenizer.encode(body)?;
@@ -654,11 +663,9 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                                 AfterResult::MaxTokens(n) => Some(After::Tokens(n)),
                             };
                             if !close.is_empty() {
-                                let close = tokenizer.encode(close)?;
+                                s.pending_close = Some(tokenizer.encode(close)?);
                                 if matches!(s.after, Some(After::Tokens(0))) {
-                                    s.inject(tokenizer, &close, &Arc::new(Provenance::Llm), events)?;
-                                } else {
-                                    s.pending_close = Some(close);
+                                    s.flush_close(tokenizer, pimoe, events)?;
                                 }
                             }
                             if s.budget == 0 {
