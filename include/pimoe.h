@@ -59,7 +59,7 @@ extern "C" {
 
 /* The interface version this header declares; pimoe_abi_version() returns the
  * library's. They must be equal. */
-#define PIMOE_ABI_VERSION 1u
+#define PIMOE_ABI_VERSION 2u
 
 typedef enum pimoe_status {
     PIMOE_OK = 0,
@@ -110,7 +110,13 @@ typedef enum pimoe_finish {
     PIMOE_FINISH_NONE = 0,   /* not a PIMOE_EVENT_FINISHED */
     PIMOE_FINISH_STOP = 1,   /* the model ended its turn */
     PIMOE_FINISH_LENGTH = 2, /* max_tokens reached */
-    PIMOE_FINISH_CONTEXT = 3 /* the context window (or the KV cache) is full */
+    PIMOE_FINISH_CONTEXT = 3, /* the context window (or the KV cache) is full */
+    /* A fired expert could not compute its result: the answer ends with the
+     * composition's failure text in its place (tokens with failed set); a
+     * PIMOE_EVENT_NOTE before it says why. Not an answer to take as computed. */
+    PIMOE_FINISH_EXPERT_FAILED = 4,
+    /* The model's logits were NaN or infinite (broken weights or activations). */
+    PIMOE_FINISH_NON_FINITE = 5
 } pimoe_finish;
 
 typedef struct pimoe_engine pimoe_engine;
@@ -142,6 +148,7 @@ typedef struct pimoe_stats {
     uint64_t generated_tokens; /* sampled from the LLM */
     uint64_t injected_tokens;  /* from expert results */
     uint64_t expert_calls;
+    uint64_t expert_failures;  /* calls that gave no result (see PIMOE_FINISH_EXPERT_FAILED) */
     uint64_t processed_tokens; /* run through the model, recomputation included */
     double first_token_secs;   /* from submit */
     double total_secs;
@@ -169,6 +176,9 @@ typedef struct pimoe_event {
     size_t inputs_len;
     const double *outputs;
     size_t outputs_len;
+    /* PIMOE_EVENT_TOKEN: nonzero when the token is part of the text standing in for a
+     * result that expert could not compute (inputs and outputs are then NULL). */
+    int failed;
 
     /* PIMOE_EVENT_FINISHED. */
     pimoe_finish finish;

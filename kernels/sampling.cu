@@ -20,7 +20,8 @@
 // Thread mapping: one block of 1024 threads per row (grid.x = rows). The row stays
 // in global memory (up to 600 KB at vocab 151936, L2-resident after the first read)
 // and is re-read once per pass:
-//   A    argmax: block max of the packed (key << 32 | ~index); greedy rows end here.
+//   A    argmax: block max of the packed (key << 32 | ~index); non-finite rows
+//        (SAMPLE_NON_FINITE) and greedy rows end here.
 //   K0-2 top-k (when 0 < k < vocab): radix select of the k-th largest key, digits of
 //        12, 10, 10 bits, shared-memory histograms of counts.
 //   P0-2 top-p (when top_p < 1): the same select with histograms of weight sums
@@ -56,6 +57,8 @@ typedef unsigned long long u64;
 #define FULL_MASK 0xffffffffu
 // Largest histogram: the 12-bit first digit.
 #define MAX_BINS 4096
+// A row with a NaN or +inf logit, or none above -inf (NON_FINITE in the CPU twin).
+#define SAMPLE_NON_FINITE 0xffffffffu
 
 static_assert(SAMPLE_THREADS == 1024, "bin ownership in pick_bin assumes 1024 threads");
 static_assert(MAX_BINS % SAMPLE_THREADS == 0, "each thread owns whole bins");
@@ -64,16 +67,16 @@ static_assert(MAX_BINS % SAMPLE_THREADS == 0, "each thread owns whole bins");
 // The definition's building blocks (mirrored in src/backend/cpu/sampling.rs)
 // ---------------------------------------------------------------------------------
 
-// Order-preserving u32 key of a logit: key(a) < key(b) iff a < b as floats, with NaN
-// taken as -inf and -0 as +0 (so they tie with -inf and +0).
+// Order-preserving u32 key of a logit: key(a) < key(b) iff a < b as floats, with -0
+// taken as +0 and NaN above everything.
 __device__ __forceinline__ u32 order_key(float x) {
+    if (isnan(x)) return 0xffffffffu;  // above +inf: one NaN shows in the row's maximum
     u32 b = __float_as_uint(x);
-    if (isnan(x)) b = 0xff800000u;  // -inf
-    if (b == 0x80000000u) b = 0u;   // -0 -> +0
+    if (b == 0x80000000u) b = 0u;  // -0 -> +0
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// The float a key stands for (NaN and -0 come back as -inf and +0).
+// The float a key stands for (-0 comes back as +0).
 __device__ __forceinline__ float key_value(u32 k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
@@ -318,12 +321,17 @@ sample_f32(u32* __restrict__ out,            // (rows)
     }
     best = block_max_u64(best, sm.scratch);
     const u32 argmax = ~(u32)best;
+    const u32 best_key = (u32)(best >> 32);
+    if (best_key >= order_key(INFINITY) || best_key == order_key(-INFINITY)) {
+        if (tid == 0) out[row] = SAMPLE_NON_FINITE;
+        return;
+    }
     if (!(temperature > 0.0f)) {
         if (tid == 0) out[row] = argmax;
         return;
     }
     c.inv_t = __frcp_rn(temperature);
-    c.zmax = __fmul_rn(key_value((u32)(best >> 32)), c.inv_t);
+    c.zmax = __fmul_rn(key_value(best_key), c.inv_t);
     if (!isfinite(c.zmax)) {
         if (tid == 0) out[row] = argmax;
         return;

@@ -54,6 +54,20 @@ pub enum Finish {
     Length,
     /// The context window is full.
     Context,
+    /// A fired expert could not compute its result: the composition's failure text
+    /// ends the answer in its place (the trace note says why).
+    ExpertFailed,
+    /// The model's logits were not finite (NaN or infinite): nothing sampled from
+    /// them would mean anything.
+    NonFinite,
+}
+
+impl Finish {
+    /// Whether the answer is one a reader can take: false when an expert failed or
+    /// the model broke down.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Finish::ExpertFailed | Finish::NonFinite)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -206,7 +220,7 @@ impl<B: Backend> Engine<B> {
         let cfg = SchedulerConfig {
             max_step_tokens: PREFILL_CHUNK,
             max_running: 1,
-            kv_tokens: (prompt_tokens + req.max_tokens).clamp(BLOCK_SIZE, ctx.max(BLOCK_SIZE)),
+            kv_tokens: prompt_tokens.saturating_add(req.max_tokens).clamp(BLOCK_SIZE, ctx.max(BLOCK_SIZE)),
         };
         let mut sched = Scheduler::new(self, cfg)?;
         sched.submit(req)?;

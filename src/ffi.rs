@@ -33,7 +33,7 @@ use crate::scheduler::{Event, Provenance, RequestId, Scheduler, SchedulerConfig,
 
 /// Bumped whenever a declaration in include/pimoe.h changes incompatibly; the header's
 /// `PIMOE_ABI_VERSION` must equal it.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// `max_tokens` of `pimoe_request_default`, as the CLI's `--max-tokens`.
 const DEFAULT_MAX_TOKENS: u32 = 128;
@@ -67,6 +67,8 @@ pub enum FinishCode {
     Stop = 1,
     Length = 2,
     Context = 3,
+    ExpertFailed = 4,
+    NonFinite = 5,
 }
 
 /// `pimoe_request`.
@@ -97,6 +99,7 @@ pub struct CStats {
     pub generated_tokens: u64,
     pub injected_tokens: u64,
     pub expert_calls: u64,
+    pub expert_failures: u64,
     pub processed_tokens: u64,
     pub first_token_secs: f64,
     pub total_secs: f64,
@@ -115,6 +118,7 @@ pub struct CEvent {
     pub inputs_len: usize,
     pub outputs: *const f64,
     pub outputs_len: usize,
+    pub failed: c_int,
     pub finish: FinishCode,
     pub stats: CStats,
 }
@@ -582,7 +586,9 @@ fn hold(event: Event) -> Held {
     let (text, expert) = match &event {
         Event::Token { text, provenance, .. } => match &**provenance {
             Provenance::Llm => (nul_terminated(text), Vec::new()),
-            Provenance::Expert { expert, .. } => (nul_terminated(text), nul_terminated(expert)),
+            Provenance::Expert { expert, .. } | Provenance::Failed { expert, .. } => {
+                (nul_terminated(text), nul_terminated(expert))
+            }
         },
         Event::Note { message, .. } => (nul_terminated(message), Vec::new()),
         Event::Finished { .. } => (Vec::new(), Vec::new()),
@@ -602,6 +608,7 @@ fn idle_event() -> CEvent {
         inputs_len: 0,
         outputs: ptr::null(),
         outputs_len: 0,
+        failed: 0,
         finish: FinishCode::None,
         stats: c_stats(&Stats::default()),
     }
@@ -617,10 +624,17 @@ fn c_event(h: &Held) -> CEvent {
             c.kind = EventKind::Token;
             c.request = *id;
             c.token = *token;
-            if let Provenance::Expert { inputs, outputs, .. } = &**provenance {
-                c.expert = bytes(&h.expert);
-                (c.inputs, c.inputs_len) = values(inputs);
-                (c.outputs, c.outputs_len) = values(outputs);
+            match &**provenance {
+                Provenance::Llm => {}
+                Provenance::Expert { inputs, outputs, .. } => {
+                    c.expert = bytes(&h.expert);
+                    (c.inputs, c.inputs_len) = values(inputs);
+                    (c.outputs, c.outputs_len) = values(outputs);
+                }
+                Provenance::Failed { .. } => {
+                    c.expert = bytes(&h.expert);
+                    c.failed = 1;
+                }
             }
         }
         Event::Note { id, .. } => {
@@ -634,6 +648,8 @@ fn c_event(h: &Held) -> CEvent {
                 Finish::Stop => FinishCode::Stop,
                 Finish::Length => FinishCode::Length,
                 Finish::Context => FinishCode::Context,
+                Finish::ExpertFailed => FinishCode::ExpertFailed,
+                Finish::NonFinite => FinishCode::NonFinite,
             };
             c.stats = c_stats(stats);
         }
@@ -647,6 +663,7 @@ fn c_stats(s: &Stats) -> CStats {
         generated_tokens: s.generated_tokens as u64,
         injected_tokens: s.injected_tokens as u64,
         expert_calls: s.expert_calls as u64,
+        expert_failures: s.expert_failures as u64,
         processed_tokens: s.processed_tokens as u64,
         first_token_secs: s.first_token_secs,
         total_secs: s.total_secs,

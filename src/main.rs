@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use pimoe::backend::cpu::CpuBackend;
 use pimoe::backend::cuda::CudaBackend;
@@ -20,7 +20,7 @@ use pimoe::scheduler::{Event, Provenance, SchedulerConfig};
 use pimoe::tasks::demo::brief;
 use pimoe::train::classify::ClassWeight;
 use pimoe::train::{self as tr, Holdout, TrainOptions};
-use pimoe::{Engine, Prompt, Request};
+use pimoe::{Engine, Finish, Prompt, Request};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -462,7 +462,14 @@ impl QuestionArgs {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // "-1" is a value wherever a flag takes a number (then checked by the flag's own
+    // bounds), not an unknown flag.
+    let cmd = Cli::command().mut_subcommands(|c| c.allow_negative_numbers(true));
+    let cli = match Cli::from_arg_matches(&cmd.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -531,6 +538,7 @@ fn generate<B: Backend>(engine: &Engine<B>, req: &Request, trace: bool) -> anyho
                     brief(inputs),
                     brief(outputs)
                 ),
+                Provenance::Failed { expert, .. } => eprintln!("  [failed {expert}] {text:?}"),
             }
         }
         for n in &notes {
@@ -545,7 +553,21 @@ fn generate<B: Backend>(engine: &Engine<B>, req: &Request, trace: bool) -> anyho
         g.decode_tok_per_s(),
         g.finish
     );
-    Ok(())
+    // The answer is on stdout as it is; the exit status tells a script not to take it.
+    match g.finish {
+        Finish::ExpertFailed => {
+            anyhow::bail!(
+                "an expert could not compute its result, so the answer stops there: {}",
+                notes.join("; ")
+            )
+        }
+        Finish::NonFinite => anyhow::bail!(
+            "the model's logits became NaN or infinite after {} tokens: its weights or config.json do not \
+             give meaningful numbers",
+            g.tokens.len()
+        ),
+        Finish::Stop | Finish::Length | Finish::Context => Ok(()),
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

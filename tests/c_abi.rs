@@ -81,8 +81,15 @@ fn escape(text: &str) -> String {
 /// One event line as generate.c prints it for request `req`, numbers kept as f64 (the
 /// C side prints them with 17 digits, which parse back to the same double).
 #[derive(Debug, PartialEq)]
+enum Source {
+    Llm,
+    Expert(String, Vec<f64>, Vec<f64>),
+    Failed(String),
+}
+
+#[derive(Debug, PartialEq)]
 enum Line {
-    Token { req: usize, token: u32, expert: Option<(String, Vec<f64>, Vec<f64>)>, text: String },
+    Token { req: usize, token: u32, source: Source, text: String },
     Note { req: usize, text: String },
     Finished(usize, String),
 }
@@ -96,8 +103,9 @@ fn parse(line: &str) -> Option<Line> {
             let rest = w.next()?;
             let quote = rest.find('"')?;
             let (source, text) = (rest[..quote].trim_end(), rest[quote..].to_string());
-            let expert = match source.split_once(' ') {
-                None if source == "llm" => None,
+            let source = match source.split_once(' ') {
+                None if source == "llm" => Source::Llm,
+                Some(("failed", name)) => Source::Failed(name.to_string()),
                 Some(("expert", numbers)) => {
                     let mut w = numbers.split(' ');
                     let name = w.next()?.to_string();
@@ -106,11 +114,11 @@ fn parse(line: &str) -> Option<Line> {
                         let n: usize = w.next()?.parse().ok()?;
                         (0..n).map(|_| w.next()?.parse().ok()).collect()
                     };
-                    Some((name, values("in")?, values("out")?))
+                    Source::Expert(name, values("in")?, values("out")?)
                 }
                 _ => return None,
             };
-            Some(Line::Token { req, token, expert, text })
+            Some(Line::Token { req, token, source, text })
         }
         "note" => Some(Line::Note { req, text: w.collect::<Vec<_>>().join(" ") }),
         "finished" => Some(Line::Finished(req, w.collect::<Vec<_>>().join(" "))),
@@ -127,11 +135,12 @@ fn expected<B: Backend>(engine: &Engine<B>, index: usize, req: &Request) -> Vec<
                 Event::Token { token, text, provenance, .. } => Line::Token {
                     req: index,
                     token: *token,
-                    expert: match &**provenance {
-                        Provenance::Llm => None,
+                    source: match &**provenance {
+                        Provenance::Llm => Source::Llm,
                         Provenance::Expert { expert, inputs, outputs } => {
-                            Some((expert.clone(), inputs.clone(), outputs.clone()))
+                            Source::Expert(expert.clone(), inputs.clone(), outputs.clone())
                         }
+                        Provenance::Failed { expert, .. } => Source::Failed(expert.clone()),
                     },
                     text: escape(text),
                 },
@@ -141,15 +150,18 @@ fn expected<B: Backend>(engine: &Engine<B>, index: usize, req: &Request) -> Vec<
                         Finish::Stop => "stop",
                         Finish::Length => "length",
                         Finish::Context => "context",
+                        Finish::ExpertFailed => "expert_failed",
+                        Finish::NonFinite => "non_finite",
                     };
                     Line::Finished(
                         index,
                         format!(
-                            "{finish} prompt {} generated {} injected {} expert_calls {}",
+                            "{finish} prompt {} generated {} injected {} expert_calls {} expert_failures {}",
                             stats.prompt_tokens,
                             stats.generated_tokens,
                             stats.injected_tokens,
-                            stats.expert_calls
+                            stats.expert_calls,
+                            stats.expert_failures
                         ),
                     )
                 }
@@ -247,7 +259,7 @@ fn c_program_generates_with_provenance_and_reports_errors() {
     let output = run(cmd.env_remove("LD_LIBRARY_PATH").arg(&model).arg(&manifest).arg(&cuda_model));
     eprintln!("{output}");
     let lines: Vec<&str> = output.lines().collect();
-    assert_eq!(lines[0], format!("version {} abi 1", env!("CARGO_PKG_VERSION")));
+    assert_eq!(lines[0], format!("version {} abi 2", env!("CARGO_PKG_VERSION")));
     assert_eq!(*lines.last().unwrap(), "done 0", "an error path gave the wrong status");
     assert!(lines.iter().any(|l| l.starts_with("auto device: ")), "no device line");
 
@@ -281,19 +293,32 @@ fn c_program_generates_with_provenance_and_reports_errors() {
     check_run(&events(cuda_run), &on_cuda, &plain_requests(), Some((2, 2)));
 
     let composed = Engine::load_manifest(CpuBackend, &manifest).unwrap();
-    let req = request(Prompt::Raw(GOOD.into()), 40, SamplingParams::default());
+    let reqs = [GOOD, "Solve A = [1, 2, 2, 4] and b = [3, 5]."]
+        .map(|p| request(Prompt::Raw(p.into()), 40, SamplingParams::default()));
     let composed_events = events(composed_run);
-    check_run(&composed_events, &composed, std::slice::from_ref(&req), None);
+    check_run(&composed_events, &composed, &reqs, None);
     let (name, inputs, outputs) = composed_events
         .iter()
         .find_map(|l| match l {
-            Line::Token { expert: Some(e), .. } => Some(e),
+            Line::Token { source: Source::Expert(name, inputs, outputs), .. } => {
+                Some((name, inputs, outputs))
+            }
             _ => None,
         })
         .expect("the expert never fired through the C interface");
     assert_eq!(name, "solve");
     assert_eq!(inputs, &[2.0, 1.0, 1.0, 3.0, 3.0, 5.0]);
     assert!((outputs[0] - 0.8).abs() < 1e-15 && (outputs[1] - 1.4).abs() < 1e-15, "{outputs:?}");
+    // The singular system: failure tokens named for the expert, and a finish that says so.
+    let failed: Vec<&Line> = lines_of(&composed_events, 1);
+    assert!(
+        failed.iter().any(|l| matches!(l, Line::Token { source: Source::Failed(n), .. } if n == "solve")),
+        "{failed:?}"
+    );
+    assert!(
+        matches!(failed.last(), Some(Line::Finished(_, f)) if f.starts_with("expert_failed") && f.ends_with("expert_failures 1")),
+        "{failed:?}"
+    );
 
     // The same program linked statically prints the same.
     let fixed = dir.join("generate-static");

@@ -142,23 +142,58 @@ fn after_result_ends_the_answer_where_the_composition_says() {
     assert!(n > 4 && tail.trim_end().contains(char::is_whitespace), "{n} tokens {tail:?}");
 }
 
-#[test]
-fn t2c_failure_is_a_note_not_a_guess() {
-    let path = composition("sched-fail", r#"{ "max_firings": 1 }"#);
-    let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
-    let o = alone(&engine, &request("Solve A = [2, 1, 1] and b = [3, 5].", 10, 0));
-    assert!(o.tokens.iter().all(|(_, p)| *p == Provenance::Llm), "{o:?}");
-    assert_eq!(o.notes.len(), 1, "{o:?}");
-    assert!(o.notes[0].contains("solve") && o.notes[0].contains("list"), "{}", o.notes[0]);
+/// The text after the last LLM token, which must be the failure text standing in
+/// for the result, with the expert and why; and the answer ends there.
+fn failure_text(engine: &Engine<CpuBackend>, o: &Outcome) -> String {
+    let start =
+        o.tokens.iter().position(|(_, p)| matches!(p, Provenance::Failed { .. })).expect("no failure text");
+    assert!(
+        o.tokens[start..]
+            .iter()
+            .all(|(_, p)| matches!(p, Provenance::Failed { expert, .. } if expert == "solve")),
+        "the answer goes on after the failure text: {o:?}"
+    );
+    assert_eq!(o.finish, Some(Finish::ExpertFailed), "{o:?}");
+    let ids: Vec<u32> = o.tokens[start..].iter().map(|(t, _)| *t).collect();
+    engine.tokenizer.decode(&ids).unwrap()
 }
 
 #[test]
-fn singular_system_is_reported() {
+fn t2c_failure_is_visible_in_the_answer_not_a_guess() {
+    let path = composition("sched-fail", r#"{ "max_firings": 1 }"#);
+    let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
+    let o = alone(&engine, &request("Solve A = [2, 1, 1] and b = [3, 5].", 10, 0));
+    assert_eq!(o.notes.len(), 1, "{o:?}");
+    assert!(o.notes[0].starts_with("solve: ") && o.notes[0].contains("list"), "{}", o.notes[0]);
+    let text = failure_text(&engine, &o);
+    assert!(text.starts_with("[solve could not compute this: ") && text.ends_with(']'), "{text:?}");
+    assert!(text.contains("list"), "{text:?}");
+    // The failure text goes in whole even past the token budget: cut, it would not
+    // say why.
+    let o = alone(&engine, &request("Solve A = [2, 1, 1] and b = [3, 5].", 2, 0));
+    assert_eq!(failure_text(&engine, &o), text);
+}
+
+#[test]
+fn singular_system_is_reported_in_the_answer() {
     let path = composition("sched-singular", r#"{ "max_firings": 1 }"#);
     let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
     let o = alone(&engine, &request("Solve A = [1, 2, 2, 4] and b = [3, 5].", 10, 0));
     assert_eq!(o.notes.len(), 1, "{o:?}");
     assert!(o.notes[0].contains("singular"), "{}", o.notes[0]);
+    let text = failure_text(&engine, &o);
+    assert!(text.contains("singular"), "{text:?}");
+    // The composition's own text, with its placeholders filled in.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = format!(
+        "{},\n  \"on_failure\": \" (not computed by {{expert}}: {{reason}})\"\n}}\n",
+        text.trim_end().strip_suffix('}').unwrap()
+    );
+    std::fs::write(&path, text).unwrap();
+    let engine = Engine::load_manifest(CpuBackend, &path).unwrap();
+    let o = alone(&engine, &request("Solve A = [1, 2, 2, 4] and b = [3, 5].", 40, 0));
+    let text = failure_text(&engine, &o);
+    assert!(text.starts_with(" (not computed by solve: singular"), "{text:?}");
 }
 
 fn mixed_requests() -> Vec<Request> {
@@ -327,6 +362,13 @@ fn malformed_manifests_name_what_is_wrong() {
                 t.replacen("\"experts\": [{", "\"after_result\": { \"max_tokens\": -2 }, \"experts\": [{", 1)
             }),
             "integer `-2`",
+        ),
+        (
+            "bad-on-failure",
+            Box::new(|t: &str| {
+                t.replacen("\"experts\": [{", "\"on_failure\": \"[{expret}]\", \"experts\": [{", 1)
+            }),
+            "{expret}",
         ),
         (
             "power-flow-limits",
@@ -514,7 +556,7 @@ fn hidden_gate_runs_in_the_step_and_batches_like_alone() {
 }
 
 #[test]
-fn hidden_gate_result_replaces_the_sampled_token_and_a_failure_keeps_it() {
+fn hidden_gate_result_or_failure_replaces_the_sampled_token() {
     let engine =
         Engine::load_manifest(CpuBackend, &hidden_composition("sched-hidden-replace", false, false)).unwrap();
     let plain = Engine::load(CpuBackend, &fixtures().join("tiny-qwen2")).unwrap();
@@ -522,14 +564,14 @@ fn hidden_gate_result_replaces_the_sampled_token_and_a_failure_keeps_it() {
     // opens with the result, in place of the LLM's first token.
     let o = alone(&engine, &request(GOOD, 12, 0));
     assert!(matches!(o.tokens[0].1, Provenance::Expert { .. }), "{o:?}");
-    // T2C fails: each firing is a note and the LLM's own tokens stand, so the answer
-    // is the plain model's, token for token, and the sequence does not stall.
-    let req = request("Any prompt without the anchors.", 12, 0);
+    // T2C fails: the failure text takes the sampled token's place, so the answer
+    // holds none of the LLM's would-be number, and ends.
+    let req = request("Any prompt without the anchors.", 40, 0);
     let o = alone(&engine, &req);
-    assert_eq!(o.notes.len(), 2, "max_firings is 2: {o:?}");
-    let want = alone(&plain, &req);
-    assert_eq!(o.tokens, want.tokens);
-    assert_eq!(o.finish, want.finish);
+    assert_eq!(o.notes.len(), 1, "{o:?}");
+    assert!(matches!(o.tokens[0].1, Provenance::Failed { .. }), "{o:?}");
+    assert!(failure_text(&engine, &o).contains("could not compute this"), "{o:?}");
+    assert_ne!(o.tokens[0].0, alone(&plain, &req).tokens[0].0);
 }
 
 #[test]

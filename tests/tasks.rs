@@ -104,3 +104,31 @@ fn router_data_needs_the_llm_alone() {
         router_data::router_rows(demo_engine(), 1, 1, 8, SchedulerConfig::default(), |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("LLM alone"), "{e}");
 }
+
+#[test]
+fn a_split_grid_is_a_visible_failure_in_the_answer_and_the_exit_status() {
+    use pimoe::grid::{render, Quantity, Question};
+    use pimoe::tasks::questions::{cases, SYSTEM};
+    demo_engine();
+    let manifest = demo::ensure_manifest().unwrap();
+    // case14 with the branches between buses 1-5 and 6-14 cut: buses 6..14 have no
+    // path to the slack (bus 1), so no angle there has a value.
+    let mut case = cases().unwrap().iter().find(|c| c.case.name == "case14").unwrap().case.clone();
+    case.branches.retain(|b| (b.from <= 5) == (b.to <= 5));
+    let question = Question { analysis: Analysis::Dc, quantity: Quantity::VoltageAngle { bus: 9 } };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pimoe"))
+        .args(["generate", "--manifest"])
+        .arg(&manifest)
+        .args(["--system", SYSTEM, "--max-tokens", "48", "--prompt", &render(&case, &question)])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}\n{stderr}");
+    assert!(!out.status.success(), "a failed expert must fail the command");
+    assert!(stdout.contains("[dc-power-flow could not compute this: "), "{stdout}");
+    assert!(stdout.contains("no path to the slack bus 1"), "{stdout}");
+    assert!(
+        stderr.contains("ExpertFailed") && stderr.contains("error: an expert could not compute"),
+        "{stderr}"
+    );
+}

@@ -86,6 +86,11 @@ pub struct ScenarioConfig {
     pub max_step_tokens: usize,
 }
 
+/// Far beyond any grid answer, and small enough that the KV pool for every client's
+/// longest answer stays a size the machine could hold.
+const MAX_ANSWER_TOKENS: usize = 1 << 16;
+const MAX_CONCURRENCY: usize = 4096;
+
 impl ScenarioConfig {
     /// The scenario's questions, or why the configuration cannot run.
     pub fn check(&self) -> Result<Vec<GridQuestion>> {
@@ -97,6 +102,18 @@ impl ScenarioConfig {
         }
         if self.max_tokens == 0 {
             return Err(Error::Request("max_tokens is 0: an answer needs at least one token".into()));
+        }
+        // Both size the KV pool (answers times clients): bounded before it is allocated.
+        if let Some(c) = self.concurrency.iter().find(|&&c| c > MAX_CONCURRENCY) {
+            return Err(Error::Request(format!(
+                "concurrency {c} is over the limit of {MAX_CONCURRENCY} clients"
+            )));
+        }
+        if self.max_tokens > MAX_ANSWER_TOKENS {
+            return Err(Error::Request(format!(
+                "max_tokens {} is over the limit of {MAX_ANSWER_TOKENS} tokens per answer",
+                self.max_tokens
+            )));
         }
         questions(&self.scenario, self.per_task, self.seed)
     }

@@ -185,6 +185,29 @@ impl Case {
                 return err(Item::Branch(l), format!("the tap ratio must be positive, not {}", br.tap));
             }
         }
+        // A bus with no path to the slack has no reference angle: its equations are
+        // singular, and the bus, not a matrix column, is what the user can fix.
+        let slack = slacks[0];
+        let mut reached = vec![false; self.buses.len()];
+        reached[slack] = true;
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for br in &self.branches {
+                let (f, t) =
+                    (self.position(br.from).expect("checked"), self.position(br.to).expect("checked"));
+                if reached[f] != reached[t] {
+                    (reached[f], reached[t], grew) = (true, true, true);
+                }
+            }
+        }
+        if let Some(i) = reached.iter().position(|r| !r) {
+            let (bus, slack) = (self.buses[i].id, self.buses[slack].id);
+            return err(
+                Item::Bus(i),
+                format!("bus {bus} has no path to the slack bus {slack}: the grid is split, so the system is singular at bus {bus}"),
+            );
+        }
         Ok(())
     }
 

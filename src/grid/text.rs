@@ -190,6 +190,9 @@ pub struct GridTextError {
     /// The offending line (at most 60 characters of it).
     pub found: String,
     pub msg: String,
+    /// The question's analysis, when the question was read and the grid is what is
+    /// wrong (so the fault is the question's, whichever expert reads it).
+    pub analysis: Option<Analysis>,
 }
 
 impl fmt::Display for GridTextError {
@@ -230,7 +233,7 @@ impl<'a> Lines<'a> {
         } else {
             text.to_string()
         };
-        GridTextError { line, found, msg }
+        GridTextError { line, found, msg, analysis: None }
     }
     fn last_line(&self) -> usize {
         self.lines.last().map_or(0, |l| l.0)
@@ -263,6 +266,7 @@ pub fn parse(text: &str) -> Result<(Case, Question), GridTextError> {
         line: 0,
         found: String::new(),
         msg: format!("no grid in the text (a line starting {:?})", HEADER[0]),
+        analysis: None,
     })?;
     let first_line = text[..start].matches('\n').count() + 1;
     let block = &text[start..];
@@ -333,12 +337,27 @@ pub fn parse(text: &str) -> Result<(Case, Question), GridTextError> {
         )
     })?;
 
-    // What the analysis needs must be in the tables.
     let a = question.analysis;
-    for (cols, table, header) in [
-        (&bus_cols[..], &BUS_COLUMNS[..], bus_header),
-        (&branch_cols[..], &BRANCH_COLUMNS[..], branch_header),
-    ] {
+    check_case(&lines, a, base_mva, buses, branches, [bus_header, branch_header], [&bus_cols, &branch_cols])
+        .and_then(|case| case.locate(&question).map(|_| case).map_err(|m| lines.err(q_line, m)))
+        .map(|case| (case, question))
+        .map_err(|e| GridTextError { analysis: Some(a), ..e })
+}
+
+/// The tables as a case, checked for what analysis `a` needs.
+fn check_case(
+    lines: &Lines,
+    a: Analysis,
+    base_mva: f64,
+    buses: Vec<Bus>,
+    branches: Vec<Branch>,
+    [bus_header, branch_header]: [usize; 2],
+    [bus_cols, branch_cols]: [&[usize]; 2],
+) -> Result<Case, GridTextError> {
+    // What the analysis needs must be in the tables.
+    for (cols, table, header) in
+        [(bus_cols, &BUS_COLUMNS[..], bus_header), (branch_cols, &BRANCH_COLUMNS[..], branch_header)]
+    {
         if let Some(c) = (0..table.len()).find(|c| table[*c].need(a) == Required && !cols.contains(c)) {
             return Err(
                 lines.err(header, format!("a {} power flow needs the column {}", a.name(), table[c].name))
@@ -352,8 +371,7 @@ pub fn parse(text: &str) -> Result<(Case, Question), GridTextError> {
         Item::Bus(i) => lines.err(bus_header + 1 + i, e.msg),
         Item::Branch(i) => lines.err(branch_header + 1 + i, e.msg),
     })?;
-    case.locate(&question).map_err(|m| lines.err(q_line, m))?;
-    Ok((case, question))
+    Ok(case)
 }
 
 fn row_msg(m: String, k: usize, n: usize, what: &str) -> String {

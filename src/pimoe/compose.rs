@@ -13,12 +13,14 @@ use crate::pimoe::experts::{
     Activation, DeepONet, DeepONetSpec, Expert, LinearSolve, Mlp, PowerFlow, Precision, RowResult, WeightFile,
 };
 use crate::pimoe::format::ResultFormat;
-use crate::pimoe::manifest::{AfterResult, Manifest, ModelSpec, RouterSpec, T2cSpec};
+use crate::pimoe::manifest::{
+    check_on_failure, AfterResult, Manifest, ModelSpec, RouterSpec, T2cSpec, DEFAULT_ON_FAILURE,
+};
 use crate::pimoe::router::{
     Decision, Gate, HiddenGate, HiddenGateConfig, PiernGate, PiernGateConfig, Router, RouterInputs,
     RouterPolicy, Trigger, TriggerGate,
 };
-use crate::pimoe::t2c::{grid_inputs, ExtractPattern, InputOrder, LearnedT2c, LearnedT2cConfig};
+use crate::pimoe::t2c::{grid_inputs, ExtractPattern, InputOrder, LearnedT2c, LearnedT2cConfig, Refusal};
 
 pub use crate::pimoe::router::RouterState;
 
@@ -30,7 +32,7 @@ pub enum Computed {
         inputs: Vec<f64>,
         outputs: Vec<f64>,
     },
-    /// T2C or the expert could not produce a number; the message goes in the trace.
+    /// T2C or the expert could not produce a number: why (without the expert's name).
     Failed(String),
 }
 
@@ -57,6 +59,8 @@ pub struct Composition {
     pub router: Router,
     pub experts: Vec<Slot>,
     pub after_result: AfterResult,
+    /// The text standing in for a result no expert could compute (`on_failure`).
+    pub on_failure: String,
 }
 
 /// What `route` needs of the LLM for a sequence beyond its token and text.
@@ -218,7 +222,10 @@ impl Composition {
                 ResultFormat::new(&e.format, expert.n_outputs()).map_err(|msg| bad("format", msg))?;
             experts.push(Slot { name: e.name.clone(), t2c, backbone, order, expert, format });
         }
-        Ok(Composition { router, experts, after_result: m.after_result })
+        let on_failure = m.on_failure.clone().unwrap_or_else(|| DEFAULT_ON_FAILURE.to_string());
+        check_on_failure(&on_failure)
+            .map_err(|msg| Error::Request(format!("manifest: on_failure: {msg}")))?;
+        Ok(Composition { router, experts, after_result: m.after_result, on_failure })
     }
 
     pub fn num_experts(&self) -> usize {
@@ -304,27 +311,33 @@ impl Composition {
         expert: usize,
         contexts: &[String],
         pooled: Option<&[f64]>,
-    ) -> Vec<std::result::Result<Vec<f64>, String>> {
+    ) -> Vec<std::result::Result<Vec<f64>, Refusal>> {
         let slot = &self.experts[expert];
-        let raw: Vec<std::result::Result<Vec<f64>, String>> = match &slot.t2c {
-            T2c::Extract(p) => {
-                contexts.iter().map(|c| p.extract(c).map(|x| x.values).map_err(|e| e.to_string())).collect()
-            }
+        let raw: Vec<std::result::Result<Vec<f64>, Refusal>> = match &slot.t2c {
+            // A text that does not fit the pattern may fit another expert's.
+            T2c::Extract(p) => contexts
+                .iter()
+                .map(|c| p.extract(c).map(|x| x.values).map_err(|e| Refusal::pass_on(e.to_string())))
+                .collect(),
             T2c::Grid(analysis) => contexts.iter().map(|c| grid_inputs(*analysis, &slot.expert, c)).collect(),
             T2c::Learned(l) => match pooled {
                 Some(means) => {
                     let out = l.batch(means, contexts.len());
                     out.chunks(l.outputs()).map(|r| Ok(r.to_vec())).collect()
                 }
-                None => vec![Err("learned T2C: no hidden states were pooled".into()); contexts.len()],
+                None => {
+                    vec![
+                        Err(Refusal::fails("learned T2C: no hidden states were pooled".into()));
+                        contexts.len()
+                    ]
+                }
             },
         };
         raw.into_iter()
             .map(|r| match (&slot.order, r) {
-                (Some(o), Ok(v)) => o.apply_flat(&v).map_err(|e| format!("input order: {e}")),
+                (Some(o), Ok(v)) => o.apply_flat(&v).map_err(|e| Refusal::fails(format!("input order: {e}"))),
                 (_, r) => r,
             })
-            .map(|r| r.map_err(|e| format!("{}: {e}", slot.name)))
             .collect()
     }
 
@@ -333,7 +346,7 @@ impl Composition {
     pub fn finish(
         &self,
         expert: usize,
-        inputs: Vec<std::result::Result<Vec<f64>, String>>,
+        inputs: Vec<std::result::Result<Vec<f64>, Refusal>>,
         results: Vec<RowResult>,
     ) -> Vec<Computed> {
         let slot = &self.experts[expert];
@@ -341,11 +354,11 @@ impl Composition {
         inputs
             .into_iter()
             .map(|r| match r {
-                Err(e) => Computed::Failed(e),
+                Err(e) => Computed::Failed(e.reason),
                 Ok(x) => match results.next() {
                     Some(Ok(y)) => Computed::Ok { text: slot.format.render(&y), inputs: x, outputs: y },
-                    Some(Err(e)) => Computed::Failed(format!("{}: {e}", slot.name)),
-                    None => Computed::Failed(format!("{}: the expert returned too few rows", slot.name)),
+                    Some(Err(e)) => Computed::Failed(e),
+                    None => Computed::Failed("the expert returned too few rows".into()),
                 },
             })
             .collect()
@@ -361,7 +374,7 @@ impl Composition {
 }
 
 /// The Ok rows of a T2C batch, flat, and how many there are.
-pub fn ok_rows(inputs: &[std::result::Result<Vec<f64>, String>]) -> (Vec<f64>, usize) {
+pub fn ok_rows<E>(inputs: &[std::result::Result<Vec<f64>, E>]) -> (Vec<f64>, usize) {
     let ok: Vec<&Vec<f64>> = inputs.iter().filter_map(|r| r.as_ref().ok()).collect();
     (ok.iter().flat_map(|v| v.iter().copied()).collect(), ok.len())
 }

@@ -17,7 +17,8 @@
 //!                 "trunk": [2, 784, 512, 256, 128, 64, 10] },
 //!     "format": { "template": "{value:.6f}", "conclusions": [{ "below": 0.8, "text": " (replace it)" }] }
 //!   }],
-//!   "after_result": "sentence"
+//!   "after_result": "sentence",
+//!   "on_failure": "[{expert} could not compute this: {reason}]"
 //! }
 //! ```
 //! The README documents every field.
@@ -38,6 +39,38 @@ pub struct Manifest {
     /// How an answer goes on after an expert's result (default: "continue").
     #[serde(default)]
     pub after_result: AfterResult,
+    /// What stands in the answer where a fired expert could not compute its result
+    /// (default [`DEFAULT_ON_FAILURE`]); the answer then ends.
+    #[serde(default)]
+    pub on_failure: Option<String>,
+}
+
+/// The text that replaces a result no expert could compute: `{expert}` is the
+/// expert's name, `{reason}` why it failed. The model's own number is never left
+/// standing in its place, since a reader could not tell it from a computed one.
+pub const DEFAULT_ON_FAILURE: &str = "[{expert} could not compute this: {reason}]";
+
+/// `template` with its `{expert}` and `{reason}` filled in; the placeholders are
+/// checked at load by [`check_on_failure`].
+pub fn render_on_failure(template: &str, expert: &str, reason: &str) -> String {
+    template.replace("{expert}", expert).replace("{reason}", reason)
+}
+
+/// Refuses an `on_failure` template with a placeholder other than `{expert}` and
+/// `{reason}` (a typo would otherwise show as literal braces in answers).
+pub fn check_on_failure(template: &str) -> std::result::Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').ok_or_else(|| format!("an unclosed '{{' in {template:?}"))?;
+        let name = &rest[open + 1..open + close];
+        if name != "expert" && name != "reason" {
+            return Err(format!(
+                "unknown placeholder {{{name}}} in {template:?} (only {{expert}} and {{reason}})"
+            ));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    Ok(())
 }
 
 /// What the LLM does after an expert's result is in the answer: `"sentence"` ends the

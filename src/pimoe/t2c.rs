@@ -529,19 +529,50 @@ pub fn grid_inputs(
     analysis: Analysis,
     expert: &Expert,
     context: &str,
-) -> std::result::Result<Vec<f64>, String> {
-    let (case, question) = grid::parse(context).map_err(|e| e.to_string())?;
+) -> std::result::Result<Vec<f64>, Refusal> {
+    // A question of this expert's analysis on a faulty grid fails here; anything
+    // else may be another expert's.
+    let (case, question) = grid::parse(context).map_err(|e| match e.analysis {
+        Some(a) if a == analysis => Refusal::fails(e.to_string()),
+        _ => Refusal::pass_on(e.to_string()),
+    })?;
     if question.analysis != analysis {
-        return Err(format!(
+        return Err(Refusal::pass_on(format!(
             "the question asks for the {} power flow; this expert answers {} questions",
             question.analysis.name(),
             analysis.name()
-        ));
+        )));
     }
+    // The question is this expert's: what is wrong with its grid is the answer's failure.
     match expert {
         Expert::LinearSolve(s) => grid::dc_system(&case, &question, s.n()),
         Expert::PowerFlow(p) => p.encode(&case, &question),
         other => Err(format!("a grid question cannot feed a {} expert", other.kind())),
+    }
+    .map_err(Refusal::fails)
+}
+
+/// Why T2C gave an expert no inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    /// The question is not this expert's kind (another expert may take it); otherwise
+    /// it is, and what is wrong with it is final.
+    pub pass_on: bool,
+}
+
+impl Refusal {
+    pub fn pass_on(reason: String) -> Self {
+        Refusal { reason, pass_on: true }
+    }
+    pub fn fails(reason: String) -> Self {
+        Refusal { reason, pass_on: false }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
     }
 }
 

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::cpu::sampling::NON_FINITE;
 use crate::backend::Backend;
 use crate::engine::{Engine, Finish, Request};
 use crate::error::{Error, Result};
@@ -26,7 +27,7 @@ use crate::kv::{KvCache, BLOCK_SIZE};
 use crate::llm::{DeviceGate, Logits, SeqChunk};
 use crate::model::tokenizer::StreamDecoder;
 use crate::pimoe::compose::{ok_rows, Composition, Computed, RouterState, SeqView};
-use crate::pimoe::manifest::AfterResult;
+use crate::pimoe::manifest::{render_on_failure, AfterResult};
 use crate::pimoe::router::GateActivation;
 use crate::sampling::Sampler;
 
@@ -40,6 +41,12 @@ pub enum Provenance {
         expert: String,
         inputs: Vec<f64>,
         outputs: Vec<f64>,
+    },
+    /// The composition's `on_failure` text, standing where a fired expert's result
+    /// would have: which expert, and why it could not compute one.
+    Failed {
+        expert: String,
+        reason: String,
     },
 }
 
@@ -78,6 +85,8 @@ pub struct Stats {
     /// Tokens injected from expert results.
     pub injected_tokens: usize,
     pub expert_calls: usize,
+    /// Expert calls that gave no result (the answer then carries the failure text).
+    pub expert_failures: usize,
     /// Firings whose expert's T2C refused the question, handed to the router's next
     /// choice (a hidden gate's runner-up): the gate picked the wrong expert.
     pub reroutes: usize,
@@ -174,7 +183,20 @@ impl Seq {
         events: &mut Vec<Event>,
     ) -> Result<usize> {
         let take = ids.len().min(self.budget);
-        for &tok in &ids[..take] {
+        self.append(tokenizer, &ids[..take], provenance, events)?;
+        self.budget -= take;
+        Ok(take)
+    }
+
+    /// Appends injected tokens and streams them, whatever the budget.
+    fn append(
+        &mut self,
+        tokenizer: &crate::model::tokenizer::Tokenizer,
+        ids: &[u32],
+        provenance: &Arc<Provenance>,
+        events: &mut Vec<Event>,
+    ) -> Result<()> {
+        for &tok in ids {
             self.tokens.push(tok);
             let piece = self.stream.push(tokenizer, tok)?.unwrap_or_default();
             self.text.push_str(&piece);
@@ -185,9 +207,8 @@ impl Seq {
                 provenance: provenance.clone(),
             });
         }
-        self.budget -= take;
-        self.stats.injected_tokens += take;
-        Ok(take)
+        self.stats.injected_tokens += ids.len();
+        Ok(())
     }
 
     /// Puts held-back closing punctuation in, as the LLM's text (see `pending_close`),
@@ -454,9 +475,12 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             s.computed += p.take;
             s.stats.processed_tokens += p.take;
         }
-        let sampled: Vec<(usize, u32)> =
-            plan.iter().filter(|p| p.sample).map(|p| p.seq).zip(sampled).collect();
         let mut done = Vec::new();
+        // A row whose logits were NaN or infinite ends its sequence: no router reads
+        // it and no token of it goes into the answer.
+        let (broken, sampled): (Vec<(usize, u32)>, Vec<(usize, u32)>) =
+            plan.iter().filter(|p| p.sample).map(|p| p.seq).zip(sampled).partition(|&(_, t)| t == NON_FINITE);
+        done.extend(broken.into_iter().map(|(i, _)| (i, Finish::NonFinite)));
         // A hidden-state gate read the step's input token (the newest one in each
         // sequence): when it fires, the expert's result follows that token and the
         // token sampled from the same row is dropped. The other gates decide after
@@ -537,8 +561,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
     /// sampled a token, or, for a hidden-state gate, their step's input token is
     /// the newest), then T2C and the experts for those that fired, one batch per
     /// expert, and appends the formatted results as tokens for the next step.
-    /// Returns the sequences that got a result (a T2C or expert failure is a note,
-    /// and the LLM's own token stands).
+    /// Returns the sequences that got a result or the failure text in its place.
     fn route(
         &mut self,
         pimoe: &Composition,
@@ -614,7 +637,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 for (&(i, ref tried), input) in
                     group.into_iter().zip(pimoe.inputs(expert, &contexts, pooled.as_deref()))
                 {
-                    if input.is_err() && tried.len() > 1 {
+                    if input.as_ref().is_err_and(|r| r.pass_on) && tried.len() > 1 {
                         retry.push((i, tried[1..].to_vec()));
                         self.seqs[i].stats.reroutes += 1;
                     } else {
@@ -632,9 +655,7 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                 e.backend.pop_range();
                 let results = pimoe.finish(expert, inputs, outputs?);
                 for (&i, result) in members.iter().zip(results) {
-                    if matches!(result, Computed::Ok { .. }) {
-                        injected.push(i);
-                    }
+                    injected.push(i);
                     let s = &mut self.seqs[i];
                     s.stats.expert_calls += 1;
                     match result {
@@ -674,15 +695,30 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                                 done.push((i, Finish::Stop));
                             }
                         }
-                        Computed::Failed(message) => {
+                        Computed::Failed(reason) => {
+                            // No expert could compute what the router fired for: the
+                            // composition's failure text stands where the number would
+                            // have, and the answer ends (what followed would build on it).
+                            let name = pimoe.expert_name(expert);
                             events.push(Event::Note {
                                 id: s.id,
-                                expert: pimoe.expert_name(expert).to_string(),
-                                message,
+                                expert: name.to_string(),
+                                message: format!("{name}: {reason}"),
                             });
-                            if let Some(r) = s.router.as_mut() {
-                                pimoe.injected(r, &[])?;
+                            if s.stats.generated_tokens == 0 && s.stats.injected_tokens == 0 {
+                                s.stats.first_token_secs = s.started.elapsed().as_secs_f64();
                             }
+                            let tokenizer = &self.engine.tokenizer;
+                            s.flush_close(tokenizer, pimoe, events)?;
+                            let text = render_on_failure(&pimoe.on_failure, name, &reason);
+                            let prov = Arc::new(Provenance::Failed { expert: name.to_string(), reason });
+                            // Whole even past the budget: it ends the answer (so needs no
+                            // KV), and cut short it would not say why.
+                            let ids = tokenizer.encode(&text)?;
+                            s.append(tokenizer, &ids, &prov, events)?;
+                            s.budget = s.budget.saturating_sub(ids.len());
+                            s.stats.expert_failures += 1;
+                            done.push((i, Finish::ExpertFailed));
                         }
                     }
                 }

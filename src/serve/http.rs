@@ -229,32 +229,52 @@ impl Answer {
         let start = self.chars;
         self.chars += text.chars().count();
         self.text.push_str(text);
-        let Provenance::Expert { expert, inputs, outputs } = &**prov else {
-            self.last = None;
-            return None;
+        let span = match &**prov {
+            Provenance::Llm => {
+                self.last = None;
+                return None;
+            }
+            Provenance::Expert { expert, inputs, outputs } => {
+                json!({"start": start, "end": self.chars, "expert": expert, "inputs": inputs, "outputs": outputs})
+            }
+            // The text standing in for a result the expert could not compute.
+            Provenance::Failed { expert, reason } => {
+                json!({"start": start, "end": self.chars, "expert": expert, "failed": true, "reason": reason})
+            }
         };
         let key = Arc::as_ptr(prov) as usize;
         match self.spans.last_mut().filter(|_| self.last == Some(key)) {
-            Some(span) => span["end"] = json!(self.chars),
-            None => self.spans.push(json!({
-                "start": start, "end": self.chars, "expert": expert, "inputs": inputs, "outputs": outputs
-            })),
+            Some(last) => last["end"] = json!(self.chars),
+            None => self.spans.push(span.clone()),
         }
         self.last = Some(key);
-        Some(
-            json!({"start": start, "end": self.chars, "expert": expert, "inputs": inputs, "outputs": outputs}),
-        )
+        Some(span)
     }
 
-    fn extension(&self) -> Value {
-        json!({"spans": self.spans, "notes": self.notes})
+    fn extension(&self, f: Option<Finish>) -> Value {
+        let mut ext = json!({"spans": self.spans, "notes": self.notes});
+        if let Some(why) = f.and_then(failure) {
+            ext["finish"] = json!(why);
+        }
+        ext
     }
 }
 
+/// OpenAI's finish reasons only; a failure's own name goes in the extension field
+/// (`finish`), which standard clients ignore but do not choke on.
 fn finish_reason(f: Finish) -> &'static str {
     match f {
-        Finish::Stop => "stop",
+        Finish::Stop | Finish::ExpertFailed | Finish::NonFinite => "stop",
         Finish::Length | Finish::Context => "length",
+    }
+}
+
+/// The extension's `finish` for an answer not to be taken as computed.
+fn failure(f: Finish) -> Option<&'static str> {
+    match f {
+        Finish::ExpertFailed => Some("expert_failed"),
+        Finish::NonFinite => Some("non_finite"),
+        Finish::Stop | Finish::Length | Finish::Context => None,
     }
 }
 
@@ -273,8 +293,7 @@ fn as_call(meta: &Meta, answer: &Answer) -> Option<Value> {
 
 /// The whole (not streamed) response.
 fn whole(meta: &Meta, answer: &Answer, f: Finish, stats: &Stats) -> Value {
-    let mut choice =
-        json!({"index": 0, "finish_reason": finish_reason(f), "logprobs": null, "pimoe": answer.extension()});
+    let mut choice = json!({"index": 0, "finish_reason": finish_reason(f), "logprobs": null, "pimoe": answer.extension(Some(f))});
     if meta.chat {
         choice["message"] = match as_call(meta, answer) {
             Some(calls) => {
@@ -366,13 +385,14 @@ impl Streamer {
                                 self.queue.push_back(e);
                             }
                             None => {
-                                let ext = self.answer.extension();
+                                let ext = self.answer.extension(None);
                                 let e = self.chunk(json!({"content": self.answer.text}), None, Some(ext));
                                 self.queue.push_back(e);
                             }
                         }
                     }
-                    let e = self.chunk(json!({}), Some(reason), None);
+                    let ext = failure(finish).map(|why| json!({"finish": why}));
+                    let e = self.chunk(json!({}), Some(reason), ext);
                     self.queue.push_back(e);
                     if self.include_usage {
                         let u = json!({

@@ -19,8 +19,7 @@ use crate::error::{Error, Result};
 use crate::grid::Analysis;
 use crate::model::fetch::weights_root;
 use crate::scheduler::{Provenance, SchedulerConfig};
-use crate::tasks::answer::answer_number;
-use crate::tasks::eval::{request, REL_TOL};
+use crate::tasks::eval::{answer_value, request, REL_TOL};
 use crate::tasks::questions::GridQuestion;
 
 /// Tokens an answer may take: one sentence.
@@ -111,7 +110,7 @@ pub fn run<B: Backend>(engine: &Engine<B>, trace: bool, out: &mut impl Write) ->
         for n in &a.notes {
             writeln!(out, "    note: {n}").map_err(io)?;
         }
-        let read = answer_number(&a.text).map(|(v, _)| v);
+        let read = answer_value(a);
         let agrees = read.is_some_and(|v| (v - q.truth).abs() <= REL_TOL * q.truth.abs());
         let source = match &expert_value {
             Some((name, _)) => format!("computed by {name}"),

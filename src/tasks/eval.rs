@@ -180,8 +180,8 @@ fn score(
             case: q.case.case.name.clone(),
             question: q.sentence(),
             truth: q.truth,
-            llm_only: answer_number(&a.text).map(|(v, _)| v),
-            pimoe: answer_number(&r.text).map(|(v, _)| v),
+            llm_only: answer_value(a),
+            pimoe: answer_value(r),
             pimoe_text: r.text.clone(),
         })
         .collect::<Vec<_>>();
@@ -200,8 +200,8 @@ fn mode(set: &[GridQuestion], answers: &[Answer], seconds: f64) -> ModeReport {
     let mut m = ModeReport { seconds, ..Default::default() };
     let mut errs = Vec::new();
     for (q, a) in set.iter().zip(answers) {
-        match answer_number(&a.text) {
-            Some((v, _)) => {
+        match answer_value(a) {
+            Some(v) => {
                 let rel = (v - q.truth).abs() / q.truth.abs();
                 m.correct += usize::from(rel <= REL_TOL);
                 errs.push(rel);
@@ -218,6 +218,18 @@ fn mode(set: &[GridQuestion], answers: &[Answer], seconds: f64) -> ModeReport {
     errs.sort_by(f64::total_cmp);
     m.median_rel_err = errs.get(errs.len() / 2).copied();
     m
+}
+
+/// The number an answer gives, read from its text before any failure text (which
+/// stands where a number could not be computed, and may itself hold numbers).
+pub fn answer_value(a: &Answer) -> Option<f64> {
+    let before: String = a
+        .tokens
+        .iter()
+        .take_while(|t| !matches!(*t.provenance, Provenance::Failed { .. }))
+        .map(|t| t.text.as_str())
+        .collect();
+    answer_number(&before).map(|(v, _)| v)
 }
 
 /// Where the router should fire in an LLM-alone answer: the number of tokens before

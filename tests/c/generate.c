@@ -6,15 +6,18 @@
  *
  * MODEL_DIR is a plain model (three requests batched in one session, one of them
  * cancelled midway); MANIFEST a composition whose expert fires (its tokens carry the
- * expert's name, inputs and outputs). Before that it takes the error paths: a wrong
+ * expert's name, inputs and outputs), once on a solvable and once on a singular
+ * system (the answer then ends with the failure text, finish expert_failed). Before that it takes the error paths: a wrong
  * path, NULL arguments, invalid UTF-8, bad request values, an unknown request id.
  *
  * Output lines (REQ is the request's index in its run, text escaped as C would):
  *     run plain|composition
  *     token REQ ID llm "TEXT"
  *     token REQ ID expert NAME in N X... out M Y... "TEXT"     (numbers as %.17g)
+ *     token REQ ID failed NAME "TEXT"       (text standing in for a failed result)
  *     note REQ "MESSAGE"
- *     finished REQ stop|length|context prompt P generated G injected I expert_calls E
+ *     finished REQ stop|length|context|expert_failed|non_finite prompt P generated G
+ *         injected I expert_calls E expert_failures F
  *     error WHAT STATUS MESSAGE
  * The exit status is 0 when every error path gave the status it should.
  */
@@ -84,7 +87,7 @@ static int index_of(const uint64_t *ids, int n, uint64_t id) {
 /* Prints the session's events until it is idle; request `victim` (or -1) is cancelled
  * after its `after`-th token. */
 static void drain(pimoe_session *session, const uint64_t *ids, int n, int victim, int after) {
-    static const char *finish[] = {"none", "stop", "length", "context"};
+    static const char *finish[] = {"none", "stop", "length", "context", "expert_failed", "non_finite"};
     pimoe_event ev;
     int victim_tokens = 0;
     for (;;) {
@@ -99,6 +102,8 @@ static void drain(pimoe_session *session, const uint64_t *ids, int n, int victim
             printf("token %d %u ", req, ev.token);
             if (ev.expert == NULL) {
                 printf("llm");
+            } else if (ev.failed) {
+                printf("failed %s", ev.expert);
             } else {
                 printf("expert %s", ev.expert);
                 print_values("in", ev.inputs, ev.inputs_len);
@@ -118,10 +123,10 @@ static void drain(pimoe_session *session, const uint64_t *ids, int n, int victim
             putchar('\n');
             break;
         case PIMOE_EVENT_FINISHED:
-            printf("finished %d %s prompt %lu generated %lu injected %lu expert_calls %lu\n", req,
-                   finish[ev.finish], (unsigned long)ev.stats.prompt_tokens,
+            printf("finished %d %s prompt %lu generated %lu injected %lu expert_calls %lu expert_failures %lu\n",
+                   req, finish[ev.finish], (unsigned long)ev.stats.prompt_tokens,
                    (unsigned long)ev.stats.generated_tokens, (unsigned long)ev.stats.injected_tokens,
-                   (unsigned long)ev.stats.expert_calls);
+                   (unsigned long)ev.stats.expert_calls, (unsigned long)ev.stats.expert_failures);
             break;
         default:
             fprintf(stderr, "unknown event kind %d\n", (int)ev.kind);
@@ -179,8 +184,8 @@ static void run_plain(const char *model, int device_choice, const char *label);
 int main(int argc, char **argv) {
     pimoe_engine *engine;
     pimoe_session *session;
-    pimoe_request req[1];
-    uint64_t ids[1];
+    pimoe_request req[2];
+    uint64_t ids[2];
     const char *device;
 
     if (argc != 3 && argc != 4) {
@@ -212,8 +217,11 @@ int main(int argc, char **argv) {
     req[0].prompt = "Solve A = [2, 1, 1, 3] and b = [3, 5] for x.";
     req[0].max_tokens = 40;
     MUST(pimoe_session_submit(session, &req[0], &ids[0]));
+    req[1] = req[0];
+    req[1].prompt = "Solve A = [1, 2, 2, 4] and b = [3, 5].";
+    MUST(pimoe_session_submit(session, &req[1], &ids[1]));
     printf("run composition\n");
-    drain(session, ids, 1, -1, 0);
+    drain(session, ids, 2, -1, 0);
     pimoe_session_free(session);
     pimoe_engine_free(engine);
 

@@ -107,3 +107,22 @@ pub fn skip(msg: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "skipped {msg}");
 }
+
+/// `row` (a power-flow expert input for a grid of `max_buses`) with every branch
+/// between bus positions 0..5 and the rest dropped: the grid split in two, as only an
+/// encoded row can hold it (T2C refuses such a grid, naming a bus cut off from the
+/// slack), so that the expert meets a singular Jacobian.
+pub fn split_power_flow_row(row: &[f64], max_buses: usize) -> Vec<f64> {
+    let mut row = row.to_vec();
+    let at = |l: usize| 5 + 7 * max_buses + 6 * l;
+    let kept: Vec<Vec<f64>> = (0..row[1] as usize)
+        .map(|l| row[at(l)..at(l) + 6].to_vec())
+        .filter(|b| (b[0] <= 4.0) == (b[1] <= 4.0))
+        .collect();
+    row[1] = kept.len() as f64;
+    row[at(0)..].fill(0.0);
+    for (l, b) in kept.iter().enumerate() {
+        row[at(l)..at(l) + 6].copy_from_slice(b);
+    }
+    row
+}

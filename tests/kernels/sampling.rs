@@ -12,7 +12,7 @@
 //!   greedy and sampled rows mixed in one launch, plus degenerate rows.
 
 use crate::harness::*;
-use pimoe::backend::cpu::sampling::{key_value, order_key, sample_row, weight, MAX_VOCAB};
+use pimoe::backend::cpu::sampling::{key_value, order_key, sample_row, weight, MAX_VOCAB, NON_FINITE};
 use pimoe::backend::cpu::CpuBackend;
 use pimoe::backend::{Backend, SAMPLE_PARAMS};
 use pimoe::sampling::{Rng, SamplingParams};
@@ -21,8 +21,8 @@ use pimoe::sampling::{Rng, SamplingParams};
 // Inputs
 // ---------------------------------------------------------------------------------
 
-/// Logits of one row in one of several styles: smooth, with ties, with NaN / -inf /
-/// -0, peaked (a few tokens far above the rest, like a confident model).
+/// Logits of one row in one of several styles: smooth, with ties, with -inf / -0
+/// (NaN and +inf rows are `sample_row_degenerate_rows`'), peaked (a few tokens far above the rest, like a confident model).
 fn row_logits(vocab: usize, style: usize, rng: &mut Rng) -> Vec<f32> {
     let mut normal = || (0..3).map(|_| rng.next_f32() * 2.0 - 1.0).sum::<f32>() * 2.0;
     let mut l: Vec<f32> = (0..vocab).map(|_| normal()).collect();
@@ -34,8 +34,7 @@ fn row_logits(vocab: usize, style: usize, rng: &mut Rng) -> Vec<f32> {
         2 => {
             for (i, x) in l.iter_mut().enumerate() {
                 match i % 11 {
-                    3 => *x = f32::NAN,
-                    5 => *x = f32::NEG_INFINITY,
+                    3 | 5 => *x = f32::NEG_INFINITY,
                     7 => *x = -0.0,
                     9 => *x = 0.0,
                     _ => {}
@@ -87,10 +86,15 @@ fn draw(r: usize, rng: &mut Rng) -> f32 {
 // ---------------------------------------------------------------------------------
 
 /// `sample_row`'s definition, step by step, the slow and obvious way: floats compared
-/// as floats (NaN replaced by -inf; -0 == +0 already), quadratic counts, no sort.
+/// as floats (-0 == +0 already), quadratic counts, no sort.
 fn naive(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, u: f32) -> u32 {
     let n = logits.len();
-    let c: Vec<f32> = logits.iter().map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x }).collect();
+    if logits.iter().any(|x| x.is_nan() || *x == f32::INFINITY)
+        || logits.iter().all(|&x| x == f32::NEG_INFINITY)
+    {
+        return NON_FINITE;
+    }
+    let c = logits;
     let mut am = 0;
     for i in 1..n {
         if c[i] > c[am] {
@@ -192,15 +196,20 @@ fn sample_row_degenerate_rows() {
     let (inf, ninf) = (f32::INFINITY, f32::NEG_INFINITY);
     // (logits, expected token for a sampled row with t = 1, u = 0.7)
     let rows: &[(&[f32], u32)] = &[
-        (&[nan, nan, nan], 0),      // all NaN: greedy fallback, index 0
-        (&[ninf, ninf], 0),         // all -inf
-        (&[1.0, inf, 3.0, inf], 1), // +inf: the first one
-        (&[nan, 2.0, ninf], 1),     // only one token has weight
+        (&[nan, nan, nan], NON_FINITE),
+        (&[ninf, ninf], NON_FINITE),
+        (&[1.0, inf, 3.0, inf], NON_FINITE),
+        (&[nan, 2.0, ninf], NON_FINITE), // one NaN is enough
+        (&[2.0, ninf], 0),               // only one token has weight
         (&[5.0], 0),
     ];
     for &(l, want) in rows {
         assert_eq!(sample_row(l, 1.0, 0, 0.9, 0.7), want, "{l:?}");
         assert_eq!(sample_row(l, 1.0, 0, 0.9, 0.7), naive(l, 1.0, 0, 0.9, 0.7), "{l:?}");
+        // Greedy too: a broken row has no argmax worth taking.
+        if want == NON_FINITE {
+            assert_eq!(sample_row(l, 0.0, 0, 1.0, 0.0), NON_FINITE, "{l:?}");
+        }
     }
     // Equal logits: uniform over all of them, drawn in index order.
     let l = [0.25f32; 8];
@@ -241,8 +250,9 @@ fn sample_weight_and_order_key() {
         assert!(order_key(p[0]) < order_key(p[1]), "{} < {}", p[0], p[1]);
     }
     assert_eq!(order_key(-0.0), order_key(0.0));
-    assert_eq!(order_key(f32::NAN), order_key(f32::NEG_INFINITY));
-    assert_eq!(order_key(-f32::NAN), order_key(f32::NEG_INFINITY));
+    assert_eq!(order_key(f32::NAN), u32::MAX);
+    assert_eq!(order_key(-f32::NAN), u32::MAX);
+    assert!(order_key(f32::INFINITY) < u32::MAX);
     for &x in &xs {
         assert_eq!(key_value(order_key(x)).to_bits(), x.to_bits(), "{x}");
     }

@@ -16,6 +16,11 @@ use crate::backend::SAMPLE_PARAMS;
 /// be the same on both backends (and 2^22 tokens is far beyond any real vocabulary).
 pub const MAX_VOCAB: usize = 1 << 22;
 
+/// What `sample_row` gives for a row with a NaN or +inf logit, or none above -inf
+/// (kernels/sampling.cu's SAMPLE_NON_FINITE); never a token id, as the vocabulary is
+/// at most `MAX_VOCAB`.
+pub const NON_FINITE: u32 = u32::MAX;
+
 /// out (rows) = one token per row of logits (rows, vocab), `sample_row` of each row
 /// with its params (rows, SAMPLE_PARAMS) = [temperature, top_k, top_p, u]. top_k is
 /// read as `top_k as usize` (truncating; negative and NaN are 0 = off).
@@ -31,17 +36,21 @@ pub fn sample(out: &mut [u32], logits: &[f32], params: &[f32], vocab: usize) {
 /// One token from one row of logits (vocab), by this definition, which the CUDA
 /// kernel `sample_f32` implements exactly:
 ///
-/// 1. **Order.** Logits are compared by `order_key`: as floats, except that NaN counts
-///    as -inf and -0 equals +0. The order is that of the logits, not of the scaled
+/// 1. **Order.** Logits are compared by `order_key`: as floats, except that NaN is
+///    above +inf and -0 equals +0. The order is that of the logits, not of the scaled
 ///    values below (the same order, except that scaling can round two different
 ///    logits to one value; ours keeps them apart).
-/// 2. **Greedy.** If `temperature <= 0` (or NaN), the token is the argmax: the lowest
-///    index among equal maxima, as torch.argmax (which, unlike us, prefers NaN).
+/// 2. **Non-finite.** If the largest key is NaN's or +inf's (some logit is NaN or
+///    +inf), or -inf's (no logit is above -inf), the row has no meaningful token:
+///    the result is `NON_FINITE`, whatever the parameters. A model that gives such
+///    logits is broken (NaN weights, an overflow), and a token drawn from them would
+///    pass its breakage off as text.
+/// 2b. **Greedy.** If `temperature <= 0` (or NaN), the token is the argmax: the lowest
+///    index among equal maxima, as torch.argmax.
 /// 3. **Scale.** Otherwise z_i = logit_i * (1 / temperature), the reciprocal rounded
 ///    to f32 first (one multiply instead of a division per element), and
-///    zmax = max_logit * (1 / temperature). If zmax is not finite (an infinite largest
-///    logit, all logits -inf or NaN, or a temperature so small that it overflows), the
-///    token is the argmax of step 2.
+///    zmax = max_logit * (1 / temperature). If zmax is not finite (a temperature so
+///    small that it overflows), the token is the argmax of step 2b.
 /// 4. **Top-k.** If 0 < top_k < vocab: keep i iff key_i >= T_k, T_k the top_k-th
 ///    largest key counting repeats. Ties at T_k are all kept, so more than top_k
 ///    tokens may survive.
@@ -60,7 +69,7 @@ pub fn sample(out: &mut [u32], logits: &[f32], params: &[f32], vocab: usize) {
 ///    w > 0.
 ///
 /// Against the old sort-based `sampling::sample_from`: the same in greedy mode
-/// (except NaN, which argmax there only loses to later values), in top-k when there
+/// (on finite rows), in top-k when there
 /// are no ties at the k-th value, and in the top-p set (the same smallest prefix
 /// reaching top_p, plus our ties). It differs in that (a) ties at a threshold are all
 /// kept; (b) the draw walks survivors in index order, not in descending probability,
@@ -78,6 +87,9 @@ pub fn sample_row(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, u:
         if k > best_key {
             (argmax, best_key) = (i, k);
         }
+    }
+    if best_key >= order_key(f32::INFINITY) || best_key == order_key(f32::NEG_INFINITY) {
+        return NON_FINITE;
     }
     // Negated so that a NaN temperature is greedy.
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -137,9 +149,13 @@ pub fn sample_row(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, u:
 }
 
 /// Order-preserving u32 key of a logit: `order_key(a) < order_key(b)` iff a < b as
-/// floats, with NaN taken as -inf and -0 as +0.
+/// floats, with -0 taken as +0, and NaN above everything (the largest key), so that
+/// one NaN in a row shows in its maximum.
 pub fn order_key(x: f32) -> u32 {
-    let mut b = if x.is_nan() { f32::NEG_INFINITY.to_bits() } else { x.to_bits() };
+    if x.is_nan() {
+        return u32::MAX;
+    }
+    let mut b = x.to_bits();
     if b == 0x8000_0000 {
         b = 0;
     }
@@ -150,7 +166,7 @@ pub fn order_key(x: f32) -> u32 {
     }
 }
 
-/// The float a key stands for (NaN and -0 come back as -inf and +0).
+/// The float a key stands for (-0 comes back as +0, NaN as a NaN).
 pub fn key_value(k: u32) -> f32 {
     f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7fff_ffff } else { !k })
 }
