@@ -11,7 +11,8 @@
 //!
 //! Wire format, one JSON object per line each way:
 //! `{"id": 7, "tool": "dc-power-flow", "context": "..."}` and
-//! `{"id": 7, "result": "-4.351234."}` or `{"id": 7, "error": "..."}`.
+//! `{"id": 7, "result": "-4.351234."}` or `{"id": 7, "error": "..."}`; a bad line gets
+//! an error too, its id null when the line does not read as JSON as far as the id.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
