@@ -2,8 +2,8 @@
 //! ways on the demo composition with its real model, the tool process over its pipe,
 //! and the command's errors.
 
-use std::io::Cursor;
-use std::process::Command;
+use std::io::{Cursor, Write};
+use std::process::{Command, Stdio};
 
 use pimoe::backend::cpu::CpuBackend;
 use pimoe::bench::scenario::{self, Ceilings, Harness, ScenarioConfig, ScenarioReport, Way};
@@ -116,9 +116,72 @@ fn the_expert_server_answers_refuses_and_names_its_tools() {
     let e = replies[1]["error"].as_str().unwrap();
     assert!(e.contains("no tool named \"calculator\"") && e.contains("dc-power-flow"), "{e}");
     assert!(replies[2]["error"].is_string() && replies[2].get("result").is_none(), "{}", replies[2]);
-    // A line that is not a call ends the server with an error naming it.
-    let e = serve(&comp, Cursor::new("{\"id\": 4}\n"), Vec::new()).unwrap_err().to_string();
-    assert!(e.contains("not valid JSON") && e.contains("{\"id\": 4}"), "{e}");
+    // A line that is not a call gets an error naming it, and the server goes on.
+    let mut out = Vec::new();
+    serve(&comp, Cursor::new("{\"id\": 4}\n"), &mut out).unwrap();
+    let reply: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(reply["id"], 4);
+    assert!(reply["error"].as_str().unwrap().contains("missing field `tool`"), "{reply}");
+}
+
+/// Issue 17: hostile lines on the pipe. Each gets one short error reply, with its id
+/// wherever the line reads as JSON up to the id; the good call after them is answered
+/// and the process exits 0 at the end of its input.
+#[test]
+fn the_expert_server_answers_every_hostile_line_and_goes_on() {
+    let path = manifest();
+    let q = &demo::questions().unwrap()[0];
+    let pimoe::Prompt::Chat { user, .. } = q.prompt() else { panic!("grid prompts are chat prompts") };
+    let tool = q.expert();
+    let call = |id: u64, context: &str| serde_json::json!({"id": id, "tool": tool, "context": context});
+    let head = |id: u64| format!("{{\"id\": {id}, \"tool\": \"{tool}\", \"context\": ");
+    let deep = format!("{}{}{}}}", head(4), "[".repeat(1000), "]".repeat(1000));
+    let cases: Vec<(Vec<u8>, Option<u64>, &str)> = vec![
+        (head(1).into_bytes(), Some(1), "not valid JSON"),
+        (format!("{}\"{}\"}}", head(2), "x".repeat(2 << 20)).into_bytes(), Some(2), "longer than"),
+        ([head(3).as_bytes(), b"\"bus \xff\xfe\"}"].concat(), Some(3), "not UTF-8"),
+        (deep.into_bytes(), Some(4), "expected a string"),
+        (format!("{}1e400}}", head(5)).into_bytes(), Some(5), "out of range"),
+        (format!("{}NaN}}", head(6)).into_bytes(), Some(6), "not valid JSON"),
+        (br#"{"id": 7, "tool": "calculator", "context": "x"}"#.to_vec(), Some(7), "no tool named"),
+        (br#"{"id": 8, "tool": 12, "context": "x"}"#.to_vec(), Some(8), "not a call"),
+        (br#"{"id": "nine", "tool": "x", "context": "x"}"#.to_vec(), None, "not a call"),
+        (br#"[1, 2]"#.to_vec(), None, "not a call"),
+        (
+            format!(r#"{{"id": 11, "tool": "{}", "context": "x"}}"#, "t".repeat(100_000)).into_bytes(),
+            Some(11),
+            "no tool named",
+        ),
+        (call(12, &user.replacen("100", "1e400", 1)).to_string().into_bytes(), Some(12), "1e400"),
+        (call(13, &user.replacen("100", "NaN", 1)).to_string().into_bytes(), Some(13), "NaN"),
+        (call(14, &user).to_string().into_bytes(), Some(14), ""),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pimoe"))
+        .args(["expert-server", "--manifest", path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input: Vec<u8> = cases.iter().flat_map(|(line, ..)| [&line[..], b"\n"].concat()).collect();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let replies: Vec<&str> = text.lines().collect();
+    assert_eq!(replies.len(), cases.len(), "{text}");
+    for ((_, id, needle), line) in cases.iter().zip(&replies) {
+        assert!(line.len() < 1024, "a reply of {} bytes: {line}", line.len());
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["id"].as_u64(), *id, "{line}");
+        if !needle.is_empty() {
+            assert!(r["error"].as_str().is_some_and(|e| e.contains(needle)), "{needle:?} in {line}");
+        }
+    }
+    let last: Value = serde_json::from_str(replies[cases.len() - 1]).unwrap();
+    let number: f64 = last["result"].as_str().unwrap().trim_end_matches('.').parse().unwrap();
+    assert!((number - q.truth).abs() <= 1e-6 * q.truth.abs().max(1.0), "{number} vs {}", q.truth);
 }
 
 #[test]

@@ -242,12 +242,51 @@ fn errors_limits_and_auth_over_curl() {
         ("/v1/completions", r#"{"prompt": "x", "model": "gpt-4o"}"#, 404, "model_not_found"),
         ("/v1/nowhere", "{}", 404, "no such route"),
     ];
-    for (path, body, status, needle) in cases {
+    // Hostile numbers and sizes (issue 17): each names the parameter, the value and the limit.
+    let deep = format!(r#"{{"prompt": "x", "user": {}{}}}"#, "[".repeat(1000), "]".repeat(1000));
+    let many = format!(r#"{{"messages": [{}]}}"#, vec!["{}"; 1025].join(","));
+    let long_key = format!(r#"{{"prompt": "x", "{}": 1}}"#, "k".repeat(3000));
+    let hostile: &[(&str, &str, u16, &str)] = &[
+        ("/v1/completions", r#"{"prompt": "x", "max_tokens": -1}"#, 400, "positive integer, got -1"),
+        ("/v1/completions", r#"{"prompt": "x", "max_tokens": 1e400}"#, 400, "number out of range"),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 18446744073709551616}"#,
+            400,
+            "\"param\":\"max_completion_tokens\"",
+        ),
+        ("/v1/completions", r#"{"prompt": "x", "n": 18446744073709551615}"#, 400, "got 18446744073709551615"),
+        ("/v1/completions", r#"{"prompt": "x", "temperature": 1e308}"#, 400, "in [0, 2], got 1e+308"),
+        ("/v1/completions", r#"{"prompt": "x", "top_p": 0}"#, 400, "in (0, 1], got 0"),
+        ("/v1/completions", r#"{"prompt": "x", "top_p": 1.5}"#, 400, "\"param\":\"top_p\""),
+        ("/v1/completions", r#"{"prompt": "x", "top_k": 5}"#, 400, "\"param\":\"top_k\""),
+        ("/v1/completions", r#"{"prompt": "x", "seed": 1.5}"#, 400, "`seed` must be an integer, got 1.5"),
+        ("/v1/completions", r#"{"prompt": "x", "logprobs": true}"#, 400, "\"param\":\"logprobs\""),
+        ("/v1/completions", r#"{"prompt": "x", "top_logprobs": 5}"#, 400, "\"param\":\"top_logprobs\""),
+        (
+            "/v1/completions",
+            r#"{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}"#,
+            400,
+            "at most 4 non-empty strings of at most 256 bytes, got 5",
+        ),
+        ("/v1/completions", &deep, 400, "recursion limit exceeded"),
+        ("/v1/chat/completions", &many, 400, "1 to 1024 messages, got 1025"),
+        ("/v1/completions", &long_key, 400, "unsupported_parameter"),
+    ];
+    for (path, body, status, needle) in cases.iter().chain(hostile) {
         let (s, _, got) = post(path, body, true);
         assert_eq!(s, *status, "{path} {body}: {got}");
         assert!(got.contains(needle), "{path} {body}: expected {needle:?} in {got}");
         assert!(got.contains("\"error\""), "{got}");
+        assert!(got.len() < 1024, "an error of {} bytes: {got}", got.len());
     }
+    // The largest max_tokens is "up to the end of the context", not an overflow.
+    let (s, _, body) = post(
+        "/v1/completions",
+        r#"{"prompt": "The dog", "max_tokens": 18446744073709551615, "temperature": 0}"#,
+        true,
+    );
+    assert_eq!(s, 200, "{body}");
     // A prompt past the 128-token context: 400 with the token counts.
     let long = format!(r#"{{"prompt": "{}", "max_tokens": 2}}"#, "word ".repeat(300));
     let (s, _, body) = post("/v1/completions", &long, true);

@@ -11,9 +11,10 @@
 //!
 //! Wire format, one JSON object per line each way:
 //! `{"id": 7, "tool": "dc-power-flow", "context": "..."}` and
-//! `{"id": 7, "result": "-4.351234."}` or `{"id": 7, "error": "..."}`.
+//! `{"id": 7, "result": "-4.351234."}` or `{"id": 7, "error": "..."}`; a bad line gets
+//! an error too, its id null when the line does not read as JSON as far as the id.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -147,11 +148,18 @@ struct WireCall {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct WireReply {
-    id: u64,
+    /// None (null) only in the error for a line whose id could not be read.
+    id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+impl WireReply {
+    fn error(id: Option<u64>, message: String) -> Self {
+        WireReply { id, result: None, error: Some(message) }
+    }
 }
 
 /// A tool's answer to call `id`: the formatted result, or what went wrong.
@@ -177,37 +185,132 @@ pub fn load_tools(manifest: &Path) -> Result<Composition> {
     Ok(comp)
 }
 
-/// Answers calls, one line each, until `input` ends.
-pub fn serve(comp: &Composition, input: impl BufRead, mut output: impl Write) -> Result<()> {
+/// Longest call line, in bytes: a grid question is a few KB. A longer line is skipped
+/// as it streams past, so no client can make the server hold more than this.
+const MAX_CALL_BYTES: usize = 1 << 20;
+/// Bytes of a bad call, or of the parser's words about it, quoted back in an error:
+/// enough to recognise it, and a reply stays one short line however large the call.
+const MAX_ECHO_BYTES: usize = 200;
+
+/// Answers calls, one line each, until `input` ends. A bad line gets an error reply
+/// (with its id when one can be read) and the server goes on with the next.
+pub fn serve(comp: &Composition, mut input: impl BufRead, mut output: impl Write) -> Result<()> {
+    let in_err = |e: std::io::Error| Error::Request(format!("expert server: reading a call: {e}"));
     let out_err = |e: std::io::Error| Error::Request(format!("expert server: writing a reply: {e}"));
-    for line in input.lines() {
-        let line = line.map_err(|e| Error::Request(format!("expert server: reading a call: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = MAX_CALL_BYTES as u64 + 1;
+        if input.by_ref().take(limit).read_until(b'\n', &mut line).map_err(in_err)? == 0 {
+            return Ok(());
         }
-        let call: WireCall = serde_json::from_str(&line).map_err(|e| {
-            Error::Request(format!("expert server: a call that is not valid JSON ({e}): {line}"))
-        })?;
-        let reply = match comp.expert_named(&call.tool) {
-            None => {
-                let names: Vec<&str> = (0..comp.num_experts()).map(|i| comp.expert_name(i)).collect();
-                WireReply {
-                    id: call.id,
-                    result: None,
-                    error: Some(format!("no tool named {:?}; the tools are {names:?}", call.tool)),
-                }
-            }
-            Some(i) => match comp.compute(i, &[call.context], None).pop() {
-                Some(Computed::Ok { text, .. }) => WireReply { id: call.id, result: Some(text), error: None },
-                Some(Computed::Failed(e)) => WireReply { id: call.id, result: None, error: Some(e) },
-                None => WireReply { id: call.id, result: None, error: Some("no result".into()) },
-            },
+        let reply = if line.len() > MAX_CALL_BYTES && line.last() != Some(&b'\n') {
+            skip_line(&mut input).map_err(in_err)?;
+            WireReply::error(read_id(&line), format!("a call longer than {MAX_CALL_BYTES} bytes (skipped)"))
+        } else if line.trim_ascii().is_empty() {
+            continue;
+        } else {
+            answer(comp, &line)
         };
         let text = serde_json::to_string(&reply).expect("a reply serializes");
         writeln!(output, "{text}").map_err(out_err)?;
         output.flush().map_err(out_err)?;
     }
-    Ok(())
+}
+
+/// Reads past the end of the current line without keeping it.
+fn skip_line(input: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                input.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                input.consume(n);
+            }
+        }
+    }
+}
+
+fn answer(comp: &Composition, line: &[u8]) -> WireReply {
+    let text = match std::str::from_utf8(line) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.valid_up_to();
+            return WireReply::error(read_id(line), format!("the line is not UTF-8 (byte {at} is invalid)"));
+        }
+    };
+    let call: WireCall = match serde_json::from_str(text) {
+        Ok(c) => c,
+        Err(e) => {
+            let what = match e.classify() {
+                serde_json::error::Category::Data => {
+                    "not a call {\"id\": <integer>, \"tool\": <string>, \"context\": <string>}"
+                }
+                _ => "not valid JSON",
+            };
+            let (e, text) = (e.to_string(), clip(text.trim_end()));
+            return WireReply::error(read_id(line), format!("the line is {what} ({}): {text}", clip(&e)));
+        }
+    };
+    let id = Some(call.id);
+    let Some(i) = comp.expert_named(&call.tool) else {
+        let names: Vec<&str> = (0..comp.num_experts()).map(|i| comp.expert_name(i)).collect();
+        return WireReply::error(
+            id,
+            format!("no tool named {:?}; the tools are {names:?}", clip(&call.tool)),
+        );
+    };
+    match comp.compute(i, &[call.context], None).pop() {
+        Some(Computed::Ok { text, .. }) => WireReply { id, result: Some(text), error: None },
+        Some(Computed::Failed(e)) => WireReply::error(id, clip(&e).into_owned()),
+        None => WireReply::error(id, "no result".into()),
+    }
+}
+
+/// The call's "id" when the line reads as JSON up to it, however bad the rest is.
+fn read_id(line: &[u8]) -> Option<u64> {
+    struct Seek<'a>(&'a mut Option<u64>);
+    impl<'de> serde::de::Visitor<'de> for Seek<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a call object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "id" {
+                    *self.0 = map.next_value().ok();
+                    return Ok(());
+                }
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut id = None;
+    // Stopping at the id leaves the object open, an error that is of no interest here.
+    let _ =
+        serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_slice(line), Seek(&mut id));
+    id
+}
+
+/// `s` cut at a char boundary so that it stays under MAX_ECHO_BYTES once written as
+/// JSON, where a control character takes six bytes.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    let mut used = 0;
+    for (i, c) in s.char_indices() {
+        used += if c < ' ' { 6 } else { c.len_utf8() + usize::from(c == '"' || c == '\\') };
+        if used > MAX_ECHO_BYTES {
+            return format!("{}... ({} bytes)", &s[..i], s.len()).into();
+        }
+    }
+    s.into()
 }
 
 /// The tool process, seen from the harness: calls go down its stdin, replies come
@@ -235,12 +338,15 @@ impl ToolProcess {
                 let parsed = line
                     .map_err(|e| e.to_string())
                     .and_then(|l| serde_json::from_str::<WireReply>(&l).map_err(|e| format!("{e}: {l}")))
-                    .map(|r| Reply {
-                        id: r.id,
-                        result: match (r.result, r.error) {
+                    .and_then(|r| {
+                        let result = match (r.result, r.error) {
                             (Some(t), _) => Ok(t),
                             (None, e) => Err(e.unwrap_or_else(|| "an empty reply".into())),
-                        },
+                        };
+                        match r.id {
+                            Some(id) => Ok(Reply { id, result }),
+                            None => Err(format!("an error for a call it could not read: {result:?}")),
+                        }
                     });
                 if tx.send(parsed).is_err() {
                     break;

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::bench::toolcall::{parse_call, Call};
+use crate::bench::toolcall::{clip, parse_call, Call};
 use crate::sampling::SamplingParams;
 
 /// Stop sequences per request, as OpenAI allows.
@@ -39,7 +39,9 @@ impl ApiError {
         }
     }
     pub fn unsupported(param: &str, why: &str) -> Self {
-        let mut e = Self::invalid(Some(param), format!("parameter `{param}` is not supported: {why}"));
+        // The name may be any key of the body, of any length.
+        let param = clip(param);
+        let mut e = Self::invalid(Some(&param), format!("parameter `{param}` is not supported: {why}"));
         e.code = Some("unsupported_parameter");
         e
     }
@@ -125,7 +127,10 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Parsed, ApiError> {
         match at_default(k, val) {
             Some(true) => {}
             Some(false) => {
-                return Err(ApiError::unsupported(k, &format!("only its default value is, got {val}")))
+                return Err(ApiError::unsupported(
+                    k,
+                    &format!("only its default value is, got {}", shown(val)),
+                ))
             }
             None => return Err(ApiError::unsupported(k, "pimoe does not implement it")),
         }
@@ -148,39 +153,28 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Parsed, ApiError> {
             Some(0) | None => {
                 return Err(ApiError::invalid(
                     Some(max_key),
-                    format!("`{max_key}` must be a positive integer, got {v}"),
+                    format!("`{max_key}` must be a positive integer, got {}", shown(v)),
                 ))
             }
             // Beyond the address space is the same as "to the end of the context".
             Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
         },
     };
-    let float = |key: &str, default: f32| -> Result<f32, ApiError> {
-        match obj.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .map(|x| x as f32)
-                .ok_or_else(|| ApiError::invalid(Some(key), format!("`{key}` must be a number, got {v}"))),
-        }
+    // Checked as given, before f32 rounding turns 1e308 into inf or 1e-50 into 0.
+    let float = |key: &str, default: f64, ok: fn(f64) -> bool, range: &str| match obj.get(key) {
+        None => Ok(default),
+        Some(v) => v.as_f64().filter(|&x| ok(x)).ok_or_else(|| {
+            ApiError::invalid(Some(key), format!("`{key}` must be a number in {range}, got {}", shown(v)))
+        }),
     };
-    let temperature = float("temperature", 1.0)?;
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid(
-            Some("temperature"),
-            format!("`temperature` must be in [0, 2], got {temperature}"),
-        ));
-    }
-    let top_p = float("top_p", 1.0)?;
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid(Some("top_p"), format!("`top_p` must be in (0, 1], got {top_p}")));
-    }
+    let temperature = float("temperature", 1.0, |t| (0.0..=2.0).contains(&t), "[0, 2]")? as f32;
+    // A top_p under f32's range still means "the likeliest token only".
+    let top_p = (float("top_p", 1.0, |p| p > 0.0 && p <= 1.0, "(0, 1]")? as f32).max(f32::MIN_POSITIVE);
     let seed = match obj.get("seed") {
         None => 0,
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_i64().map(|i| i as u64))
-            .ok_or_else(|| ApiError::invalid(Some("seed"), format!("`seed` must be an integer, got {v}")))?,
+        Some(v) => v.as_u64().or_else(|| v.as_i64().map(|i| i as u64)).ok_or_else(|| {
+            ApiError::invalid(Some("seed"), format!("`seed` must be an integer, got {}", shown(v)))
+        })?,
     };
     let stop = match obj.get("stop") {
         None => Vec::new(),
@@ -194,10 +188,16 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Parsed, ApiError> {
             return Err(ApiError::invalid(Some("stop"), "`stop` must be a string or a list of strings"))
         }
     };
-    if stop.len() > MAX_STOPS || stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
+    let longest = stop.iter().map(String::len).max().unwrap_or(1);
+    if stop.len() > MAX_STOPS || longest > MAX_STOP_LEN || stop.iter().any(String::is_empty) {
+        let shortest = stop.iter().map(String::len).min().unwrap_or(1);
         return Err(ApiError::invalid(
             Some("stop"),
-            format!("`stop` takes at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_LEN} bytes"),
+            format!(
+                "`stop` takes at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_LEN} bytes, got {} \
+                 strings of {shortest} to {longest} bytes",
+                stop.len()
+            ),
         ));
     }
     let stream = match obj.get("stream") {
@@ -261,6 +261,11 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Parsed, ApiError> {
     })
 }
 
+/// A value from the body, as quoted back in an error.
+fn shown(v: &Value) -> String {
+    clip(&v.to_string()).into_owned()
+}
+
 fn missing(param: &str) -> ApiError {
     ApiError::invalid(Some(param), format!("missing required parameter `{param}`"))
 }
@@ -293,7 +298,7 @@ fn content(v: Option<&Value>, i: usize) -> Result<String, ApiError> {
                     (kind, _) => {
                         return Err(ApiError::unsupported(
                             &param,
-                            &format!("only text parts are, got a part of type {}", kind.unwrap_or("?")),
+                            &format!("only text parts are, got a part of type {}", clip(kind.unwrap_or("?"))),
                         ))
                     }
                 }
@@ -313,7 +318,7 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
     if list.is_empty() || list.len() > MAX_MESSAGES {
         return Err(ApiError::invalid(
             Some("messages"),
-            format!("`messages` must hold 1 to {MAX_MESSAGES} messages"),
+            format!("`messages` must hold 1 to {MAX_MESSAGES} messages, got {}", list.len()),
         ));
     }
     let mut out = Vec::with_capacity(list.len());
@@ -330,7 +335,7 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
             other => {
                 return Err(ApiError::invalid(
                     Some(&format!("messages[{i}].role")),
-                    format!("unknown role {other:?} (system, developer, user, assistant or tool)"),
+                    format!("unknown role {:?} (system, developer, user, assistant or tool)", clip(other)),
                 ))
             }
         };
@@ -361,7 +366,10 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
 fn parse_tools(v: &Value) -> Result<Vec<Tool>, ApiError> {
     let list = v.as_array().ok_or_else(|| ApiError::invalid(Some("tools"), "`tools` must be a list"))?;
     if list.len() > MAX_TOOLS {
-        return Err(ApiError::invalid(Some("tools"), format!("at most {MAX_TOOLS} tools")));
+        return Err(ApiError::invalid(
+            Some("tools"),
+            format!("`tools` holds at most {MAX_TOOLS} tools, got {}", list.len()),
+        ));
     }
     list.iter()
         .enumerate()
@@ -395,14 +403,17 @@ fn parse_tool_choice(v: &Value, tools: &[Tool]) -> Result<ToolChoice, ApiError> 
         Some("auto") => ToolChoice::Auto,
         Some("required") => ToolChoice::Required,
         Some(other) => {
-            return Err(ApiError::invalid(Some("tool_choice"), format!("unknown tool_choice {other:?}")))
+            return Err(ApiError::invalid(
+                Some("tool_choice"),
+                format!("unknown tool_choice {:?}", clip(other)),
+            ))
         }
         None => match v.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
             Some(name) if tools.iter().any(|t| t.name == name) => ToolChoice::Named(name.to_string()),
             Some(name) => {
                 return Err(ApiError::invalid(
                     Some("tool_choice"),
-                    format!("tool_choice names {name:?}, which is not in `tools`"),
+                    format!("tool_choice names {:?}, which is not in `tools`", clip(name)),
                 ))
             }
             None => {
