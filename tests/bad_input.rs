@@ -164,3 +164,61 @@ fn prompt_longer_than_context_is_an_error() {
     let e = engine.generate(&none, |_| {}).unwrap_err().to_string();
     assert!(e.contains("max_tokens is 0"), "{e}");
 }
+
+fn parse_err(text: &str) -> String {
+    match ModelConfig::parse(text, std::path::Path::new("x/config.json")) {
+        Ok(_) => panic!("config should be rejected: {text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn absurd_config_values_name_field_value_and_limit() {
+    let e = config_err(|c| {
+        c.insert("num_hidden_layers".into(), 1_000_000_000_000u64.into());
+    });
+    assert!(e.contains("`num_hidden_layers` = 1000000000000 is above the limit 1024"), "{e}");
+    let e = config_err(|c| {
+        c.insert("vocab_size".into(), u64::MAX.into());
+    });
+    assert!(e.contains("`vocab_size` = 18446744073709551615 is above the limit"), "{e}");
+    // No explicit head_dim: hidden_size / heads is the head size, and is bounded too.
+    let e = config_err(|c| {
+        c.remove("head_dim");
+        c.insert("hidden_size".into(), 65536.into());
+        c.insert("num_attention_heads".into(), 2.into());
+        c.insert("num_key_value_heads".into(), 2.into());
+    });
+    assert!(e.contains("`head_dim` = 32768 is above the limit 1024"), "{e}");
+    let e = config_err(|c| {
+        c.insert("bos_token_id".into(), (u32::MAX as u64 + 1).into());
+    });
+    assert!(e.contains("`bos_token_id` = 4294967296 is outside the vocabulary (vocab_size 360)"), "{e}");
+    let e = config_err(|c| {
+        c.insert("eos_token_id".into(), serde_json::json!([2, 360]));
+    });
+    assert!(e.contains("`eos_token_id` = 360 is outside the vocabulary"), "{e}");
+}
+
+#[test]
+fn meaningless_floats_in_config_are_refused() {
+    for (eps, shown) in [(0.0, "= 0"), (-1e-5, "= -0.00001"), (1e-50, "= 0"), (1e39, "= inf")] {
+        let e = config_err(|c| {
+            c.insert("rms_norm_eps".into(), eps.into());
+        });
+        assert!(
+            e.contains(&format!("`rms_norm_eps` {shown} (as f32) must be a finite number above 0")),
+            "{e}"
+        );
+    }
+    let e = config_err(|c| {
+        c.insert("rope_parameters".into(), serde_json::json!({"rope_type": "default", "rope_theta": 0.0}));
+    });
+    assert!(e.contains("`rope_theta` = 0 (as f32) must be a finite number above 0"), "{e}");
+    // Python's json writes NaN and Infinity; they are not JSON, and not "missing".
+    let text = std::fs::read_to_string(common::fixtures().join("tiny-llama/config.json")).unwrap();
+    let e = parse_err(&text.replace("\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": NaN"));
+    assert!(e.contains("x/config.json: field `rms_norm_eps` is NaN: it must be a finite number"), "{e}");
+    let e = parse_err(&text.replace("\"rope_theta\": 10000.0", "\"rope_theta\": -Infinity"));
+    assert!(e.contains("field `rope_theta` is -Infinity"), "{e}");
+}
