@@ -222,3 +222,79 @@ fn meaningless_floats_in_config_are_refused() {
     let e = parse_err(&text.replace("\"rope_theta\": 10000.0", "\"rope_theta\": -Infinity"));
     assert!(e.contains("field `rope_theta` is -Infinity"), "{e}");
 }
+
+#[test]
+fn sizes_the_files_cannot_back_are_refused_before_loading() {
+    let dir = copy_fixture("tiny-llama", "too-many-layers");
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1000")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("config.json: its sizes imply") && e.contains("bytes of tensors"), "{e}");
+}
+
+#[test]
+fn non_finite_weights_name_the_tensor_and_index() {
+    let dir = copy_fixture("tiny-llama", "nan-weight");
+    rewrite(&dir, |name, t| {
+        if name == "model.layers.0.mlp.up_proj.weight" {
+            t.2[4 * 70..4 * 71].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+    });
+    let e = load_err(&dir);
+    assert!(
+        e.contains("model.layers.0.mlp.up_proj.weight")
+            && e.contains("element 70 (index [1, 6] of shape [160, 64]) is NaN"),
+        "{e}"
+    );
+    let trusted = pimoe::model::LoadOptions { trust_weights: true };
+    assert!(Llm::load_with(&CpuBackend, &dir, trusted).is_ok(), "trust_weights skips the scan");
+
+    let dir = copy_fixture("tiny-llama", "inf-bf16-weight");
+    rewrite(&dir, |name, t| {
+        if name == "model.norm.weight" {
+            let mut v: Vec<u8> = t.2.chunks(4).flat_map(|c| [c[2], c[3]]).collect();
+            v[6..8].copy_from_slice(&half::bf16::NEG_INFINITY.to_le_bytes());
+            *t = (Dtype::BF16, t.1.clone(), v);
+        }
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("model.norm.weight") && e.contains("element 3 ") && e.contains("-inf"), "{e}");
+}
+
+/// A safetensors file of one F32 tensor `w` with the given header fields.
+fn raw_safetensors(dir: &std::path::Path, shape: &str, offsets: &str, data: usize) {
+    let mut header =
+        format!(r#"{{"w":{{"dtype":"F32","shape":{shape},"data_offsets":{offsets}}}}}"#).into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend(vec![0u8; data]);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+}
+
+#[test]
+fn bad_safetensors_headers_name_the_tensor() {
+    let dir = copy_fixture("tiny-llama", "bad-header");
+    raw_safetensors(&dir, "[4611686018427387904, 8]", "[0, 16]", 16);
+    let e = load_err(&dir);
+    assert!(
+        e.contains("model.safetensors") && e.contains("tensor `w`: shape") && e.contains("overflows"),
+        "{e}"
+    );
+    raw_safetensors(&dir, "[4]", "[0, 1000000]", 16);
+    let e = load_err(&dir);
+    assert!(e.contains("tensor `w`: data_offsets [0, 1000000] lie outside the 16 bytes"), "{e}");
+    raw_safetensors(&dir, "[3]", "[0, 16]", 16);
+    let e = load_err(&dir);
+    assert!(e.contains("tensor `w`: shape [3] of F32 is 12 bytes, its data_offsets [0, 16] hold 16"), "{e}");
+}
+
+#[test]
+fn a_directory_where_a_file_belongs_is_named() {
+    let dir = copy_fixture("tiny-llama", "dir-for-file");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::create_dir(dir.join("model.safetensors")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors: is a directory, not a file"), "{e}");
+}
