@@ -299,12 +299,12 @@ fn a_directory_where_a_file_belongs_is_named() {
     assert!(e.contains("model.safetensors: is a directory, not a file"), "{e}");
 }
 
-fn manifest_err(order: Option<&str>, pattern: &str) -> String {
+fn manifest_err(order: Option<&str>, pattern: &str, n: u64) -> String {
     let order = order.map_or(String::new(), |o| format!(r#""order": {o:?},"#));
     let text = format!(
         r#"{{ "llm": "x", "router": {{ "kind": "trigger", "triggers": [{{ "text": "=", "expert": "e" }}] }},
              "experts": [{{ "name": "e", "t2c": {{ "kind": "extract", "pattern": {pattern:?} }}, {order}
-                           "expert": {{ "kind": "linear-solve", "n": 1 }}, "format": {{ "template": "{{value}}" }} }}] }}"#
+                           "expert": {{ "kind": "linear-solve", "n": {n} }}, "format": {{ "template": "{{value}}" }} }}] }}"#
     );
     let m = pimoe::pimoe::manifest::Manifest::parse(&text, std::path::Path::new("m.json")).unwrap();
     match pimoe::pimoe::compose::Composition::load(&m, std::path::Path::new("."), 64, 360) {
@@ -316,13 +316,15 @@ fn manifest_err(order: Option<&str>, pattern: &str) -> String {
 #[test]
 fn manifest_sizes_and_orders_blame_the_right_field() {
     // linear-solve n = 1 takes 2 inputs.
-    let e = manifest_err(None, "list[18446744073709551615]; number");
+    let e = manifest_err(None, "list[18446744073709551615]; number", 1);
     assert!(e.contains("t2c.pattern") && e.contains("count 18446744073709551615 is above the limit"), "{e}");
-    let e = manifest_err(None, "list[5]");
+    let e = manifest_err(None, "list[5]", 1);
     assert!(e.contains("t2c.pattern: gives 5 inputs") && !e.contains("order"), "{e}");
     // Loaded fine once, then indexed past T2C's values when the expert fired.
-    let e = manifest_err(Some("18446744073709551615, 0"), "number; number");
+    let e = manifest_err(Some("18446744073709551615, 0"), "number; number", 1);
     assert!(e.contains("order: reads value 18446744073709551615, but T2C gives 2 values"), "{e}");
-    let e = manifest_err(Some("0..1000000000000"), "list");
+    let e = manifest_err(Some("0..1000000000000"), "list", 1);
     assert!(e.contains("order") && e.contains("past the limit"), "{e}");
+    let e = manifest_err(None, "list", 1_000_000_000_000);
+    assert!(e.contains("(`e`).expert: linear solve: n = 1000000000000 is outside 1..=64"), "{e}");
 }

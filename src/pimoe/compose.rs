@@ -176,9 +176,12 @@ impl Composition {
                     let prefix = prefix.as_deref().unwrap_or("layers");
                     Expert::Mlp(Mlp::load(&file, prefix, 2, widths, act(activation)?, prec(precision)?)?)
                 }
-                ModelSpec::LinearSolve { n } => Expert::LinearSolve(LinearSolve::new(*n)?),
+                ModelSpec::LinearSolve { n } => {
+                    Expert::LinearSolve(LinearSolve::new(*n).map_err(|e| bad("expert", e.to_string()))?)
+                }
                 ModelSpec::PowerFlow { max_buses, max_branches, tolerance, max_iterations } => {
-                    Expert::PowerFlow(PowerFlow::new(*max_buses, *max_branches, *tolerance, *max_iterations)?)
+                    let pf = PowerFlow::new(*max_buses, *max_branches, *tolerance, *max_iterations);
+                    Expert::PowerFlow(pf.map_err(|e| bad("expert", e.to_string()))?)
                 }
             };
             if let T2c::Grid(analysis) = &t2c {
