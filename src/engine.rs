@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::kv::BLOCK_SIZE;
 use crate::llm::Llm;
 use crate::model::tokenizer::{Message, Tokenizer};
+use crate::model::LoadOptions;
 use crate::pimoe::compose::Composition;
 use crate::pimoe::manifest::Manifest;
 use crate::sampling::SamplingParams;
@@ -111,14 +112,22 @@ impl Generation {
 impl<B: Backend> Engine<B> {
     /// Loads a PiMoE composition: the manifest's LLM, router, T2C modules and experts.
     pub fn load_manifest(backend: B, path: &Path) -> Result<Self> {
+        Self::load_manifest_with(backend, path, LoadOptions::default())
+    }
+
+    /// `options` governs the LLMs' weights; the router's, T2C's and experts' files are
+    /// small and follow `LoadOptions::default()` (the environment).
+    pub fn load_manifest_with(backend: B, path: &Path, options: LoadOptions) -> Result<Self> {
         let (m, base) = Manifest::load(path)?;
-        let mut engine = Self::load(backend, &base.join(&m.llm))?;
+        let mut engine = Self::load_with(backend, &base.join(&m.llm), options)?;
         let c = &engine.llm.config;
         let comp = Composition::load(&m, &base, c.hidden_size, c.vocab_size)?;
         engine.backbones = comp
             .experts
             .iter()
-            .map(|slot| slot.backbone.as_ref().map(|dir| Llm::load(&engine.backend, dir)).transpose())
+            .map(|slot| {
+                slot.backbone.as_ref().map(|dir| Llm::load_with(&engine.backend, dir, options)).transpose()
+            })
             .collect::<Result<_>>()?;
         engine.experts = comp
             .experts
@@ -131,6 +140,10 @@ impl<B: Backend> Engine<B> {
 
     /// Loads `dir` (config.json, safetensors, tokenizer.json).
     pub fn load(backend: B, dir: &Path) -> Result<Self> {
+        Self::load_with(backend, dir, LoadOptions::default())
+    }
+
+    pub fn load_with(backend: B, dir: &Path, options: LoadOptions) -> Result<Self> {
         if dir.is_file() {
             let hint = if dir.extension().is_some_and(|e| e == "gguf") {
                 "; convert a GGUF first with `pimoe import-gguf FILE.gguf OUTDIR`"
@@ -146,7 +159,7 @@ impl<B: Backend> Engine<B> {
             ));
         }
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
-        let llm = Llm::load(&backend, dir)?;
+        let llm = Llm::load_with(&backend, dir, options)?;
         Ok(Engine { backend, llm, tokenizer, pimoe: None, backbones: Vec::new(), experts: Vec::new() })
     }
 

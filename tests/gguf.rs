@@ -565,6 +565,35 @@ fn unsupported_models_are_clear_errors() {
 }
 
 #[test]
+fn hostile_metadata_and_weights_are_refused_by_name() {
+    let err = import_err("layers", &with_meta("llama.block_count", Meta::U32(4_000_000_000)));
+    assert!(err.contains("`llama.block_count` = 4000000000") && err.contains("limit 1024"), "{err}");
+    let err = import_err("ctx", &with_meta("llama.context_length", Meta::U32(u32::MAX)));
+    assert!(err.contains("`llama.context_length` = 4294967295") && err.contains("limit"), "{err}");
+    let eps = "llama.attention.layer_norm_rms_epsilon";
+    let err = import_err("eps-nan", &with_meta(eps, Meta::F32(f32::NAN)));
+    assert!(err.contains(&format!("`{eps}` = NaN")) && err.contains("finite"), "{err}");
+    let err = import_err("theta-neg", &with_meta("llama.rope.freq_base", Meta::F32(-1.0)));
+    assert!(err.contains("`llama.rope.freq_base` = -1") && err.contains("above 0"), "{err}");
+
+    let mut w = tiny_model();
+    let norm = w.tensors.iter_mut().find(|t| t.0 == "blk.1.ffn_norm.weight").unwrap();
+    norm.3[12..16].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let err = import_err("inf-weight", &w);
+    assert!(
+        err.contains("blk.1.ffn_norm.weight") && err.contains("element 3") && err.contains("inf"),
+        "{err}"
+    );
+
+    // A directory where the GGUF file belongs.
+    let dir = scratch("gguf-is-dir");
+    let err = import_gguf(&dir, &dir.join("out"), false).unwrap_err().to_string();
+    assert!(err.contains("is a directory"), "{err}");
+    assert!(!dir.join("out").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn refuses_non_empty_output_dir() {
     let dir = scratch("non-empty");
     let gguf = write_gguf(&dir, &tiny_model());

@@ -11,6 +11,7 @@ use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer, SeqSpan, SAMPLE_PA
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_SIZE};
 use crate::model::safetensors::{HostData, HostTensor, SafetensorFiles};
+use crate::model::LoadOptions;
 use crate::model::ModelConfig;
 
 struct Layer<W> {
@@ -57,8 +58,27 @@ pub struct SeqChunk<'a> {
 impl<B: Backend> Llm<B> {
     /// Loads config.json and the safetensors of `dir`, checking every tensor.
     pub fn load(backend: &B, dir: &Path) -> Result<Self> {
-        let config = ModelConfig::load(&dir.join("config.json"))?;
-        let files = SafetensorFiles::open_dir(dir)?;
+        Self::load_with(backend, dir, LoadOptions::default())
+    }
+
+    pub fn load_with(backend: &B, dir: &Path, options: LoadOptions) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config = ModelConfig::load(&config_path)?;
+        let mut files = SafetensorFiles::open_dir(dir)?;
+        files.options = options;
+        // Before anything is allocated: sizes that the files cannot back are a wrong
+        // config (or a missing shard), better named here than as the first tensor
+        // whose shape disagrees. Two bytes is the narrowest dtype we accept.
+        let (params, have) = (config.num_params(), files.tensor_bytes());
+        if params.saturating_mul(2) > have {
+            return Err(Error::Config {
+                path: config_path,
+                msg: format!(
+                    "its sizes imply {params} parameters, at least {} bytes, but the safetensors hold {have} bytes of tensors",
+                    params.saturating_mul(2)
+                ),
+            });
+        }
         Self::from_files(backend, config, &files)
     }
 

@@ -54,8 +54,10 @@ impl ModelConfig {
 
     /// `path` is only used to name the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| match non_finite_field(text, &e) {
+            Some(msg) => Error::Config { path: path.to_path_buf(), msg },
+            None => Error::format(path, format!("not valid JSON: {e}")),
+        })?;
         let obj = value.as_object().ok_or_else(|| Error::format(path, "expected a JSON object"))?;
         let f = Fields { obj, path: path.to_path_buf() };
 
@@ -110,6 +112,7 @@ impl ModelConfig {
         let num_heads = f.usize("num_attention_heads")?;
         let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
         let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads.max(1));
+        let vocab_size = f.usize("vocab_size")?;
         let cfg = ModelConfig {
             arch,
             hidden_size,
@@ -121,28 +124,18 @@ impl ModelConfig {
             rms_norm_eps: f.f64("rms_norm_eps")? as f32,
             rope_theta: rope_theta as f32,
             max_position_embeddings: f.usize("max_position_embeddings")?,
-            vocab_size: f.usize("vocab_size")?,
+            vocab_size,
             tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2 || f.opt_bool("attention_bias")?.unwrap_or(false),
-            bos_token_id: f.opt_usize("bos_token_id")?.map(|v| v as u32),
-            eos_token_ids: f.token_ids("eos_token_id")?,
+            bos_token_id: f.opt_token_id("bos_token_id", vocab_size)?,
+            eos_token_ids: f.token_ids("eos_token_id", vocab_size)?,
         };
         cfg.check().map_err(|msg| f.err(msg))?;
         Ok(cfg)
     }
 
     fn check(&self) -> Result<(), String> {
-        let nonzero = [
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_layers),
-            ("num_attention_heads", self.num_heads),
-            ("num_key_value_heads", self.num_kv_heads),
-            ("head_dim", self.head_dim),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("vocab_size", self.vocab_size),
-        ];
-        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+        if let Some((name, _)) = self.sizes().iter().find(|(_, v)| *v == 0) {
             return Err(format!("field `{name}` must be positive"));
         }
         if self.num_heads % self.num_kv_heads != 0 {
@@ -154,7 +147,51 @@ impl ModelConfig {
         if self.head_dim % 2 != 0 {
             return Err(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
         }
+        // f32 is what the kernels get: 1e-50 becomes 0 and 1e39 infinity there.
+        for (name, v) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("field `{name}` = {v} (as f32) must be a finite number above 0"));
+            }
+        }
+        for (name, v) in self.sizes() {
+            let limit = size_limit(name).expect("every size field has a limit");
+            if v as u64 > limit {
+                return Err(format!("field `{name}` = {v} is above the limit {limit}"));
+            }
+        }
+        // Within the limits these fit in 64 bits; the checks keep that true if the
+        // limits ever grow, and cover 32-bit targets.
+        if self.checked_params().is_none() {
+            return Err("the parameter count of these sizes overflows".into());
+        }
+        let kv = self.kv_bytes_per_token().and_then(|b| b.checked_mul(self.max_position_embeddings));
+        if kv.is_none() {
+            return Err(format!(
+                "the KV cache of one max_position_embeddings ({}) sequence overflows",
+                self.max_position_embeddings
+            ));
+        }
         Ok(())
+    }
+
+    fn sizes(&self) -> [(&'static str, usize); 8] {
+        [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("vocab_size", self.vocab_size),
+        ]
+    }
+
+    /// Bytes of f32 K and V for one position over all layers, None on overflow.
+    pub fn kv_bytes_per_token(&self) -> Option<usize> {
+        [2, self.num_layers, self.num_kv_heads, self.head_dim, 4]
+            .into_iter()
+            .try_fold(1usize, usize::checked_mul)
     }
 
     /// The config.json we write for an imported model; `parse` reads it back unchanged.
@@ -201,14 +238,52 @@ impl ModelConfig {
 
     /// Parameters of the model as stored (the tied lm_head counted once).
     pub fn num_params(&self) -> usize {
-        let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let q = self.num_heads * hd;
-        let kv = self.num_kv_heads * hd;
-        let bias = if self.qkv_bias { q + 2 * kv } else { 0 };
-        let layer = h * q + 2 * h * kv + q * h + bias + 3 * h * i + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
-        self.vocab_size * h + self.num_layers * layer + h + head
+        self.checked_params().expect("parse refuses sizes whose parameter count overflows")
     }
+
+    fn checked_params(&self) -> Option<usize> {
+        let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let mul = |a: usize, b: usize| a.checked_mul(b);
+        let sum = |xs: &[Option<usize>]| xs.iter().try_fold(0usize, |acc, x| acc.checked_add((*x)?));
+        let q = mul(self.num_heads, hd)?;
+        let kv = mul(self.num_kv_heads, hd)?;
+        let bias = if self.qkv_bias { sum(&[Some(q), mul(2, kv)])? } else { 0 };
+        // q, k, v, o; gate, up, down; two norms.
+        let (h2, h3) = (mul(2, h)?, mul(3, h)?);
+        let layer = sum(&[mul(h2, q), mul(h2, kv), Some(bias), mul(h3, i), Some(h2)])?;
+        let embed = mul(self.vocab_size, h)?;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        sum(&[Some(embed), mul(self.num_layers, layer), Some(h), Some(head)])
+    }
+}
+
+/// The largest value each size field may take: several times the largest released
+/// model's (hidden 16384, 126 layers, 256k vocabularies), so that a corrupt or
+/// hostile value is refused by name before anything is sized from it.
+pub fn size_limit(field: &str) -> Option<u64> {
+    Some(match field {
+        "hidden_size" => 1 << 16,
+        "intermediate_size" => 1 << 18,
+        "num_hidden_layers" | "num_attention_heads" | "num_key_value_heads" | "head_dim" => 1 << 10,
+        "max_position_embeddings" | "vocab_size" => 1 << 24,
+        _ => return None,
+    })
+}
+
+/// serde_json refuses the NaN and Infinity that Python's json module writes with a
+/// bare "expected value"; name the field and the value instead.
+fn non_finite_field(text: &str, e: &serde_json::Error) -> Option<String> {
+    let line = text.split('\n').nth(e.line().checked_sub(1)?)?;
+    let mut at = line.as_ptr() as usize - text.as_ptr() as usize + e.column().checked_sub(1)?;
+    // For -Infinity the error points past the sign.
+    if text.get(..at)?.ends_with('-') {
+        at -= 1;
+    }
+    let rest = text.get(at..)?;
+    let literal = ["NaN", "Infinity", "-Infinity"].into_iter().find(|l| rest.starts_with(l))?;
+    let before = text[..at].trim_end().strip_suffix(':')?.trim_end().strip_suffix('"')?;
+    let key = &before[before.rfind('"')? + 1..];
+    Some(format!("field `{key}` is {literal}: it must be a finite number"))
 }
 
 /// The f64 whose shortest decimal form is the f32's (1e-5, not 9.999999747378752e-6).
@@ -231,9 +306,10 @@ impl Fields<'_> {
     }
     fn usize(&self, name: &str) -> Result<usize> {
         let v = self.req(name)?;
-        v.as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| self.err(format!("field `{name}` must be a non-negative integer, got {v}")))
+        let x = v
+            .as_u64()
+            .ok_or_else(|| self.err(format!("field `{name}` must be a non-negative integer, got {v}")))?;
+        usize::try_from(x).map_err(|_| self.err(format!("field `{name}` = {x} does not fit in memory")))
     }
     fn opt_usize(&self, name: &str) -> Result<Option<usize>> {
         match self.obj.get(name) {
@@ -261,12 +337,27 @@ impl Fields<'_> {
         }
     }
     /// `eos_token_id` is an integer or a list of integers.
-    fn token_ids(&self, name: &str) -> Result<Vec<u32>> {
-        let bad = || self.err(format!("field `{name}` must be a token id or a list of token ids"));
+    fn token_ids(&self, name: &str, vocab: usize) -> Result<Vec<u32>> {
         match self.obj.get(name) {
             None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().map(|x| x as u32).ok_or_else(bad)).collect(),
-            Some(v) => v.as_u64().map(|x| vec![x as u32]).ok_or_else(bad),
+            Some(Value::Array(a)) => a.iter().map(|v| self.token_id(name, v, vocab)).collect(),
+            Some(v) => Ok(vec![self.token_id(name, v, vocab)?]),
+        }
+    }
+    fn opt_token_id(&self, name: &str, vocab: usize) -> Result<Option<u32>> {
+        match self.obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => self.token_id(name, v, vocab).map(Some),
+        }
+    }
+    /// A token of the vocabulary (an embedding row), not any integer cut to 32 bits.
+    fn token_id(&self, name: &str, v: &Value, vocab: usize) -> Result<u32> {
+        let x = v.as_u64().ok_or_else(|| self.err(format!("field `{name}` must be a token id, got {v}")))?;
+        match u32::try_from(x) {
+            Ok(t) if (t as usize) < vocab => Ok(t),
+            _ => {
+                Err(self.err(format!("field `{name}` = {x} is outside the vocabulary (vocab_size {vocab})")))
+            }
         }
     }
 }

@@ -18,8 +18,10 @@ use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::model::config::{Arch, ModelConfig};
+use crate::model::config::{size_limit, Arch, ModelConfig};
 use crate::model::gguf::{GgufFile, TensorInfo};
+use crate::model::safetensors::check_finite;
+use crate::model::LoadOptions;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportSummary {
@@ -103,15 +105,30 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             return Err(g.format_err(format!("rope scaling `{kind}` is not supported")));
         }
     }
-    let usize_of = |key: &str| g.req_u64(key).map(|v| v as usize);
-    let hidden_size = usize_of("llama.embedding_length")?;
-    let num_heads = usize_of("llama.attention.head_count")?;
-    let num_kv_heads = g.opt_u64("llama.attention.head_count_kv")?.map_or(num_heads, |v| v as usize);
+    // Bounded here, by GGUF key, so that a huge value is never copied into config.json.
+    let bounded = |key: &str, field: &str, v: u64| -> Result<usize> {
+        match size_limit(field) {
+            Some(limit) if v > limit => Err(g.format_err(format!(
+                "metadata `{key}` = {v} (config.json's {field}) is above the limit {limit}"
+            ))),
+            _ => Ok(v as usize),
+        }
+    };
+    let usize_of = |key: &str, field: &str| bounded(key, field, g.req_u64(key)?);
+    let hidden_size = usize_of("llama.embedding_length", "hidden_size")?;
+    let num_heads = usize_of("llama.attention.head_count", "num_attention_heads")?;
+    let num_kv_heads = match g.opt_u64("llama.attention.head_count_kv")? {
+        Some(v) => bounded("llama.attention.head_count_kv", "num_key_value_heads", v)?,
+        None => num_heads,
+    };
     // head_dim is usually only implied by the rotary dimension count; an explicit key
     // length wins when present, and rotary over part of a head is not something we run.
-    let rope_dims = g.opt_u64("llama.rope.dimension_count")?.map(|d| d as usize);
+    let rope_dims = match g.opt_u64("llama.rope.dimension_count")? {
+        Some(v) => Some(bounded("llama.rope.dimension_count", "head_dim", v)?),
+        None => None,
+    };
     let head_dim = match g.opt_u64("llama.attention.key_length")? {
-        Some(k) => k as usize,
+        Some(k) => bounded("llama.attention.key_length", "head_dim", k)?,
         None => rope_dims.unwrap_or(hidden_size / num_heads.max(1)),
     };
     if rope_dims.is_some_and(|r| r != head_dim) {
@@ -120,10 +137,24 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             rope_dims.unwrap_or_default()
         )));
     }
-    let vocab_size = g
+    let tokens = g
         .opt_array("tokenizer.ggml.tokens")?
-        .ok_or_else(|| g.format_err("missing metadata `tokenizer.ggml.tokens`"))?
-        .len();
+        .ok_or_else(|| g.format_err("missing metadata `tokenizer.ggml.tokens`"))?;
+    let vocab_size = bounded("tokenizer.ggml.tokens", "vocab_size", tokens.len() as u64)?;
+    // config.json cannot hold NaN (it would be written as null and read back as
+    // "missing"), so non-finite values are refused here, by key.
+    let positive = |key: &str, v: f64| -> Result<f32> {
+        let x = v as f32;
+        if x.is_finite() && x > 0.0 {
+            Ok(x)
+        } else {
+            Err(g.format_err(format!("metadata `{key}` = {v} must be a finite number above 0")))
+        }
+    };
+    let eps_key = "llama.attention.layer_norm_rms_epsilon";
+    let rms_norm_eps = positive(eps_key, g.req_f64(eps_key)?)?;
+    let theta_key = "llama.rope.freq_base";
+    let rope_theta = positive(theta_key, g.opt_f64(theta_key)?.unwrap_or(10000.0))?;
     let token_id = |key: &str| -> Result<Option<u32>> {
         match g.opt_u64(key)? {
             Some(id) if id as usize >= vocab_size => Err(g.format_err(format!(
@@ -135,14 +166,14 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let cfg = ModelConfig {
         arch: Arch::Llama,
         hidden_size,
-        intermediate_size: usize_of("llama.feed_forward_length")?,
-        num_layers: usize_of("llama.block_count")?,
+        intermediate_size: usize_of("llama.feed_forward_length", "intermediate_size")?,
+        num_layers: usize_of("llama.block_count", "num_hidden_layers")?,
         num_heads,
         num_kv_heads,
         head_dim,
-        rms_norm_eps: g.req_f64("llama.attention.layer_norm_rms_epsilon")? as f32,
-        rope_theta: g.opt_f64("llama.rope.freq_base")?.unwrap_or(10000.0) as f32,
-        max_position_embeddings: usize_of("llama.context_length")?,
+        rms_norm_eps,
+        rope_theta,
+        max_position_embeddings: usize_of("llama.context_length", "max_position_embeddings")?,
         vocab_size,
         tie_word_embeddings: g.tensor("output.weight").is_none(),
         qkv_bias: false,
@@ -308,6 +339,9 @@ fn tensor_bf16_bytes(g: &GgufFile, p: &Planned) -> Result<Vec<u8>> {
         .zip(g.tensor_bytes(t).par_chunks(row_bytes))
         .try_for_each(|(out, data)| crate::model::gguf::dequantize(t.ty, data, out))
         .map_err(|msg| Error::tensor(&t.name, msg))?;
+    if LoadOptions::default().scan() {
+        check_finite(&t.name, &t.shape(), values.len(), |i| values[i] as f64)?;
+    }
     if let Some(heads) = p.unpermute_heads {
         values = unpermute_rope_rows(&values, heads, t.shape()[0] / heads, cols);
     }

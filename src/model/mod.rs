@@ -8,3 +8,22 @@ pub mod safetensors;
 pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig};
+pub use safetensors::LoadOptions;
+
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+/// A read-only map of `path`, refusing a directory by name (mapping one fails with
+/// "No such device", which names nothing).
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    if path.is_dir() {
+        return Err(Error::format(path, "is a directory, not a file"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only; a file modified underneath a running process is
+    // outside what we can defend against, as for any mmap reader.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}

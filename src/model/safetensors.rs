@@ -4,10 +4,11 @@
 //! before any data is touched, so a wrong file fails with the tensor's name.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use rayon::prelude::*;
+use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
@@ -45,8 +46,23 @@ impl HostTensor {
     pub fn to_f32(&self) -> Vec<f32> {
         match &self.data {
             HostData::F32(v) => v.clone(),
-            HostData::Bf16(v) => v.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect(),
+            HostData::Bf16(v) => v.iter().map(|&b| bf16_to_f32(b)).collect(),
         }
+    }
+}
+
+/// How far to trust weight files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Skip the one pass over every loaded weight that refuses NaN and infinity (which
+    /// would otherwise come out as garbage answers, silently). Setting
+    /// `PIMOE_TRUST_WEIGHTS=1` in the environment skips it too, for every file.
+    pub trust_weights: bool,
+}
+
+impl LoadOptions {
+    pub(crate) fn scan(self) -> bool {
+        !self.trust_weights && std::env::var_os("PIMOE_TRUST_WEIGHTS").is_none_or(|v| v != "1")
     }
 }
 
@@ -55,6 +71,7 @@ pub struct SafetensorFiles {
     maps: Vec<(PathBuf, Mmap)>,
     /// tensor name -> index into `maps`
     index: HashMap<String, usize>,
+    pub options: LoadOptions,
 }
 
 impl SafetensorFiles {
@@ -78,7 +95,7 @@ impl SafetensorFiles {
 
     /// Opens one safetensors file (a router's or T2C head's weights).
     pub fn open_file(path: &Path) -> Result<Self> {
-        if !path.is_file() {
+        if !path.exists() {
             return Err(Error::io(
                 path,
                 std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
@@ -91,18 +108,13 @@ impl SafetensorFiles {
         let mut maps = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            // SAFETY: the map is read-only; a model file modified underneath a running
-            // process is outside what we can defend against, as for any mmap reader.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&map)
-                .map_err(|e| Error::format(&path, format!("not a valid safetensors file: {e}")))?;
-            for name in st.names() {
+            let map = super::map_file(&path)?;
+            for name in deserialize(&map, &path)?.names() {
                 index.insert(name.to_string(), i);
             }
             maps.push((path, map));
         }
-        Ok(SafetensorFiles { maps, index })
+        Ok(SafetensorFiles { maps, index, options: LoadOptions::default() })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -120,8 +132,7 @@ impl SafetensorFiles {
             .get(name)
             .ok_or_else(|| Error::tensor(name, "missing from the safetensors file(s)"))?;
         let (path, map) = &self.maps[i];
-        let st = SafeTensors::deserialize(map)
-            .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+        let st = deserialize(map, path)?;
         let view = st.tensor(name).map_err(|e| Error::tensor(name, e.to_string()))?;
         if view.shape() != shape {
             return Err(Error::tensor(
@@ -149,6 +160,12 @@ impl SafetensorFiles {
                 ))
             }
         };
+        if self.options.scan() {
+            match &data {
+                HostData::F32(v) => check_finite(name, shape, v.len(), |i| v[i] as f64)?,
+                HostData::Bf16(v) => check_finite(name, shape, v.len(), |i| bf16_to_f32(v[i]) as f64)?,
+            }
+        }
         Ok(HostTensor { name: name.to_string(), shape: shape.to_vec(), data })
     }
 
@@ -160,6 +177,79 @@ impl SafetensorFiles {
             .map(|st| st.tensors().iter().map(|(_, v)| v.data().len()).sum::<usize>())
             .sum()
     }
+}
+
+fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// Refuses the first NaN or infinity among `len` values, naming the tensor and where
+/// the value sits; one parallel pass, so cheap next to reading the file.
+pub(crate) fn check_finite(
+    name: &str,
+    shape: &[usize],
+    len: usize,
+    value: impl Fn(usize) -> f64 + Sync,
+) -> Result<()> {
+    let Some(i) = (0..len).into_par_iter().position_first(|i| !value(i).is_finite()) else { return Ok(()) };
+    let mut at = vec![0; shape.len()];
+    let mut rest = i;
+    for (a, &d) in at.iter_mut().zip(shape).rev() {
+        *a = rest % d.max(1);
+        rest /= d.max(1);
+    }
+    Err(Error::tensor(
+        name,
+        format!(
+            "element {i} (index {at:?} of shape {shape:?}) is {}; weights must be finite \
+             (PIMOE_TRUST_WEIGHTS=1 skips this check)",
+            value(i)
+        ),
+    ))
+}
+
+/// The safetensors view of a mapped file. The crate's errors for a bad header
+/// ("invalid info", "validation overflow") do not say which tensor, so on failure the
+/// header is read again to name the first tensor at fault.
+pub(crate) fn deserialize<'a>(map: &'a [u8], path: &Path) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(map).map_err(|e| {
+        let msg = match header_fault(map) {
+            Some(fault) => format!("not a valid safetensors file: {fault}"),
+            None => format!("not a valid safetensors file: {e}"),
+        };
+        Error::format(path, msg)
+    })
+}
+
+fn header_fault(map: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(map.get(..8)?.try_into().ok()?)).ok()?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(map.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data_len = map.len() - 8 - n;
+    let mut tensors: Vec<(String, TensorInfo)> = header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, v)| Some((name, serde_json::from_value(v).ok()?)))
+        .collect::<Option<_>>()?;
+    tensors.sort_by_key(|(_, t)| t.data_offsets);
+    tensors.iter().find_map(|(name, t)| {
+        let (s, e) = t.data_offsets;
+        let bytes =
+            t.shape.iter().try_fold(t.dtype.bitsize(), |acc, &d| acc.checked_mul(d)).map(|bits| bits / 8);
+        match bytes {
+            None => Some(format!("tensor `{name}`: shape {:?} of {:?} overflows", t.shape, t.dtype)),
+            Some(_) if e > data_len || s > e => Some(format!(
+                "tensor `{name}`: data_offsets [{s}, {e}] lie outside the {data_len} bytes of data"
+            )),
+            Some(b) if b != e - s => Some(format!(
+                "tensor `{name}`: shape {:?} of {:?} is {b} bytes, its data_offsets [{s}, {e}] hold {}",
+                t.shape,
+                t.dtype,
+                e - s
+            )),
+            Some(_) => None,
+        }
+    })
 }
 
 fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {

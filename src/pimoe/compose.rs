@@ -180,9 +180,12 @@ impl Composition {
                     let prefix = prefix.as_deref().unwrap_or("layers");
                     Expert::Mlp(Mlp::load(&file, prefix, 2, widths, act(activation)?, prec(precision)?)?)
                 }
-                ModelSpec::LinearSolve { n } => Expert::LinearSolve(LinearSolve::new(*n)?),
+                ModelSpec::LinearSolve { n } => {
+                    Expert::LinearSolve(LinearSolve::new(*n).map_err(|e| bad("expert", e.to_string()))?)
+                }
                 ModelSpec::PowerFlow { max_buses, max_branches, tolerance, max_iterations } => {
-                    Expert::PowerFlow(PowerFlow::new(*max_buses, *max_branches, *tolerance, *max_iterations)?)
+                    let pf = PowerFlow::new(*max_buses, *max_branches, *tolerance, *max_iterations);
+                    Expert::PowerFlow(pf.map_err(|e| bad("expert", e.to_string()))?)
                 }
             };
             if let T2c::Grid(analysis) = &t2c {
@@ -205,16 +208,28 @@ impl Composition {
                     ));
                 }
             }
-            // The order's output must be exactly the expert's inputs.
-            let produced = match (&order, &t2c) {
-                (Some(o), _) => Some(o.groups().iter().map(Vec::len).sum::<usize>()),
-                (None, T2c::Extract(p)) => p.output_len(),
-                (None, T2c::Grid(_)) => None,
-                (None, T2c::Learned(l)) => Some(l.outputs()),
+            // What T2C gives, when every extraction gives the same number of values.
+            let (t2c_field, t2c_len) = match &t2c {
+                T2c::Extract(p) => ("t2c.pattern", p.output_len()),
+                T2c::Grid(_) => ("t2c.grid", None),
+                T2c::Learned(l) => ("t2c.outputs", Some(l.outputs())),
+            };
+            // The order's output (or T2C's, without one) must be exactly the expert's inputs.
+            let (field, produced) = match &order {
+                Some(o) => {
+                    // An index past T2C's values would otherwise fail only when the expert fires.
+                    if let (Some(n), Some(&top)) = (t2c_len, o.groups().iter().flatten().max()) {
+                        if top >= n {
+                            return Err(bad("order", format!("reads value {top}, but T2C gives {n} values")));
+                        }
+                    }
+                    ("order", Some(o.groups().iter().map(Vec::len).sum::<usize>()))
+                }
+                None => (t2c_field, t2c_len),
             };
             if let Some(n) = produced.filter(|&n| n != expert.n_inputs()) {
                 return Err(bad(
-                    "order",
+                    field,
                     format!("gives {n} inputs, the {} expert takes {}", expert.kind(), expert.n_inputs()),
                 ));
             }

@@ -201,7 +201,8 @@ impl fmt::Display for ExtractPattern {
 }
 
 impl ExtractPattern {
-    /// Checks the items: at least one, no empty anchors, counts only on lists.
+    /// Checks the items: at least one, no empty anchors, counts only on lists and
+    /// at most `MAX_VALUES` (so that `output_len` cannot overflow).
     /// The error is a message for the manifest loader to place (file, field).
     pub fn new(items: Vec<ExtractItem>) -> std::result::Result<Self, String> {
         if items.is_empty() {
@@ -213,6 +214,9 @@ impl ExtractPattern {
             }
             if it.count.is_some() && it.kind != ItemKind::List {
                 return Err(format!("item {i} ({it}): a count is only for lists"));
+            }
+            if let Some(n) = it.count.filter(|&n| n > MAX_VALUES) {
+                return Err(format!("item {i} ({it}): count {n} is above the limit {MAX_VALUES}"));
             }
         }
         Ok(ExtractPattern { items })
@@ -687,6 +691,11 @@ impl LearnedT2c {
 // Input order
 // ----------------------------------------------------------------------------
 
+/// At most this many values in a `list[n]` count or an input order: hundreds of
+/// times what any expert takes (a 64-bus power flow takes a few thousand), so that a
+/// typo or a hostile manifest is refused before anything is sized from it.
+pub const MAX_VALUES: usize = 1 << 20;
+
 /// Arranges a T2C output into an expert's input groups: group g is
 /// `[values[i] for i in groups[g]]`. The reference feeds its 13 outputs as
 /// `0..11 | 12, 11`: the first 11 to the branch net, the last two swapped to the
@@ -721,6 +730,7 @@ impl InputOrder {
     /// `a..b`: `"0..11 | 12, 11"`.
     pub fn parse(src: &str) -> std::result::Result<Self, String> {
         let mut groups = Vec::new();
+        let mut len = 0;
         for g in src.split('|') {
             let mut idx = Vec::new();
             for part in g.split(',') {
@@ -733,11 +743,18 @@ impl InputOrder {
                     if a >= b {
                         return Err(format!("input order {src:?}: empty range {part:?}"));
                     }
+                    // Single indices are bounded by the text's length; ranges are not.
+                    if b - a > MAX_VALUES.saturating_sub(len + idx.len()) {
+                        return Err(format!(
+                            "input order {src:?}: range {part:?} takes it past the limit of {MAX_VALUES} indices"
+                        ));
+                    }
                     idx.extend(a..b);
                 } else {
                     idx.push(num(part)?);
                 }
             }
+            len += idx.len();
             groups.push(idx);
         }
         InputOrder::new(groups)
@@ -747,9 +764,10 @@ impl InputOrder {
         &self.groups
     }
 
-    /// The T2C output length this order needs at least.
+    /// The T2C output length this order needs at least (saturating: an index of
+    /// usize::MAX needs more values than any T2C gives, not zero).
     pub fn min_len(&self) -> usize {
-        self.groups.iter().flatten().max().map_or(0, |m| m + 1)
+        self.groups.iter().flatten().max().map_or(0, |m| m.saturating_add(1))
     }
 
     /// The groups' values. An index past `values` is an error message.

@@ -20,7 +20,6 @@ pub mod linear_solve;
 pub mod mlp;
 pub mod power_flow;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -32,6 +31,8 @@ pub use mlp::{Activation, Linear, Mlp};
 pub use power_flow::PowerFlow;
 
 use crate::error::{Error, Result};
+use crate::model::safetensors::{check_finite, deserialize};
+use crate::model::{map_file, LoadOptions};
 
 /// The arithmetic an expert computes in. A property of the module (its manifest),
 /// never implied.
@@ -153,12 +154,8 @@ pub struct WeightFile {
 
 impl WeightFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only map; a file modified underneath a running process is
-        // outside what any mmap reader can defend against.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        SafeTensors::deserialize(&map)
-            .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+        let map = map_file(path)?;
+        deserialize(&map, path)?;
         Ok(WeightFile { path: path.to_path_buf(), map })
     }
 
@@ -217,6 +214,9 @@ impl WeightFile {
                 ))
             }
         };
+        if LoadOptions::default().scan() {
+            check_finite(name, view.shape(), data.len(), |i| data[i])?;
+        }
         Ok((view.shape().to_vec(), data))
     }
 }
