@@ -227,7 +227,18 @@ impl<B: Backend> Engine<B> {
     /// Generates for one request through the scheduler (so a composition's router
     /// and experts take part), calling `on_event` with every token, with its
     /// provenance, and every trace note.
-    pub fn generate_events(&self, req: &Request, mut on_event: impl FnMut(&Event)) -> Result<Generation> {
+    pub fn generate_events(&self, req: &Request, on_event: impl FnMut(&Event)) -> Result<Generation> {
+        self.generate_with_progress(req, on_event, |_, _| {})
+    }
+
+    /// `generate_events`, calling `on_prefill(done, total)` after each step of the
+    /// prompt's prefill (done == total once, at its end), for a long prompt's progress.
+    pub fn generate_with_progress(
+        &self,
+        req: &Request,
+        mut on_event: impl FnMut(&Event),
+        mut on_prefill: impl FnMut(usize, usize),
+    ) -> Result<Generation> {
         let prompt_tokens = self.prompt_ids(&req.prompt)?.len();
         let ctx = self.llm.config.max_position_embeddings;
         let cfg = SchedulerConfig {
@@ -236,10 +247,16 @@ impl<B: Backend> Engine<B> {
             kv_tokens: prompt_tokens.saturating_add(req.max_tokens).clamp(BLOCK_SIZE, ctx.max(BLOCK_SIZE)),
         };
         let mut sched = Scheduler::new(self, cfg)?;
-        sched.submit(req)?;
+        let id = sched.submit(req)?;
         let (mut tokens, mut text) = (Vec::new(), String::new());
+        let mut prefilled = false;
         loop {
-            for ev in sched.step()? {
+            let events = sched.step()?;
+            if let Some((done, total)) = sched.prefill_progress(id).filter(|_| !prefilled) {
+                prefilled = done == total;
+                on_prefill(done, total);
+            }
+            for ev in events {
                 on_event(&ev);
                 match ev {
                     Event::Token { token, text: piece, .. } => {

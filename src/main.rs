@@ -28,6 +28,10 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Skip the NaN / infinity scan of weights at load (for files you trust; the
+    /// same as PIMOE_TRUST_WEIGHTS=1)
+    #[arg(long, global = true)]
+    trust_weights: bool,
 }
 
 #[derive(Subcommand)]
@@ -469,6 +473,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if cli.trust_weights {
+        // Before any thread starts; every loader reads it.
+        std::env::set_var("PIMOE_TRUST_WEIGHTS", "1");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -510,23 +518,41 @@ fn generate<B: Backend>(engine: &Engine<B>, req: &Request, trace: bool) -> anyho
     let mut stdout = std::io::stdout();
     let mut spans: Vec<(Arc<Provenance>, String)> = Vec::new();
     let mut notes = Vec::new();
-    let g = engine.generate_events(req, |ev| match ev {
-        Event::Token { text, provenance, .. } => {
-            let _ = stdout.write_all(text.as_bytes());
-            let _ = stdout.flush();
-            match spans.last_mut() {
-                Some((p, t))
-                    if Arc::ptr_eq(p, provenance)
-                        || (**p == Provenance::Llm && **provenance == Provenance::Llm) =>
-                {
-                    t.push_str(text)
-                }
-                _ => spans.push((provenance.clone(), text.clone())),
+    // A prefill past a few seconds shows its progress on stderr.
+    let started = std::time::Instant::now();
+    let mut bar: Option<Progress> = None;
+    let on_prefill = |done: usize, total: usize| {
+        if bar.is_none() && done < total && started.elapsed().as_secs_f64() > 2.0 {
+            bar = Some(Progress::new(total as u64, "prompt tokens prefilled"));
+        }
+        if let Some(b) = bar.as_mut() {
+            b.set(done as u64);
+            if done == total {
+                b.finish();
             }
         }
-        Event::Note { message, .. } => notes.push(message.clone()),
-        Event::Finished { .. } => {}
-    })?;
+    };
+    let g = engine.generate_with_progress(
+        req,
+        |ev| match ev {
+            Event::Token { text, provenance, .. } => {
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+                match spans.last_mut() {
+                    Some((p, t))
+                        if Arc::ptr_eq(p, provenance)
+                            || (**p == Provenance::Llm && **provenance == Provenance::Llm) =>
+                    {
+                        t.push_str(text)
+                    }
+                    _ => spans.push((provenance.clone(), text.clone())),
+                }
+            }
+            Event::Note { message, .. } => notes.push(message.clone()),
+            Event::Finished { .. } => {}
+        },
+        on_prefill,
+    )?;
     println!();
     if trace {
         eprintln!("trace:");

@@ -249,6 +249,27 @@ fn non_finite_weights_name_the_tensor_and_index() {
     );
     let trusted = pimoe::model::LoadOptions { trust_weights: true };
     assert!(Llm::load_with(&CpuBackend, &dir, trusted).is_ok(), "trust_weights skips the scan");
+    // Trusted anyway, the NaN reaches the logits: the generation stops and says so,
+    // with no token of it in the answer and a failing exit status.
+    let run = |trust: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pimoe"));
+        cmd.args(["generate", "--device", "cpu", "--prompt", "Hello", "--max-tokens", "8", "--model"])
+            .arg(&dir);
+        if trust {
+            cmd.arg("--trust-weights");
+        }
+        let out = cmd.env_remove("PIMOE_TRUST_WEIGHTS").output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = run(false);
+    assert!(!ok && err.contains("model.layers.0.mlp.up_proj.weight") && err.contains("is NaN"), "{err}");
+    let (ok, answer, err) = run(true);
+    assert!(!ok && answer.trim().is_empty(), "{answer:?}");
+    assert!(err.contains("finish: NonFinite") && err.contains("logits became NaN or infinite"), "{err}");
 
     let dir = copy_fixture("tiny-llama", "inf-bf16-weight");
     rewrite(&dir, |name, t| {

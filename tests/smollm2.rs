@@ -131,3 +131,22 @@ fn streaming_decode_keeps_characters_whole() {
         assert_eq!(out, tok.decode(&ids).unwrap(), "case {}", case["name"]);
     }
 }
+
+#[test]
+fn a_long_prefill_shows_its_progress_on_stderr() {
+    let dir = ensure_default_model(false).unwrap();
+    // About 2,500 tokens: ~10 s of prefill on a 2-core CPU, well past the 2 s after which
+    // the CLI shows progress (a line per tenth when stderr is not a terminal).
+    let prompt = "The grid has many buses, branches and generators. ".repeat(250);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pimoe"))
+        .args(["generate", "--device", "cpu", "--max-tokens", "2", "--prompt", &prompt, "--model"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(" prompt tokens prefilled")).collect();
+    assert!(lines.len() >= 2, "no prefill progress: {err}");
+    let total = lines[0].split(['/', ' ']).nth(1).unwrap();
+    assert!(lines.last().unwrap().starts_with(&format!("{total}/{total} ")), "{lines:?}");
+}

@@ -81,6 +81,13 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Bytes a new allocation may take here without failing, where an allocation
+    /// that fails would abort the process (host memory); None where a failed
+    /// allocation comes back as an error (a device's).
+    fn memory_available(&self) -> Option<usize> {
+        None
+    }
+
     /// Runs one whole step (`f` calls many ops). The CPU backend uses it to move the
     /// step onto a worker thread once, instead of handing every op from the caller's
     /// thread to the pool and sleeping until it is done.

@@ -273,6 +273,20 @@ impl<'e, B: Backend> Scheduler<'e, B> {
         if cfg.max_step_tokens == 0 || cfg.max_running == 0 || cfg.kv_tokens < BLOCK_SIZE {
             return Err(Error::Request(format!("scheduler limits must be positive: {cfg:?}")));
         }
+        // The pool is allocated whole, now: a size the machine cannot hold is an error
+        // here, not an abort.
+        let kv_bytes =
+            engine.llm.config.kv_bytes_per_token().and_then(|b| b.checked_mul(cfg.kv_tokens)).ok_or_else(
+                || Error::Request(format!("a KV cache of {} tokens overflows a byte count", cfg.kv_tokens)),
+            )?;
+        if let Some(free) = engine.backend.memory_available().filter(|&free| kv_bytes > free) {
+            return Err(Error::Request(format!(
+                "a KV cache of {} tokens takes {:.1} GiB; {:.1} GiB of memory are available",
+                cfg.kv_tokens,
+                kv_bytes as f64 / (1u64 << 30) as f64,
+                free as f64 / (1u64 << 30) as f64
+            )));
+        }
         let stops =
             engine.llm.config.eos_token_ids.iter().chain(engine.tokenizer.stop_ids()).copied().collect();
         let gate = match engine.pimoe.as_ref().and_then(|c| c.hidden_gate()) {
@@ -379,6 +393,11 @@ impl<'e, B: Backend> Scheduler<'e, B> {
     /// A live request's prompt length in tokens.
     pub fn prompt_tokens(&self, id: RequestId) -> Option<usize> {
         self.seqs.iter().find(|s| s.id == id).map(|s| s.prompt_len)
+    }
+
+    /// A live request's prompt tokens in the KV cache, and its prompt length.
+    pub fn prefill_progress(&self, id: RequestId) -> Option<(usize, usize)> {
+        self.seqs.iter().find(|s| s.id == id).map(|s| (s.computed.min(s.prompt_len), s.prompt_len))
     }
 
     /// Requests submitted and not yet admitted (including preempted ones).
