@@ -351,6 +351,8 @@ fn malformed_contexts_are_errors_naming_the_item() {
     assert_eq!(err(r#"number after "P=""#, "P=1,000 MW").problem, Problem::MalformedNumber("1,000".into()));
     assert_eq!(err(r#"number after "P=""#, "P=0x10").problem, Problem::MalformedNumber("0x10".into()));
     assert_eq!(err(r#"number after "P=""#, "P=12MW").problem, Problem::MalformedNumber("12MW".into()));
+    assert_eq!(err(r#"number after "P=""#, "P=1e400").problem, Problem::OutOfRange("1e400".into()));
+    assert_eq!(err(r#"number after "P=""#, "P=-1e999 MW").problem, Problem::OutOfRange("-1e999".into()));
     assert_eq!(err(r#"number after "P=""#, "P=").found, "end of text");
     assert_eq!(err(r#"number after "P=""#, "P=inf").problem, Problem::ExpectedNumber);
 }

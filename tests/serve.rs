@@ -166,6 +166,33 @@ fn default_composition_answers_a_grid_question_with_its_expert() {
     // "after_result": "sentence" and the held-back period: the answer ends right there.
     assert_eq!(v["finish"], "stop", "{v}");
     assert!(text.chars().skip(end).collect::<String>().trim_end() == ".", "{text:?}");
+
+    // A split grid: no expert can compute it; the answer says so where the number
+    // would be, its span is marked failed, and the extension's finish says why the
+    // standard finish_reason is only "stop".
+    let mut case = q.case.case.clone();
+    case.branches.retain(|b| (b.from <= 5) == (b.to <= 5));
+    let user = pimoe::grid::render(&case, &q.question);
+    let messages = serde_json::json!([{"role": "system", "content": pimoe::tasks::questions::SYSTEM}, {"role": "user", "content": user}]);
+    std::fs::write(&path, messages.to_string()).unwrap();
+    let out = client_with("grid", &server, "grid", &[path.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.contains("[dc-power-flow could not compute this: ") && text.contains("no path to the slack"),
+        "{v}"
+    );
+    assert_eq!(
+        (&v["finish"], &v["pimoe"]["finish"]),
+        (&serde_json::json!("stop"), &serde_json::json!("expert_failed")),
+        "{v}"
+    );
+    let span = &v["pimoe"]["spans"][0];
+    assert_eq!(
+        (&span["expert"], &span["failed"]),
+        (&serde_json::json!("dc-power-flow"), &serde_json::json!(true)),
+        "{v}"
+    );
 }
 
 #[test]

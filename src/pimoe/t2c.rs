@@ -137,6 +137,8 @@ pub enum Problem {
     ExpectedNumber,
     /// The text of the would-be number.
     MalformedNumber(String),
+    /// A number too large for f64 (its text).
+    OutOfRange(String),
     /// A delimiter ('[', ']', ',', '{', '}') was expected.
     Expected(&'static str),
     WrongCount {
@@ -151,6 +153,7 @@ impl fmt::Display for Problem {
             Problem::MissingAnchor(a) => write!(f, "missing anchor {a:?}"),
             Problem::ExpectedNumber => write!(f, "expected a number"),
             Problem::MalformedNumber(t) => write!(f, "malformed number {t:?}"),
+            Problem::OutOfRange(t) => write!(f, "the number {t:?} is beyond f64's range"),
             Problem::Expected(what) => write!(f, "expected {what}"),
             Problem::WrongCount { expected, found } => {
                 write!(f, "expected {expected} numbers, found {found}")
@@ -421,6 +424,10 @@ impl Scanner<'_> {
         }
         let token = &self.text[start..i];
         let v = token.parse::<f64>().map_err(|_| (start, Problem::MalformedNumber(token.to_string())))?;
+        // "1e400" parses as infinity: not the number written, and no expert can use it.
+        if !v.is_finite() {
+            return Err((start, Problem::OutOfRange(token.to_string())));
+        }
         self.pos = i;
         Ok((v, start..i))
     }

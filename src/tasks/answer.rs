@@ -3,8 +3,10 @@
 //! Answers to the grid questions are one sentence ("The voltage angle at bus 5 is
 //! -4.35 degrees."), but they name buses and branches with numbers too. The answer's
 //! number is the first number in the text that is not such a label: not right after
-//! "bus", "buses", "branch", "line", "from" or "to", and not the second half of a
-//! pair like "4-5". A '-' right after a digit joins a pair; it is never a sign.
+//! "bus", "buses", "branch", "line", "from" or "to", not the second half of a pair
+//! like "4-5", and not an operand of a formula: a number followed by `=`, `*`, `/`,
+//! `×` or `÷` ("... / 100 = 19.098398." gives 19.098398, the equation's value). A '-'
+//! right after a digit joins a pair; it is never a sign.
 //!
 //! The same rule labels the router's training data (where the answer's number
 //! begins is where the router should have fired) and scores the answers in
@@ -17,7 +19,7 @@ const LABEL_WORDS: [&str; 6] = ["bus", "buses", "branch", "line", "from", "to"];
 
 /// The answer's number and the byte range of its text (sign included).
 pub fn answer_number(text: &str) -> Option<(f64, Range<usize>)> {
-    let r = numbers(text).into_iter().find(|r| !is_label(text, r))?;
+    let r = numbers(text).into_iter().find(|r| !is_label(text, r) && !is_operand(text, r))?;
     Some((text[r.clone()].parse().ok()?, r))
 }
 
@@ -68,6 +70,12 @@ fn numbers(text: &str) -> Vec<Range<usize>> {
     out
 }
 
+/// Whether the number at `r` is followed by an operator: part of a formula whose
+/// value comes later.
+fn is_operand(text: &str, r: &Range<usize>) -> bool {
+    text[r.end..].trim_start_matches([' ', ')']).starts_with(['=', '*', '/', '×', '÷'])
+}
+
 /// Whether the number at `r` names a bus or branch.
 fn is_label(text: &str, r: &Range<usize>) -> bool {
     let before = &text[..r.start];
@@ -101,6 +109,19 @@ mod tests {
         assert_eq!(value("The angle at Bus 12 is -4.35 degrees."), Some(-4.35));
         assert_eq!(value("From 3 to 7 the flow is 1e2 MW"), Some(100.0));
         assert_eq!(value("The angle at bus 5 is unknown."), None);
+    }
+
+    #[test]
+    fn skips_the_operands_of_a_formula() {
+        assert_eq!(
+            value("Total power flow = (bus 5 to bus 7) * (bus 5 to bus 7) / 100 = 19.098398."),
+            Some(19.098398)
+        );
+        assert_eq!(value("P = 2 * 3.5 = 7 MW"), Some(7.0));
+        assert_eq!(value("It is (4 / 2) = 2.5 p.u."), Some(2.5));
+        // A value with its unit, then a conversion: the value stands.
+        assert_eq!(value("The flow is 19.09 MW = 0.1909 p.u."), Some(19.09));
+        assert_eq!(value("x = 3 / 4"), Some(4.0));
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub fn expert_name(analysis: Analysis) -> &'static str {
     }
 }
 
+/// The most questions `question_set` draws.
+pub const MAX_QUESTIONS: usize = 100_000;
+
 /// `count` distinct questions of one analysis on the split's cases, drawn with `seed`.
 pub fn question_set(analysis: Analysis, split: Split, count: usize, seed: u64) -> Result<Vec<GridQuestion>> {
     let pool: Vec<&'static SolvedCase> = cases()?.iter().filter(|c| Split::of(c) == split).collect();
@@ -110,6 +113,13 @@ pub fn question_set(analysis: Analysis, split: Split, count: usize, seed: u64) -
     }
     let mut rng = Rng::new(seed);
     let mut pick = |n: usize| rng.next_u32() as usize % n;
+    // The fixture holds a few thousand distinct questions per analysis; far more is a
+    // mistake to refuse before sizing anything from it.
+    if count > MAX_QUESTIONS {
+        return Err(Error::Request(format!(
+            "{count} questions asked for; the limit is {MAX_QUESTIONS} per analysis"
+        )));
+    }
     let mut out: Vec<GridQuestion> = Vec::with_capacity(count);
     let mut tries = 0;
     while out.len() < count {

@@ -488,6 +488,14 @@ impl CudaBackend {
 
     /// Builds PTX at run time when the crate was built without nvcc.
     fn nvrtc(&self, name: &str, source: &str) -> Result<cudarc::nvrtc::Ptx> {
+        // cudarc panics when it cannot load the library; the user needs the fix instead.
+        // SAFETY: dlopen only.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(Error::Device(format!(
+                "this build has no PTX (nvcc was not found at build time; run scripts/cuda-toolchain.sh \
+                 and rebuild), and there is no NVRTC library to compile kernels/{name}.cu at run time"
+            )));
+        }
         let (major, minor) = self.compute_capability;
         // cuda_bf16.h comes from a CUDA install or the pinned PyPI toolchain.
         let include_paths = [
