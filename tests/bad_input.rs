@@ -349,3 +349,13 @@ fn manifest_sizes_and_orders_blame_the_right_field() {
     let e = manifest_err(None, "list", 1_000_000_000_000);
     assert!(e.contains("(`e`).expert: linear solve: n = 1000000000000 is outside 1..=64"), "{e}");
 }
+
+#[test]
+fn a_shard_outside_the_model_directory_is_refused() {
+    let dir = copy_fixture("tiny-llama", "shard-escape");
+    std::fs::rename(dir.join("model.safetensors"), dir.join("../escaped.safetensors")).unwrap();
+    let index = r#"{"weight_map": {"model.norm.weight": "../escaped.safetensors"}}"#;
+    std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("not a file name in the model directory: \"../escaped.safetensors\""), "{e}");
+}

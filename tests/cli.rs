@@ -279,4 +279,24 @@ fn profile_kernels_counts_a_step_and_refuses_bad_shapes() {
         &pimoe(&["profile-kernels", "--config", "/no/such/config.json"]),
         "/no/such/config.json",
     );
+    // Sizes each within its limit, together far past this machine: refused before the
+    // first weight is allocated (an abort, before).
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-llama/config.json")).unwrap())
+            .unwrap();
+    for (field, v) in [
+        ("hidden_size", 65536),
+        ("num_attention_heads", 1024),
+        ("num_key_value_heads", 1024),
+        ("intermediate_size", 262144),
+        ("num_hidden_layers", 1024),
+    ] {
+        config[field] = v.into();
+    }
+    let huge = dir.join("huge.json");
+    std::fs::write(&huge, config.to_string()).unwrap();
+    assert_clean_failure(
+        &pimoe(&["profile-kernels", "--layers", "1", "--config", huge.to_str().unwrap()]),
+        "GiB of memory are available",
+    );
 }

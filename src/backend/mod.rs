@@ -61,6 +61,14 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// MemAvailable from /proc/meminfo (None where there is none): Rust aborts on a failed
+/// host allocation, so sizes from users are checked against it first.
+pub fn host_memory_available() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    kb.trim().strip_suffix("kB")?.trim().parse::<usize>().ok()?.checked_mul(1024)
+}
+
 pub trait Backend: Send + Sync {
     /// Model parameters: a matrix (rows, cols) or a vector.
     type Weight: Send + Sync;

@@ -263,9 +263,19 @@ fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
     let dir = index_path.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
     for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| {
-            Error::format(index_path, format!("weight_map entry for `{tensor}` is not a file name"))
-        })?;
+        // A shard is a file next to the index: a path elsewhere ("../..", "/etc/...")
+        // is not one a model directory holds.
+        let file = file
+            .as_str()
+            .filter(|f| Path::new(f).file_name() == Some(std::ffi::OsStr::new(f)))
+            .ok_or_else(|| {
+                Error::format(
+                    index_path,
+                    format!(
+                        "weight_map entry for `{tensor}` is not a file name in the model directory: {file}"
+                    ),
+                )
+            })?;
         let p = dir.join(file);
         if !files.contains(&p) {
             files.push(p);

@@ -46,19 +46,8 @@ impl Backend for CpuBackend {
     type Cache = Vec<f32>;
     type Expert = ();
 
-    /// MemAvailable from /proc/meminfo: Rust aborts on a failed allocation, so sizes
-    /// from users are checked against it first.
     fn memory_available(&self) -> Option<usize> {
-        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kb: usize = info
-            .lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:"))?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()?;
-        kb.checked_mul(1024)
+        crate::backend::host_memory_available()
     }
 
     fn name(&self) -> &'static str {

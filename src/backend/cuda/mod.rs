@@ -856,6 +856,12 @@ impl Backend for CudaBackend {
         self.is_emulator()
     }
 
+    /// The emulator's device memory is host memory, and its allocations abort like
+    /// any other when it runs out; a GPU's fail as errors.
+    fn memory_available(&self) -> Option<usize> {
+        self.is_emulator().then(crate::backend::host_memory_available).flatten()
+    }
+
     fn step_tokens(
         &self,
         graph: Option<(usize, usize)>,
