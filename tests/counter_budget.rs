@@ -59,6 +59,9 @@ fn measure() -> BTreeMap<String, BTreeMap<String, Value>> {
     let mut config: Value = serde_json::from_str(profile::QWEN25_05B).unwrap();
     config["num_hidden_layers"] = json!(1);
     config["vocab_size"] = json!(4096);
+    // Token ids must lie in the shrunk vocabulary.
+    config["bos_token_id"] = json!(0);
+    config["eos_token_id"] = json!(1);
     let config = pimoe::model::ModelConfig::parse(&config.to_string(), Path::new("<budget config>")).unwrap();
     let llm = pimoe::llm::Llm::random(&b, config, 1).unwrap();
     steps()

@@ -197,6 +197,8 @@ fn provenance_bits(p: &Provenance) -> Option<(String, Vec<u64>, Vec<u64>)> {
             inputs.iter().map(|v| v.to_bits()).collect(),
             outputs.iter().map(|v| v.to_bits()).collect(),
         )),
+        // A failure stands in the answer too, and must be the same one on both.
+        Provenance::Failed { expert, reason } => Some((format!("failed {expert}: {reason}"), vec![], vec![])),
     }
 }
 
