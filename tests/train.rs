@@ -766,9 +766,11 @@ fn the_scheduler_fires_where_the_trainers_features_say() {
             _ => {}
         })
         .unwrap();
-    assert_eq!(routed.tokens, g.tokens, "a failed T2C changes nothing");
     // Decision d comes after d tokens of the answer (d = 0: right after the prompt).
     assert_eq!(fired_after, vec![fire_at], "the scheduler fired elsewhere (probs {p:?})");
+    // Up to the firing the answer is the LLM's; the failed T2C's text then ends it.
+    assert_eq!(routed.tokens[..fire_at], g.tokens[..fire_at], "the answer differs before the firing");
+    assert_eq!(routed.finish, pimoe::Finish::ExpertFailed);
 }
 
 #[test]
