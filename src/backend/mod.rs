@@ -69,6 +69,22 @@ pub fn host_memory_available() -> Option<usize> {
     kb.trim().strip_suffix("kB")?.trim().parse::<usize>().ok()?.checked_mul(1024)
 }
 
+/// Refuses to allocate `bytes` for `what` where `backend` says less memory is free
+/// (see `Backend::memory_available`), naming both sizes.
+pub fn check_fits(backend: &impl Backend, bytes: usize, what: &str) -> crate::error::Result<()> {
+    match backend.memory_available().filter(|&free| bytes > free) {
+        Some(free) => {
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            Err(crate::error::Error::Request(format!(
+                "{what} takes {:.1} GiB; {:.1} GiB of memory are available",
+                gib(bytes),
+                gib(free)
+            )))
+        }
+        None => Ok(()),
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// Model parameters: a matrix (rows, cols) or a vector.
     type Weight: Send + Sync;

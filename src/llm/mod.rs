@@ -117,15 +117,11 @@ impl<B: Backend> Llm<B> {
         // Weights are held at two bytes or more per parameter: a model the host cannot
         // hold is an error before the first allocation, not an abort midway.
         let need = config.num_params().saturating_mul(2);
-        if let Some(free) = backend.memory_available().filter(|&free| need > free) {
-            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-            return Err(Error::Request(format!(
-                "the model's {} parameters take at least {:.1} GiB; {:.1} GiB of memory are available",
-                config.num_params(),
-                gib(need),
-                gib(free)
-            )));
-        }
+        crate::backend::check_fits(
+            backend,
+            need,
+            &format!("the model's weights ({} parameters, 2 bytes each)", config.num_params()),
+        )?;
         let c = &config;
         let (h, d) = (c.hidden_size, c.head_dim);
         let (q, kv) = (c.num_heads * d, c.num_kv_heads * d);

@@ -279,14 +279,11 @@ impl<'e, B: Backend> Scheduler<'e, B> {
             engine.llm.config.kv_bytes_per_token().and_then(|b| b.checked_mul(cfg.kv_tokens)).ok_or_else(
                 || Error::Request(format!("a KV cache of {} tokens overflows a byte count", cfg.kv_tokens)),
             )?;
-        if let Some(free) = engine.backend.memory_available().filter(|&free| kv_bytes > free) {
-            return Err(Error::Request(format!(
-                "a KV cache of {} tokens takes {:.1} GiB; {:.1} GiB of memory are available",
-                cfg.kv_tokens,
-                kv_bytes as f64 / (1u64 << 30) as f64,
-                free as f64 / (1u64 << 30) as f64
-            )));
-        }
+        crate::backend::check_fits(
+            &engine.backend,
+            kv_bytes,
+            &format!("a KV cache of {} tokens", cfg.kv_tokens),
+        )?;
         let stops =
             engine.llm.config.eos_token_ids.iter().chain(engine.tokenizer.stop_ids()).copied().collect();
         let gate = match engine.pimoe.as_ref().and_then(|c| c.hidden_gate()) {
@@ -735,7 +732,6 @@ impl<'e, B: Backend> Scheduler<'e, B> {
                             // KV), and cut short it would not say why.
                             let ids = tokenizer.encode(&text)?;
                             s.append(tokenizer, &ids, &prov, events)?;
-                            s.budget = s.budget.saturating_sub(ids.len());
                             s.stats.expert_failures += 1;
                             done.push((i, Finish::ExpertFailed));
                         }
