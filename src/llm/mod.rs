@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer, SeqSpan, SAMPLE_PARAMS};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_SIZE};
+use crate::model::quant::QuantMatrix;
 use crate::model::safetensors::{HostData, HostTensor, SafetensorFiles};
 use crate::model::LoadOptions;
 use crate::model::ModelConfig;
@@ -138,13 +139,13 @@ impl<B: Backend> Llm<B> {
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
-            let qkv = stack(&[
+            let qkv = stack([
                 load(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?,
                 load(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
                 load(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
             ]);
             let qkv_bias = if c.qkv_bias {
-                Some(up(stack(&[
+                Some(up(stack([
                     load(&format!("{p}.self_attn.q_proj.bias"), &[q])?,
                     load(&format!("{p}.self_attn.k_proj.bias"), &[kv])?,
                     load(&format!("{p}.self_attn.v_proj.bias"), &[kv])?,
@@ -152,7 +153,7 @@ impl<B: Backend> Llm<B> {
             } else {
                 None
             };
-            let gate_up = stack(&[
+            let gate_up = stack([
                 load(&format!("{p}.mlp.gate_proj.weight"), &[c.intermediate_size, h])?,
                 load(&format!("{p}.mlp.up_proj.weight"), &[c.intermediate_size, h])?,
             ]);
@@ -560,19 +561,29 @@ impl<I> StepPlan<I> {
 }
 
 /// Concatenates tensors along their first dimension (q/k/v, gate/up). bf16 stays
-/// bf16; any other mix is widened to f32.
-fn stack(parts: &[HostTensor]) -> HostTensor {
+/// bf16, quantized stays quantized (each part in its own type); any other mix is
+/// widened to f32.
+fn stack<const N: usize>(parts: [HostTensor; N]) -> HostTensor {
     let name = parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" + ");
     let mut shape = parts[0].shape.clone();
     shape[0] = parts.iter().map(|p| p.shape[0]).sum();
     let all_bf16 = parts.iter().all(|p| matches!(p.data, HostData::Bf16(_)));
-    let data = if all_bf16 {
+    let all_quant = parts.iter().all(|p| matches!(p.data, HostData::Quant(_)));
+    let data = if all_quant {
+        let mut m = QuantMatrix { cols: shape[1], parts: Vec::new() };
+        for p in parts {
+            if let HostData::Quant(q) = p.data {
+                m.append(q);
+            }
+        }
+        HostData::Quant(m)
+    } else if all_bf16 {
         HostData::Bf16(
             parts
                 .iter()
                 .flat_map(|p| match &p.data {
                     HostData::Bf16(v) => v.iter().copied(),
-                    HostData::F32(_) => unreachable!("checked all_bf16"),
+                    _ => unreachable!("checked all_bf16"),
                 })
                 .collect(),
         )

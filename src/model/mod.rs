@@ -4,6 +4,7 @@ pub mod config;
 pub mod fetch;
 pub mod gguf;
 pub mod import;
+pub mod quant;
 pub mod safetensors;
 pub mod tokenizer;
 

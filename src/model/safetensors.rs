@@ -23,6 +23,8 @@ pub enum HostData {
     F32(Vec<f32>),
     /// Raw bf16 bits.
     Bf16(Vec<u16>),
+    /// A matrix in ggml's block-quantized types, as a GGUF file stores it.
+    Quant(crate::model::quant::QuantMatrix),
 }
 
 #[derive(Clone, Debug)]
@@ -40,6 +42,7 @@ impl HostTensor {
         match &self.data {
             HostData::F32(v) => v.len() * 4,
             HostData::Bf16(v) => v.len() * 2,
+            HostData::Quant(q) => q.bytes(),
         }
     }
     /// The values as f32 (bf16 widened exactly).
@@ -47,6 +50,7 @@ impl HostTensor {
         match &self.data {
             HostData::F32(v) => v.clone(),
             HostData::Bf16(v) => v.iter().map(|&b| bf16_to_f32(b)).collect(),
+            HostData::Quant(q) => q.to_f32(),
         }
     }
 }
@@ -164,6 +168,7 @@ impl SafetensorFiles {
             match &data {
                 HostData::F32(v) => check_finite(name, shape, v.len(), |i| v[i] as f64)?,
                 HostData::Bf16(v) => check_finite(name, shape, v.len(), |i| bf16_to_f32(v[i]) as f64)?,
+                HostData::Quant(_) => unreachable!("safetensors holds no quantized tensors"),
             }
         }
         Ok(HostTensor { name: name.to_string(), shape: shape.to_vec(), data })

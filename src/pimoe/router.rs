@@ -262,14 +262,19 @@ impl EmbedTable {
                 format!("has shape {:?}, an embedding table is (vocab, dim)", t.shape),
             ));
         };
-        let len = match &t.data {
+        let data = match t.data {
+            HostData::Quant(q) => HostData::F32(q.to_f32()),
+            d => d,
+        };
+        let len = match &data {
             HostData::F32(v) => v.len(),
             HostData::Bf16(v) => v.len(),
+            HostData::Quant(_) => unreachable!("widened above"),
         };
         if len != vocab * dim {
             return Err(Error::tensor(&t.name, format!("has {len} values for shape ({vocab}, {dim})")));
         }
-        Ok(EmbedTable { name: t.name, vocab, dim, data: t.data })
+        Ok(EmbedTable { name: t.name, vocab, dim, data })
     }
     pub fn vocab(&self) -> usize {
         self.vocab
@@ -296,6 +301,7 @@ impl EmbedTable {
                 .iter_mut()
                 .zip(&v[r..r + self.dim])
                 .for_each(|(a, &b)| *a += f32::from_bits((b as u32) << 16) as f64),
+            HostData::Quant(_) => unreachable!("quantized tables are widened in from_tensor"),
         }
     }
 }

@@ -15,6 +15,10 @@ pub fn embed(out: &mut [f32], table: &CpuWeight, ids: &[u32], dim: usize) {
                     *oi = f32::from_bits((b as u32) << 16);
                 }
             }
+            HostData::Quant(q) => {
+                let (ty, bytes) = q.row(id as usize);
+                crate::model::quant::dequantize(ty, bytes, o);
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &CpuWeight, bias: Option<&CpuWeight
     match &w.data {
         HostData::F32(d) => run(out, x, d, bias, m, n, k),
         HostData::Bf16(d) => run(out, x, d, bias, m, n, k),
+        HostData::Quant(q) => super::quant::matmul(out, x, q, bias, m),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod embed;
 pub mod gemm;
 pub mod mlp;
+pub mod quant;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
@@ -34,7 +35,9 @@ impl CpuWeight {
     pub fn as_f32(&self) -> &[f32] {
         match &self.data {
             HostData::F32(v) => v,
-            HostData::Bf16(_) => unreachable!("vector weights are widened to f32 at upload"),
+            HostData::Bf16(_) | HostData::Quant(_) => {
+                unreachable!("vector weights are widened to f32 at upload")
+            }
         }
     }
 }
@@ -67,7 +70,7 @@ impl Backend for CpuBackend {
             s => return Err(Error::tensor(&t.name, format!("expected 1 or 2 dimensions, got {s:?}"))),
         };
         let data = match (&t.data, rows) {
-            (HostData::Bf16(_), 1) => HostData::F32(t.to_f32()),
+            (HostData::Bf16(_) | HostData::Quant(_), 1) => HostData::F32(t.to_f32()),
             (data, _) => data.clone(),
         };
         Ok(CpuWeight { rows, cols, data })

@@ -953,6 +953,9 @@ impl Backend for CudaBackend {
             (HostData::F32(v), true) => {
                 v.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect()
             }
+            (HostData::Quant(q), true) => {
+                q.to_f32().iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect()
+            }
             (_, false) => bytemuck::cast_slice(&t.to_f32()).to_vec(),
         };
         let buf = self.owned(bytes.len())?;
