@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::model::gguf_model::{is_gguf, GgufModel};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::BLOCK_SIZE;
@@ -143,14 +144,19 @@ impl<B: Backend> Engine<B> {
         Self::load_with(backend, dir, LoadOptions::default())
     }
 
+    /// A GGUF file loads directly, its matrices kept in their stored types.
     pub fn load_with(backend: B, dir: &Path, options: LoadOptions) -> Result<Self> {
+        if is_gguf(dir) {
+            let model = GgufModel::open(dir)?;
+            let tokenizer = model.tokenizer()?;
+            let llm = Llm::from_gguf(&backend, &model, options)?;
+            return Ok(Engine { backend, llm, tokenizer, pimoe: None, backbones: Vec::new(), experts: Vec::new() });
+        }
         if dir.is_file() {
-            let hint = if dir.extension().is_some_and(|e| e == "gguf") {
-                "; convert a GGUF first with `pimoe import-gguf FILE.gguf OUTDIR`"
-            } else {
-                ""
-            };
-            return Err(Error::format(dir, format!("is a file, not a model directory{hint}")));
+            return Err(Error::format(
+                dir,
+                "is neither a model directory (config.json, safetensors, tokenizer.json) nor a GGUF file",
+            ));
         }
         if !dir.is_dir() {
             return Err(Error::io(

@@ -11,7 +11,12 @@ use std::path::{Path, PathBuf};
 use pimoe::model::fetch;
 use pimoe::model::gguf::{self, GgmlType, GgufFile};
 use pimoe::model::import::{import_gguf, unpermute_rope_rows};
-use pimoe::model::ModelConfig;
+use pimoe::backend::cpu::CpuBackend;
+use pimoe::engine::Engine;
+use pimoe::model::gguf_model::GgufModel;
+use pimoe::model::quant::{self, QType};
+use pimoe::model::safetensors::HostData;
+use pimoe::model::{LoadOptions, ModelConfig};
 use safetensors::SafeTensors;
 
 // ---------------------------------------------------------------------------------------
@@ -36,7 +41,6 @@ fn q8_0_block() {
         -64.0, -0.5, 0.0, 0.5, 63.5, 1.0, -1.0, 1.5, -1.5, 2.0, -2.0, 2.5, -2.5, 3.0, -3.0, 3.5, //
         -3.5, 4.0, -4.0, 4.5, -4.5, 5.0, -5.0, 5.5, -5.5, 6.0, -6.0, 6.5, -6.5, 7.0, -7.0, 50.0,
     ];
-    assert_eq!(gguf::dequantize_q8_0(&b), want);
     let mut out = [f32::NAN; 32];
     gguf::dequantize(GgmlType::Q8_0, &b, &mut out).unwrap();
     assert_eq!(out, want);
@@ -56,7 +60,9 @@ fn q4_0_block() {
         14.0, //
         14.0, 12.0, 10.0, 8.0, 6.0, 4.0, 2.0, 0.0, -2.0, -4.0, -6.0, -8.0, -10.0, -12.0, -14.0, -16.0,
     ];
-    assert_eq!(gguf::dequantize_q4_0(&b), want);
+    let mut out = [f32::NAN; 32];
+    gguf::dequantize(GgmlType::Q4_0, &b, &mut out).unwrap();
+    assert_eq!(out, want);
 }
 
 #[test]
@@ -73,7 +79,9 @@ fn q4_1_block() {
         -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, //
         6.5, 6.0, 5.5, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0,
     ];
-    assert_eq!(gguf::dequantize_q4_1(&b), want);
+    let mut out = [f32::NAN; 32];
+    gguf::dequantize(GgmlType::Q4_1, &b, &mut out).unwrap();
+    assert_eq!(out, want);
     // Two blocks in a row come out in order.
     let two: Vec<u8> = b.iter().chain(b.iter()).copied().collect();
     let mut out = vec![f32::NAN; 64];
@@ -99,8 +107,8 @@ fn plain_float_types() {
 #[test]
 fn unsupported_type_and_bad_lengths_are_errors() {
     let mut out = vec![0f32; 256];
-    let err = gguf::dequantize(GgmlType::Q4_K, &[0u8; 144], &mut out).unwrap_err();
-    assert!(err.contains("Q4_K"), "{err}");
+    let err = gguf::dequantize(GgmlType::Q2_K, &[0u8; 84], &mut out).unwrap_err();
+    assert!(err.contains("Q2_K"), "{err}");
     let err = gguf::dequantize(GgmlType::Q8_0, &[0u8; 33], &mut out[..32]).unwrap_err();
     assert!(err.contains("Q8_0"), "{err}");
 }
@@ -535,8 +543,8 @@ fn with_meta(key: &str, v: Meta) -> Writer {
 
 #[test]
 fn unsupported_models_are_clear_errors() {
-    let err = import_err("arch", &with_meta("general.architecture", Meta::Str("qwen2".into())));
-    assert!(err.contains("qwen2") && err.contains("llama"), "{err}");
+    let err = import_err("arch", &with_meta("general.architecture", Meta::Str("gemma".into())));
+    assert!(err.contains("gemma") && err.contains("llama") && err.contains("qwen2"), "{err}");
     let err = import_err("rope", &with_meta("llama.rope.scaling.type", Meta::Str("yarn".into())));
     assert!(err.contains("rope scaling") && err.contains("yarn"), "{err}");
     let err = import_err("pre", &with_meta("tokenizer.ggml.pre", Meta::Str("llama-bpe".into())));
@@ -557,11 +565,11 @@ fn unsupported_models_are_clear_errors() {
     assert!(err.contains("blk.0.attn_q.bias"), "{err}");
 
     let mut w = tiny_model();
-    w.tensors[1].2 = GgmlType::Q4_K.id();
+    w.tensors[1].2 = GgmlType::Q2_K.id();
     w.tensors[1].1 = vec![256];
-    w.tensors[1].3 = vec![0; 144];
-    let err = import_err("q4k", &w);
-    assert!(err.contains("Q4_K") && err.contains("blk.0.attn_norm.weight"), "{err}");
+    w.tensors[1].3 = vec![0; 84];
+    let err = import_err("q2k", &w);
+    assert!(err.contains("Q2_K") && err.contains("blk.0.attn_norm.weight"), "{err}");
 }
 
 #[test]
@@ -753,5 +761,90 @@ fn smollm2_135m_instruct() {
     assert_eq!((chat_ids[0], chat_ids[chat_ids.len() - 1]), (1, 2));
     let digits: Vec<_> = chat.get_tokens().iter().filter(|t| t.chars().all(|c| c.is_ascii_digit())).collect();
     assert_eq!(digits, ["2", "0", "2", "5"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------
+// Quantized types against llama.cpp's reading of them, and loading a GGUF directly
+
+#[test]
+fn quantized_blocks_dequantize_as_gguf_py_does() {
+    // tests/fixtures/make_quant_blocks.py: random blocks and gguf-py's values for them.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quant_blocks.json"))
+        .unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for ty in QType::ALL {
+        let case = &fixture[ty.to_string()];
+        let hex = case["hex"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let want: Vec<f32> = case["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(bytes.len() / ty.block_bytes() * ty.block_len(), want.len(), "{ty}");
+        let mut got = vec![f32::NAN; want.len()];
+        quant::dequantize(ty, &bytes, &mut got);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{ty} value {i}: ours {g}, gguf-py {w}");
+        }
+        // And through the GGUF reader's entry point.
+        let mut again = vec![f32::NAN; want.len()];
+        gguf::dequantize(ty.ggml(), &bytes, &mut again).unwrap();
+        assert_eq!(again, got, "{ty}");
+    }
+}
+
+#[test]
+fn tiny_model_loads_directly_in_its_stored_types() {
+    let dir = scratch("direct");
+    let path = write_gguf(&dir, &tiny_model());
+    let m = GgufModel::open(&path).unwrap();
+    let opts = LoadOptions::default();
+    let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+    let quant = |name: &str, shape: [usize; 2], ty: QType| -> Vec<f32> {
+        let t = m.tensor(&format!("model.layers.1.{name}.weight"), &shape, opts).unwrap();
+        match t.data {
+            HostData::Quant(m) => {
+                assert_eq!((m.cols, m.rows(), m.parts.len(), m.parts[0].ty), (shape[1], shape[0], 1, ty), "{name}");
+                m.to_f32()
+            }
+            _ => panic!("{name} is not kept quantized"),
+        }
+    };
+    let v = quant("self_attn.v_proj", [kv, HIDDEN], QType::Q8_0);
+    assert!(v.iter().enumerate().all(|(i, &x)| x == q8_0_value(i)));
+    let o = quant("self_attn.o_proj", [HIDDEN, q], QType::Q4_0);
+    assert!(o.iter().enumerate().all(|(i, &x)| x == q4_0_value(i)));
+    let gate = quant("mlp.gate_proj", [FFN, HIDDEN], QType::Q4_1);
+    assert!(gate.iter().enumerate().all(|(i, &x)| x == q4_1_value(i)));
+    let up = m.tensor("model.layers.1.mlp.up_proj.weight", &[FFN, HIDDEN], opts).unwrap();
+    assert!(matches!(up.data, HostData::Bf16(_)), "bf16 stays bf16");
+    // f32 q/k rows are un-permuted as the importer does it.
+    let k = m.tensor("model.layers.0.self_attn.k_proj.weight", &[kv, HIDDEN], opts).unwrap().to_f32();
+    let k_rows: Vec<f32> = k.chunks(HIDDEN).map(|r| r[0]).collect();
+    assert_eq!(k_rows, [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+    let err = m.tensor("model.layers.0.self_attn.v_proj.weight", &[kv, 64], opts).unwrap_err().to_string();
+    assert!(err.contains("blk.0.attn_v.weight") && err.contains("shape"), "{err}");
+    let err = m.tensor("model.layers.9.mlp.up_proj.weight", &[FFN, HIDDEN], opts).unwrap_err().to_string();
+    assert!(err.contains("model.layers.9.mlp.up_proj.weight") && err.contains("missing"), "{err}");
+
+    // The engine loads the file itself; its answers match the imported (bf16) model's.
+    let out = dir.join("hf");
+    import_gguf(&path, &out, false).unwrap();
+    let direct = Engine::load(CpuBackend, &path).unwrap();
+    let imported = Engine::load(CpuBackend, &out).unwrap();
+    assert_eq!(direct.tokenizer.encode("hello world").unwrap(), [17, 20, 21]);
+    assert_eq!(direct.llm.config, imported.llm.config);
+    assert!(direct.llm.weight_bytes < imported.llm.weight_bytes, "quantized matrices take fewer bytes");
+    let (a, _) = direct.llm.greedy(&direct.backend, &[17, 20, 21], 6).unwrap();
+    let (b, _) = imported.llm.greedy(&imported.backend, &[17, 20, 21], 6).unwrap();
+    assert_eq!(a, b, "greedy tokens of the GGUF loaded directly and imported");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_file_that_is_not_gguf_or_a_model_dir_is_named() {
+    let dir = scratch("notgguf");
+    let p = dir.join("model.gguf");
+    std::fs::write(&p, b"GGUX not a gguf").unwrap();
+    let err = Engine::load(CpuBackend, &p).err().unwrap().to_string();
+    assert!(err.contains("model.gguf") && err.contains("neither"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

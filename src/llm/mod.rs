@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer, SeqSpan, SAMPLE_PARAMS};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_SIZE};
+use crate::model::gguf_model::GgufModel;
 use crate::model::quant::QuantMatrix;
 use crate::model::safetensors::{HostData, HostTensor, SafetensorFiles};
 use crate::model::LoadOptions;
@@ -84,7 +85,16 @@ impl<B: Backend> Llm<B> {
     }
 
     pub fn from_files(backend: &B, config: ModelConfig, files: &SafetensorFiles) -> Result<Self> {
-        Self::build(backend, config, |name, shape| files.load(name, shape))
+        // Weights are held at two bytes or more per parameter.
+        let need = config.num_params().saturating_mul(2);
+        Self::build(backend, config, need, |name, shape| files.load(name, shape))
+    }
+
+    /// The model of a GGUF file, every matrix in the type the file stores.
+    pub fn from_gguf(backend: &B, model: &GgufModel, options: LoadOptions) -> Result<Self> {
+        Self::build(backend, model.config.clone(), model.tensor_bytes(), |name, shape| {
+            model.tensor(name, shape, options)
+        })
     }
 
     /// A model of `config`'s shapes with random weights (bf16 matrices uniform in
@@ -92,7 +102,8 @@ impl<B: Backend> Llm<B> {
     /// for profiling and shape tests without a download.
     pub fn random(backend: &B, config: ModelConfig, seed: u64) -> Result<Self> {
         let rng = std::cell::RefCell::new(crate::sampling::Rng::new(seed));
-        Self::build(backend, config, |name, shape| {
+        let need = config.num_params().saturating_mul(2);
+        Self::build(backend, config, need, |name, shape| {
             let mut r = rng.borrow_mut();
             let n: usize = shape.iter().product();
             let data = if shape.len() == 2 {
@@ -109,19 +120,19 @@ impl<B: Backend> Llm<B> {
         })
     }
 
-    /// The model from a source of named tensors of the given shapes.
+    /// The model from a source of named tensors of the given shapes, which will take
+    /// about `need` bytes: a model the host cannot hold is an error before the first
+    /// allocation, not an abort midway.
     fn build(
         backend: &B,
         config: ModelConfig,
+        need: usize,
         source: impl Fn(&str, &[usize]) -> Result<HostTensor>,
     ) -> Result<Self> {
-        // Weights are held at two bytes or more per parameter: a model the host cannot
-        // hold is an error before the first allocation, not an abort midway.
-        let need = config.num_params().saturating_mul(2);
         crate::backend::check_fits(
             backend,
             need,
-            &format!("the model's weights ({} parameters, 2 bytes each)", config.num_params()),
+            &format!("the model's weights ({} parameters)", config.num_params()),
         )?;
         let c = &config;
         let (h, d) = (c.hidden_size, c.head_dim);

@@ -24,6 +24,14 @@ impl Arch {
             Arch::Qwen2 => "Qwen2ForCausalLM",
         }
     }
+
+    /// The name as config.json's model_type and GGUF's general.architecture spell it.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -198,13 +206,7 @@ impl ModelConfig {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("architectures".into(), Value::from(vec![self.arch.hf_name()]));
-        m.insert(
-            "model_type".into(),
-            Value::from(match self.arch {
-                Arch::Llama => "llama",
-                Arch::Qwen2 => "qwen2",
-            }),
-        );
+        m.insert("model_type".into(), self.arch.gguf_name().into());
         m.insert("hidden_size".into(), self.hidden_size.into());
         m.insert("intermediate_size".into(), self.intermediate_size.into());
         m.insert("num_hidden_layers".into(), self.num_layers.into());

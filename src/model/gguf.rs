@@ -15,6 +15,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::model::quant::QType;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -162,7 +163,7 @@ impl GgmlType {
 
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
-        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1)
+        matches!(self, F32 | F16 | BF16) || QType::from_ggml(self).is_some()
     }
 
     fn entry(self) -> (u32, GgmlType, u64, u64) {
@@ -526,49 +527,17 @@ impl<'a> Reader<'a> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Dequantization, per ggml's block definitions (ggml-common.h). All quantized blocks hold
-// 32 elements and start with an f16 scale `d`.
-
-pub const QK: usize = 32;
+// Dequantization: plain float types here, block-quantized ones as `model::quant` defines.
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
-}
-
-/// Q8_0: f16 d, then 32 i8 quants; x = d * q.
-pub fn dequantize_q8_0(block: &[u8; 34]) -> [f32; QK] {
-    let d = f16_at(block, 0);
-    std::array::from_fn(|i| d * (block[2 + i] as i8) as f32)
-}
-
-/// Q4_0: f16 d, then 16 bytes; byte j holds element j in its low nibble and element
-/// j + 16 in its high nibble; x = d * (nibble - 8).
-pub fn dequantize_q4_0(block: &[u8; 18]) -> [f32; QK] {
-    let d = f16_at(block, 0);
-    std::array::from_fn(|i| d * (nibble(&block[2..], i) as f32 - 8.0))
-}
-
-/// Q4_1: f16 d, f16 m, then 16 bytes packed as in Q4_0; x = d * nibble + m.
-pub fn dequantize_q4_1(block: &[u8; 20]) -> [f32; QK] {
-    let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-    std::array::from_fn(|i| d * nibble(&block[4..], i) as f32 + m)
-}
-
-fn nibble(qs: &[u8], i: usize) -> u8 {
-    if i < QK / 2 {
-        qs[i] & 0x0f
-    } else {
-        qs[i - QK / 2] >> 4
-    }
 }
 
 /// Dequantizes whole blocks of `ty` from `data` into `out` (one element per output
 /// value). Errors name the type when it is not supported or the lengths disagree.
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), String> {
     if !ty.can_dequantize() {
-        return Err(format!(
-            "ggml type {ty} cannot be dequantized (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
-        ));
+        return Err(format!("ggml type {ty} is not supported (supported: {SUPPORTED})"));
     }
     let (bl, bb) = (ty.block_len() as usize, ty.block_bytes() as usize);
     if data.len() % bb != 0 || data.len() / bb * bl != out.len() {
@@ -578,6 +547,10 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Stri
             out.len()
         ));
     }
+    if let Some(q) = QType::from_ggml(ty) {
+        crate::model::quant::dequantize(q, data, out);
+        return Ok(());
+    }
     let blocks = data.chunks_exact(bb).zip(out.chunks_exact_mut(bl));
     match ty {
         GgmlType::F32 => blocks.for_each(|(b, o)| o[0] = f32::from_le_bytes(b.try_into().unwrap())),
@@ -585,19 +558,13 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Stri
         GgmlType::BF16 => {
             blocks.for_each(|(b, o)| o[0] = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
         }
-        GgmlType::Q8_0 => {
-            blocks.for_each(|(b, o)| o.copy_from_slice(&dequantize_q8_0(b.try_into().unwrap())))
-        }
-        GgmlType::Q4_0 => {
-            blocks.for_each(|(b, o)| o.copy_from_slice(&dequantize_q4_0(b.try_into().unwrap())))
-        }
-        GgmlType::Q4_1 => {
-            blocks.for_each(|(b, o)| o.copy_from_slice(&dequantize_q4_1(b.try_into().unwrap())))
-        }
         _ => unreachable!("can_dequantize() admitted {ty}"),
     }
     Ok(())
 }
+
+/// The types `dequantize` reads, for messages.
+pub const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K";
 
 #[cfg(test)]
 mod tests {

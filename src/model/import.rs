@@ -93,47 +93,53 @@ fn refuse_non_empty(out_dir: &Path) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // config.json
 
-fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
-    let arch = g.req_str("general.architecture")?;
-    if arch != "llama" {
-        return Err(g.format_err(format!(
-            "architecture `{arch}` is not supported (only `llama` GGUFs can be imported)"
-        )));
-    }
-    if let Some(kind) = g.opt_str("llama.rope.scaling.type")? {
+pub(crate) fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
+    let arch_name = g.req_str("general.architecture")?;
+    let arch = match arch_name {
+        "llama" => Arch::Llama,
+        "qwen2" => Arch::Qwen2,
+        other => {
+            return Err(g.format_err(format!(
+                "architecture `{other}` is not supported (supported: `llama`, `qwen2`)"
+            )))
+        }
+    };
+    // Every model key is prefixed by the architecture's name.
+    let key = |k: &str| format!("{arch_name}.{k}");
+    if let Some(kind) = g.opt_str(&key("rope.scaling.type"))? {
         if kind != "none" {
             return Err(g.format_err(format!("rope scaling `{kind}` is not supported")));
         }
     }
     // Bounded here, by GGUF key, so that a huge value is never copied into config.json.
-    let bounded = |key: &str, field: &str, v: u64| -> Result<usize> {
+    let bounded = |k: &str, field: &str, v: u64| -> Result<usize> {
         match size_limit(field) {
             Some(limit) if v > limit => Err(g.format_err(format!(
-                "metadata `{key}` = {v} (config.json's {field}) is above the limit {limit}"
+                "metadata `{k}` = {v} (config.json's {field}) is above the limit {limit}"
             ))),
             _ => Ok(v as usize),
         }
     };
-    let usize_of = |key: &str, field: &str| bounded(key, field, g.req_u64(key)?);
-    let hidden_size = usize_of("llama.embedding_length", "hidden_size")?;
-    let num_heads = usize_of("llama.attention.head_count", "num_attention_heads")?;
-    let num_kv_heads = match g.opt_u64("llama.attention.head_count_kv")? {
-        Some(v) => bounded("llama.attention.head_count_kv", "num_key_value_heads", v)?,
+    let usize_of = |k: &str, field: &str| bounded(k, field, g.req_u64(k)?);
+    let hidden_size = usize_of(&key("embedding_length"), "hidden_size")?;
+    let num_heads = usize_of(&key("attention.head_count"), "num_attention_heads")?;
+    let num_kv_heads = match g.opt_u64(&key("attention.head_count_kv"))? {
+        Some(v) => bounded(&key("attention.head_count_kv"), "num_key_value_heads", v)?,
         None => num_heads,
     };
     // head_dim is usually only implied by the rotary dimension count; an explicit key
     // length wins when present, and rotary over part of a head is not something we run.
-    let rope_dims = match g.opt_u64("llama.rope.dimension_count")? {
-        Some(v) => Some(bounded("llama.rope.dimension_count", "head_dim", v)?),
+    let rope_dims = match g.opt_u64(&key("rope.dimension_count"))? {
+        Some(v) => Some(bounded(&key("rope.dimension_count"), "head_dim", v)?),
         None => None,
     };
-    let head_dim = match g.opt_u64("llama.attention.key_length")? {
-        Some(k) => bounded("llama.attention.key_length", "head_dim", k)?,
+    let head_dim = match g.opt_u64(&key("attention.key_length"))? {
+        Some(k) => bounded(&key("attention.key_length"), "head_dim", k)?,
         None => rope_dims.unwrap_or(hidden_size / num_heads.max(1)),
     };
     if rope_dims.is_some_and(|r| r != head_dim) {
         return Err(g.format_err(format!(
-            "llama.rope.dimension_count ({}) differs from the head size ({head_dim}): partial rotary embeddings are not supported",
+            "{arch_name}.rope.dimension_count ({}) differs from the head size ({head_dim}): partial rotary embeddings are not supported",
             rope_dims.unwrap_or_default()
         )));
     }
@@ -151,32 +157,32 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             Err(g.format_err(format!("metadata `{key}` = {v} must be a finite number above 0")))
         }
     };
-    let eps_key = "llama.attention.layer_norm_rms_epsilon";
-    let rms_norm_eps = positive(eps_key, g.req_f64(eps_key)?)?;
-    let theta_key = "llama.rope.freq_base";
-    let rope_theta = positive(theta_key, g.opt_f64(theta_key)?.unwrap_or(10000.0))?;
-    let token_id = |key: &str| -> Result<Option<u32>> {
-        match g.opt_u64(key)? {
+    let eps_key = key("attention.layer_norm_rms_epsilon");
+    let rms_norm_eps = positive(&eps_key, g.req_f64(&eps_key)?)?;
+    let theta_key = key("rope.freq_base");
+    let rope_theta = positive(&theta_key, g.opt_f64(&theta_key)?.unwrap_or(10000.0))?;
+    let token_id = |k: &str| -> Result<Option<u32>> {
+        match g.opt_u64(k)? {
             Some(id) if id as usize >= vocab_size => Err(g.format_err(format!(
-                "metadata `{key}` = {id} is outside the vocabulary ({vocab_size} tokens)"
+                "metadata `{k}` = {id} is outside the vocabulary ({vocab_size} tokens)"
             ))),
             id => Ok(id.map(|v| v as u32)),
         }
     };
     let cfg = ModelConfig {
-        arch: Arch::Llama,
+        arch,
         hidden_size,
-        intermediate_size: usize_of("llama.feed_forward_length", "intermediate_size")?,
-        num_layers: usize_of("llama.block_count", "num_hidden_layers")?,
+        intermediate_size: usize_of(&key("feed_forward_length"), "intermediate_size")?,
+        num_layers: usize_of(&key("block_count"), "num_hidden_layers")?,
         num_heads,
         num_kv_heads,
         head_dim,
         rms_norm_eps,
         rope_theta,
-        max_position_embeddings: usize_of("llama.context_length", "max_position_embeddings")?,
+        max_position_embeddings: usize_of(&key("context_length"), "max_position_embeddings")?,
         vocab_size,
         tie_word_embeddings: g.tensor("output.weight").is_none(),
-        qkv_bias: false,
+        qkv_bias: arch == Arch::Qwen2,
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
     };
@@ -201,30 +207,38 @@ struct Planned<'a> {
 fn plan_tensors<'a>(g: &'a GgufFile, cfg: &ModelConfig) -> Result<Vec<Planned<'a>>> {
     let mut plan = Vec::with_capacity(g.tensors.len());
     for info in &g.tensors {
-        let (hf_name, unpermute_heads) = hf_name(&info.name, cfg)?;
-        if !info.ty.can_dequantize() {
-            return Err(Error::tensor(
-                &info.name,
-                format!(
-                    "ggml type {} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
-                    info.ty
-                ),
-            ));
-        }
-        if let Some(heads) = unpermute_heads {
-            let rows = info.shape()[0];
-            if info.dims.len() != 2 || heads.checked_mul(cfg.head_dim) != Some(rows) {
-                return Err(Error::tensor(
-                    &info.name,
-                    format!("shape {:?} does not have {heads} heads of {} rows", info.shape(), cfg.head_dim),
-                ));
-            }
-        }
+        let (hf_name, unpermute_heads) = plan_tensor(info, cfg)?;
         plan.push(Planned { hf_name, info, unpermute_heads });
     }
-    let embed = plan.iter().find(|p| p.hf_name == "model.embed_tokens.weight");
-    match embed.map(|p| p.info.shape()) {
-        Some(s) if s == [cfg.vocab_size, cfg.hidden_size] => Ok(plan),
+    check_embedding(g, cfg)?;
+    Ok(plan)
+}
+
+/// A GGUF tensor's Hugging Face name and the head count to un-permute its rows by,
+/// once its type and (for q/k) its head layout are known to be ones we read.
+pub(crate) fn plan_tensor(info: &TensorInfo, cfg: &ModelConfig) -> Result<(String, Option<usize>)> {
+    let (hf_name, unpermute_heads) = hf_name(&info.name, cfg)?;
+    if !info.ty.can_dequantize() {
+        return Err(Error::tensor(
+            &info.name,
+            format!("ggml type {} is not supported (supported: {})", info.ty, crate::model::gguf::SUPPORTED),
+        ));
+    }
+    if let Some(heads) = unpermute_heads {
+        let rows = info.shape()[0];
+        if info.dims.len() != 2 || heads.checked_mul(cfg.head_dim) != Some(rows) {
+            return Err(Error::tensor(
+                &info.name,
+                format!("shape {:?} does not have {heads} heads of {} rows", info.shape(), cfg.head_dim),
+            ));
+        }
+    }
+    Ok((hf_name, unpermute_heads))
+}
+
+pub(crate) fn check_embedding(g: &GgufFile, cfg: &ModelConfig) -> Result<()> {
+    match g.tensor("token_embd.weight").map(|t| t.shape()) {
+        Some(s) if s == [cfg.vocab_size, cfg.hidden_size] => Ok(()),
         Some(s) => Err(Error::tensor(
             "token_embd.weight",
             format!("shape {s:?} does not match vocabulary {} x hidden {}", cfg.vocab_size, cfg.hidden_size),
@@ -233,17 +247,21 @@ fn plan_tensors<'a>(g: &'a GgufFile, cfg: &ModelConfig) -> Result<Vec<Planned<'a
     }
 }
 
-/// The Hugging Face name of a llama.cpp tensor, and the head count to un-permute by.
+/// The Hugging Face name of a llama.cpp tensor, and the head count to un-permute by:
+/// llama.cpp's converter permutes the q/k rows of llama models only.
 fn hf_name(name: &str, cfg: &ModelConfig) -> Result<(String, Option<usize>)> {
-    let unknown = || Error::tensor(name, "has no Hugging Face counterpart in a llama model");
-    let base = name.strip_suffix(".weight").ok_or_else(unknown)?;
+    let unknown = || Error::tensor(name, format!("has no Hugging Face counterpart in a {} model", cfg.arch.gguf_name()));
+    let (base, suffix) = match name.strip_suffix(".weight") {
+        Some(b) => (b, "weight"),
+        None => (name.strip_suffix(".bias").filter(|_| cfg.qkv_bias).ok_or_else(unknown)?, "bias"),
+    };
     let global = match base {
         "token_embd" => Some("model.embed_tokens"),
         "output_norm" => Some("model.norm"),
         "output" => Some("lm_head"),
         _ => None,
     };
-    if let Some(hf) = global {
+    if let Some(hf) = global.filter(|_| suffix == "weight") {
         return Ok((format!("{hf}.weight"), None));
     }
     let (layer, part) =
@@ -252,13 +270,14 @@ fn hf_name(name: &str, cfg: &ModelConfig) -> Result<(String, Option<usize>)> {
     if layer >= cfg.num_layers {
         return Err(Error::tensor(
             name,
-            format!("layer {layer} is beyond llama.block_count ({})", cfg.num_layers),
+            format!("layer {layer} is beyond {}.block_count ({})", cfg.arch.gguf_name(), cfg.num_layers),
         ));
     }
+    let permuted = cfg.arch == Arch::Llama;
     let (hf, heads) = match part {
         "attn_norm" => ("input_layernorm", None),
-        "attn_q" => ("self_attn.q_proj", Some(cfg.num_heads)),
-        "attn_k" => ("self_attn.k_proj", Some(cfg.num_kv_heads)),
+        "attn_q" => ("self_attn.q_proj", Some(cfg.num_heads).filter(|_| permuted)),
+        "attn_k" => ("self_attn.k_proj", Some(cfg.num_kv_heads).filter(|_| permuted)),
         "attn_v" => ("self_attn.v_proj", None),
         "attn_output" => ("self_attn.o_proj", None),
         "ffn_norm" => ("post_attention_layernorm", None),
@@ -267,7 +286,11 @@ fn hf_name(name: &str, cfg: &ModelConfig) -> Result<(String, Option<usize>)> {
         "ffn_down" => ("mlp.down_proj", None),
         _ => return Err(unknown()),
     };
-    Ok((format!("model.layers.{layer}.{hf}.weight"), heads))
+    if suffix == "bias" && !matches!(part, "attn_q" | "attn_k" | "attn_v") {
+        return Err(unknown());
+    }
+    // A bias is a vector: nothing to un-permute in it for qwen2, the only arch with one.
+    Ok((format!("model.layers.{layer}.{hf}.{suffix}"), heads.filter(|_| suffix == "weight")))
 }
 
 /// Undoes llama.cpp's rope permutation of a q or k projection (rows, cols), row-major.
@@ -276,14 +299,20 @@ fn hf_name(name: &str, cfg: &ModelConfig) -> Result<(String, Option<usize>)> {
 /// GGUF row `2*i + j` is Hugging Face row `j*hd/2 + i` (interleaved pairs instead of
 /// rotate-half halves). We put every row back where Hugging Face has it.
 pub fn unpermute_rope_rows(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(&unpermute_rows(bytemuck::cast_slice(w), heads, head_dim, cols * 4))
+}
+
+/// The same move on whole rows of `row_bytes` bytes each, whatever they hold (f32
+/// values or quantized blocks: a row is never split across rows).
+pub(crate) fn unpermute_rows(data: &[u8], heads: usize, head_dim: usize, row_bytes: usize) -> Vec<u8> {
     let half = head_dim / 2;
-    let mut out = vec![0f32; w.len()];
+    let mut out = vec![0u8; data.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = (h * head_dim + 2 * i + j) * cols;
-                let dst = (h * head_dim + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+                let src = (h * head_dim + 2 * i + j) * row_bytes;
+                let dst = (h * head_dim + j * half + i) * row_bytes;
+                out[dst..dst + row_bytes].copy_from_slice(&data[src..src + row_bytes]);
             }
         }
     }
@@ -355,7 +384,11 @@ fn tensor_bf16_bytes(g: &GgufFile, p: &Planned) -> Result<Vec<u8>> {
 // ---------------------------------------------------------------------------------------
 // Tokenizer
 
-fn tokenizer_json(g: &GgufFile) -> Result<Value> {
+/// The pre-tokenizer split of Qwen2's tokenizer (contractions, letters with one
+/// leading non-letter, single digits, punctuation runs, newlines, spaces).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+pub(crate) fn tokenizer_json(g: &GgufFile) -> Result<Value> {
     let model = g.req_str("tokenizer.ggml.model")?;
     if model != "gpt2" {
         return Err(g.format_err(format!(
@@ -411,9 +444,23 @@ fn tokenizer_json(g: &GgufFile) -> Result<Value> {
             "type": "Sequence",
             "pretokenizers": [{ "type": "Digits", "individual_digits": true }, byte_level.clone()],
         }),
+        // Qwen2's tokenizer.json: its own split regex (digits one by one), then byte-level
+        // mapping without a second split.
+        "qwen2" => json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": { "Regex": QWEN2_SPLIT },
+                    "behavior": "Isolated",
+                    "invert": false,
+                },
+                { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false },
+            ],
+        }),
         other => {
             return Err(g.format_err(format!(
-                "pre-tokenizer `{other}` (tokenizer.ggml.pre) is not supported (supported: default, gpt-2, smollm)"
+                "pre-tokenizer `{other}` (tokenizer.ggml.pre) is not supported (supported: default, gpt-2, smollm, qwen2)"
             )))
         }
     };

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod fetch;
 pub mod gguf;
+pub mod gguf_model;
 pub mod import;
 pub mod quant;
 pub mod safetensors;

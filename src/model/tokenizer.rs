@@ -24,8 +24,20 @@ impl Tokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(Self::new(inner))
+    }
+
+    /// A tokenizer.json held in memory (a GGUF's, built from its metadata); `origin`
+    /// names where it came from in errors.
+    pub fn from_bytes(json: &[u8], origin: &str) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(json)
+            .map_err(|e| Error::Tokenizer(format!("{origin}: the tokenizer its metadata describes does not load: {e}")))?;
+        Ok(Self::new(inner))
+    }
+
+    fn new(inner: tokenizers::Tokenizer) -> Self {
         let stop_ids = ["<|im_end|>", "<|endoftext|>"].iter().filter_map(|t| inner.token_to_id(t)).collect();
-        Ok(Tokenizer { inner, stop_ids })
+        Tokenizer { inner, stop_ids }
     }
 
     /// Encodes `text` as is: special-token strings such as `<|im_start|>` map to their
