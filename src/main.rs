@@ -1213,11 +1213,25 @@ impl Drop for Progress {
     }
 }
 
-fn info(dir: &Path) -> anyhow::Result<()> {
-    let c = ModelConfig::load(&dir.join("config.json"))?;
-    let files = pimoe::model::safetensors::SafetensorFiles::open_dir(dir)?;
+/// Describes a model (a directory or a GGUF file), then loads it on the CPU and
+/// reports the memory it takes there.
+fn info(path: &Path) -> anyhow::Result<()> {
+    let gguf = pimoe::model::gguf_model::is_gguf(path);
+    let (c, bytes, types) = if gguf {
+        let m = pimoe::model::gguf_model::GgufModel::open(path)?;
+        let types = m
+            .type_counts()
+            .iter()
+            .map(|(ty, n)| format!("{ty} {:.1} M", *n as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (m.config.clone(), m.tensor_bytes(), Some(types))
+    } else {
+        let files = pimoe::model::safetensors::SafetensorFiles::open_dir(path)?;
+        (ModelConfig::load(&path.join("config.json"))?, files.tensor_bytes(), None)
+    };
     let params = c.num_params();
-    println!("model:        {}", dir.display());
+    println!("model:        {}", path.display());
     println!("architecture: {}", c.arch.hf_name());
     println!(
         "layers {} | hidden {} | intermediate {} | heads {} (kv {}, head_dim {}) | vocab {} | context {}",
@@ -1232,7 +1246,18 @@ fn info(dir: &Path) -> anyhow::Result<()> {
     );
     println!("tied lm_head: {} | qkv bias: {}", c.tie_word_embeddings, c.qkv_bias);
     println!("parameters:   {params} ({:.1} M)", params as f64 / 1e6);
-    let bytes = files.tensor_bytes();
-    println!("weights:      {bytes} bytes ({:.1} MiB)", bytes as f64 / (1 << 20) as f64);
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    println!("weights:      {bytes} bytes ({:.1} MiB, {:.2} bits a parameter)", mib(bytes), bytes as f64 * 8.0 / params as f64);
+    if let Some(types) = types {
+        println!("stored types: {types} (parameters; kept as stored)");
+    }
+    let _engine = pimoe::engine::Engine::load(CpuBackend, path)?;
+    if let Some((rss, peak)) = pimoe::bench::resident_memory() {
+        println!(
+            "memory (CPU): {:.1} MiB resident once loaded (the whole process), {:.1} MiB at most while loading",
+            mib(rss),
+            mib(peak)
+        );
+    }
     Ok(())
 }

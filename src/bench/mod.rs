@@ -123,6 +123,17 @@ pub fn decode_bench<B: Backend>(
 
 /// Best of five passes of a parallel sum over 512 MiB: the rate at which all
 /// threads together can stream memory, the ceiling for batch-1 decode.
+/// This process's resident set now and at its peak (VmRSS and VmHWM), in bytes;
+/// None where /proc does not say.
+pub fn resident_memory() -> Option<(usize, usize)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<usize> {
+        let kb = status.lines().find_map(|l| l.strip_prefix(name))?;
+        kb.trim().strip_suffix("kB")?.trim().parse::<usize>().ok()?.checked_mul(1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 pub fn memory_read_bandwidth() -> f64 {
     let n = 128 << 20; // f32s
     let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i % 7) as f32).collect();
