@@ -38,6 +38,8 @@ pub struct ActRow<'a> {
 pub struct Q8Rows {
     pub k: usize,
     pub block: usize,
+    /// Blocks per row (k / block, kept: `row` runs once per token tile).
+    pub blocks: usize,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     pub sums: Vec<i16>,
@@ -50,7 +52,7 @@ impl Q8Rows {
     }
 
     pub fn row(&self, j: usize) -> ActRow<'_> {
-        let nb = self.k / self.block;
+        let nb = self.blocks;
         let per_sum = if self.block == QK_K { QK_K / 16 } else { 1 };
         ActRow {
             d: &self.d[j * nb..(j + 1) * nb],
@@ -74,30 +76,50 @@ pub fn quantize_q8_0(x: &[f32], k: usize) -> Q8Rows {
     let mut r = Q8Rows {
         k,
         block: QK8,
+        blocks: k / QK8,
         d: vec![0.0; nb],
         s: vec![0.0; nb],
         sums: vec![0; nb],
         qs: vec![0; x.len()],
     };
-    // A block's fields are independent of every other block's.
-    (r.qs.par_chunks_mut(QK8), r.d.par_iter_mut(), r.s.par_iter_mut(), r.sums.par_iter_mut())
-        .into_par_iter()
-        .zip(x.par_chunks(QK8))
-        .with_min_len(64)
-        .for_each(|((q, d, s, sum), xb)| {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let dd = amax / 127.0;
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            let mut t = 0i32;
-            for (qi, &v) in q.iter_mut().zip(xb) {
-                *qi = (v * id).round_ties_even() as i8;
-                t += *qi as i32;
-            }
-            *d = f16::from_f32(dd).to_f32();
-            *s = f16::from_f32(dd * t as f32).to_f32();
-            *sum = t as i16;
-        });
+    let block = |((q, d, s, sum), xb): ((&mut [i8], &mut f32, &mut f32, &mut i16), &[f32])| {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let dd = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut t = 0i32;
+        for (qi, &v) in q.iter_mut().zip(xb) {
+            *qi = round_even(v * id) as i8;
+            t += *qi as i32;
+        }
+        *d = f16::from_f32(dd).to_f32();
+        *s = f16::from_f32(dd * t as f32).to_f32();
+        *sum = t as i16;
+    };
+    // A block's fields are independent of every other block's; a decode row is too
+    // small to be worth waking the thread pool.
+    if x.len() < PARALLEL_FROM {
+        let fields = r.qs.chunks_mut(QK8).zip(&mut r.d).zip(&mut r.s).zip(&mut r.sums);
+        fields.map(|(((q, d), s), sum)| (q, d, s, sum)).zip(x.chunks(QK8)).for_each(block);
+    } else {
+        (r.qs.par_chunks_mut(QK8), r.d.par_iter_mut(), r.s.par_iter_mut(), r.sums.par_iter_mut())
+            .into_par_iter()
+            .zip(x.par_chunks(QK8))
+            .with_min_len(64)
+            .for_each(block);
+    }
     r
+}
+
+/// Inputs (values) below which quantization runs on the calling thread.
+const PARALLEL_FROM: usize = 1 << 15;
+
+/// Round half to even for |v| < 2^22, as ggml's `nearest_int` does (adding 1.5 * 2^23
+/// leaves the rounded integer in the low mantissa bits); also what x86's
+/// round-to-nearest gives, without a libm call on a baseline-x86_64 build.
+#[inline]
+fn round_even(v: f32) -> i32 {
+    debug_assert!(v.abs() < 4_194_304.0);
+    ((v + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// Rows of `x` (m x k) as Q8_K blocks; k must be a multiple of 256.
@@ -105,32 +127,38 @@ pub fn quantize_q8_k(x: &[f32], k: usize) -> Q8Rows {
     assert!(k % QK_K == 0 && x.len() % k == 0, "q8_K: {} values in rows of {k}", x.len());
     let nb = x.len() / QK_K;
     let mut r =
-        Q8Rows { k, block: QK_K, d: vec![0.0; nb], s: vec![], sums: vec![0; nb * 16], qs: vec![0; x.len()] };
-    (r.qs.par_chunks_mut(QK_K), r.d.par_iter_mut(), r.sums.par_chunks_mut(16))
-        .into_par_iter()
-        .zip(x.par_chunks(QK_K))
-        .with_min_len(8)
-        .for_each(|((q, d, bsums), xb)| {
-            let (mut max, mut amax) = (0f32, 0f32);
-            for &v in xb {
-                if v.abs() > amax {
-                    (amax, max) = (v.abs(), v);
-                }
+        Q8Rows { k, block: QK_K, blocks: k / QK_K, d: vec![0.0; nb], s: vec![], sums: vec![0; nb * 16], qs: vec![0; x.len()] };
+    let block = |((q, d, bsums), xb): ((&mut [i8], &mut f32, &mut [i16]), &[f32])| {
+        let (mut max, mut amax) = (0f32, 0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                (amax, max) = (v.abs(), v);
             }
-            if amax == 0.0 {
-                *d = 0.0;
-                q.fill(0);
-                bsums.fill(0);
-                return;
-            }
-            let iscale = -127.0 / max;
-            for (qi, &v) in q.iter_mut().zip(xb) {
-                *qi = ((iscale * v).round_ties_even() as i32).min(127) as i8;
-            }
-            for (bs, qg) in bsums.iter_mut().zip(q.chunks_exact(16)) {
-                *bs = qg.iter().map(|&v| v as i16).sum();
-            }
-            *d = 1.0 / iscale;
-        });
+        }
+        if amax == 0.0 {
+            *d = 0.0;
+            q.fill(0);
+            bsums.fill(0);
+            return;
+        }
+        let iscale = -127.0 / max;
+        for (qi, &v) in q.iter_mut().zip(xb) {
+            *qi = round_even(iscale * v).min(127) as i8;
+        }
+        for (bs, qg) in bsums.iter_mut().zip(q.chunks_exact(16)) {
+            *bs = qg.iter().map(|&v| v as i16).sum();
+        }
+        *d = 1.0 / iscale;
+    };
+    if x.len() < PARALLEL_FROM {
+        let fields = r.qs.chunks_mut(QK_K).zip(&mut r.d).zip(r.sums.chunks_mut(16));
+        fields.map(|((q, d), bs)| (q, d, bs)).zip(x.chunks(QK_K)).for_each(block);
+    } else {
+        (r.qs.par_chunks_mut(QK_K), r.d.par_iter_mut(), r.sums.par_chunks_mut(16))
+            .into_par_iter()
+            .zip(x.par_chunks(QK_K))
+            .with_min_len(8)
+            .for_each(block);
+    }
     r
 }

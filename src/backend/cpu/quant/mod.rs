@@ -58,10 +58,19 @@ impl Level {
         })
     }
 
+    /// Whether this CPU runs the level's kernels (detected once).
     pub fn available(self) -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<[bool; 3]> = OnceLock::new();
+        HAS.get_or_init(|| Level::ALL.map(Level::detect))[self as usize]
+    }
+
+    fn detect(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
             match self {
                 Level::Scalar => true,
                 Level::Avx2 => avx2,
@@ -98,28 +107,34 @@ pub fn vec_dot_n<const C: usize>(level: Level, ty: QType, w: &[u8], a: &[ActRow;
     let nb = w.len() / ty.block_bytes();
     assert_eq!(w.len(), nb * ty.block_bytes(), "{ty}: a row of {} bytes", w.len());
     for r in a {
-        let bl = if is_k(ty) { 256 } else { 32 };
-        let per_sum = if is_k(ty) { 16 } else { 1 };
-        assert!(
-            r.qs.len() == nb * ty.block_len() && r.d.len() == nb && r.sums.len() == nb * per_sum,
-            "{ty}: activations of {} values in blocks of {bl} for {nb} weight blocks",
-            r.qs.len()
-        );
-        assert!(ty != QType::Q4_1 || r.s.len() == nb, "Q4_1 needs Q8_1 activations");
+        check_acts(ty, nb, r);
     }
+    assert!(level.available(), "{level:?} kernels are not available on this CPU");
+    // SAFETY: lengths checked above, the level's CPU features too.
+    unsafe { dot_unchecked(level, ty, w, a) }
+}
+
+fn check_acts(ty: QType, nb: usize, r: &ActRow) {
+    let per_sum = if is_k(ty) { 16 } else { 1 };
+    assert!(
+        r.qs.len() == nb * ty.block_len() && r.d.len() == nb && r.sums.len() == nb * per_sum,
+        "{ty}: {} activations for {nb} weight blocks, or not quantized for {ty}",
+        r.qs.len()
+    );
+    assert!(ty != QType::Q4_1 || r.s.len() == nb, "Q4_1 needs Q8_1 activations");
+}
+
+/// # Safety
+/// `w` is whole blocks of `ty`, every row of `a` quantized for `ty` to as many
+/// blocks (`check_acts`), and `level` is available.
+unsafe fn dot_unchecked<const C: usize>(level: Level, ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
     match level {
-        Level::Scalar => a.map(|r| reference::vec_dot(ty, w, r)),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 if Level::Avx2.available() => {
-            // SAFETY: AVX2 and FMA are present; every length was checked above.
-            unsafe { x86::dot_avx2::<C>(ty, w, a) }
-        }
+        // SAFETY (both): the caller guarantees lengths and CPU features.
+        Level::Avx2 => unsafe { x86::dot_avx2::<C>(ty, w, a) },
         #[cfg(target_arch = "x86_64")]
-        Level::Vnni if Level::Vnni.available() => {
-            // SAFETY: AVX2, FMA and AVX-512 F/VL/VNNI are present; lengths checked.
-            unsafe { x86::dot_vnni::<C>(ty, w, a) }
-        }
-        _ => panic!("{level:?} kernels are not available on this CPU"),
+        Level::Vnni => unsafe { x86::dot_vnni::<C>(ty, w, a) },
+        _ => a.map(|r| reference::vec_dot(ty, w, r)),
     }
 }
 
@@ -153,13 +168,26 @@ pub fn matmul_at(
         .iter()
         .flat_map(|p| p.data.chunks_exact(p.data.len() / p.rows.max(1)).take(p.rows).map(move |r| (p.ty, r)))
         .collect();
+    assert!(level.available(), "{level:?} kernels are not available on this CPU");
+    for p in &w.parts {
+        let rb = p.ty.row_bytes(k).unwrap_or_else(|| panic!("{}: {k} columns are not whole blocks", p.ty));
+        assert_eq!(p.data.len(), p.rows * rb, "{}: {} bytes for {} rows of {k}", p.ty, p.data.len(), p.rows);
+        if m > 0 {
+            check_acts(p.ty, k / p.ty.block_len(), &acts(p.ty).row(0));
+        }
+    }
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "quant matmul: bias of {} for {n} rows", b.len());
+    }
     let bias_of = |r: usize| bias.map_or(0.0, |b| b[r]);
+    // SAFETY for every dot below: rows are whole blocks and activation rows have
+    // the matching block counts (checked just above), the level is available.
     if m == 1 {
         out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, o)| {
             for (i, oi) in o.iter_mut().enumerate() {
                 let r = c * ROWS_PER_TASK + i;
                 let (ty, wr) = rows[r];
-                *oi = vec_dot(level, ty, wr, acts(ty).row(0)) + bias_of(r);
+                *oi = unsafe { dot_unchecked::<1>(level, ty, wr, &[acts(ty).row(0)]) }[0] + bias_of(r);
             }
         });
         return;
@@ -175,14 +203,14 @@ pub fn matmul_at(
                 let a = acts(ty);
                 let mut j = j0;
                 while j + TILE <= j1 {
-                    let s = vec_dot_n::<TILE>(level, ty, wr, &std::array::from_fn(|d| a.row(j + d)));
+                    let s = unsafe { dot_unchecked::<TILE>(level, ty, wr, &std::array::from_fn(|d| a.row(j + d))) };
                     for d in 0..TILE {
                         trow[j + d] = s[d] + b;
                     }
                     j += TILE;
                 }
                 for jj in j..j1 {
-                    trow[jj] = vec_dot(level, ty, wr, a.row(jj)) + b;
+                    trow[jj] = unsafe { dot_unchecked::<1>(level, ty, wr, &[a.row(jj)]) }[0] + b;
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! AVX2 and AVX-512 VNNI vec_dots: one weight row against C activation rows at once
+//! AVX2 (with FMA and F16C) and AVX-512 VNNI vec_dots: one weight row against C activation rows at once
 //! (C = 1 for decode, 4 for prefill), so a weight block is loaded and unpacked once
 //! per C tokens. Every (row, token) pair runs the same instructions whatever C is,
 //! so a token's result does not depend on its batch.
@@ -17,12 +17,12 @@ use std::arch::x86_64::*;
 use super::act::ActRow;
 use crate::model::quant::QType;
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_avx2<const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
     dispatch::<false, C>(ty, w, a)
 }
 
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn dot_vnni<const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
     dispatch::<true, C>(ty, w, a)
 }
@@ -30,10 +30,10 @@ pub unsafe fn dot_vnni<const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> 
 #[inline(always)]
 unsafe fn dispatch<const V: bool, const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
     match ty {
-        QType::Q4_0 => q4_0::<V, C>(w, a),
-        QType::Q4_1 => q4_1::<V, C>(w, a),
-        QType::Q5_0 => q5_0::<V, C>(w, a),
-        QType::Q8_0 => q8_0::<V, C>(w, a),
+        QType::Q4_0 => blocks32::<V, C, T4_0>(w, a),
+        QType::Q4_1 => blocks32::<V, C, T4_1>(w, a),
+        QType::Q5_0 => blocks32::<V, C, T5_0>(w, a),
+        QType::Q8_0 => blocks32::<V, C, T8_0>(w, a),
         QType::Q4_K => q45_k::<V, C, false>(w, a),
         QType::Q5_K => q45_k::<V, C, true>(w, a),
         QType::Q6_K => q6_k::<V, C>(w, a),
@@ -60,9 +60,11 @@ unsafe fn dpwssd<const V: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i
     }
 }
 
+/// An f16 scale widened with F16C (`half` would check for F16C on every call).
 #[inline(always)]
 unsafe fn f16_at(p: *const u8) -> f32 {
-    half::f16::from_bits((p as *const u16).read_unaligned()).to_f32()
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[inline(always)]
@@ -71,6 +73,13 @@ unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     _mm_cvtss_f32(s)
+}
+
+/// Four integer partial sums (split so VNNI's accumulate chains run in parallel;
+/// integer addition is exact, so the split changes no result).
+#[inline(always)]
+unsafe fn sum4(v: [__m256i; 4]) -> __m256i {
+    _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]))
 }
 
 #[inline(always)]
@@ -96,77 +105,80 @@ unsafe fn bit4_from_bits(qh: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// The 32-weight types whose weights are unsigned after an offset: Q4_0 (q - 8) and
-/// Q5_0 (q - 16). The offset goes in as -off * sum(y) in lane 0's start value.
+/// The 32-weight types, one const per type (closures would lose the caller's
+/// target features, so the variants are consts, not functions passed in).
+const T4_0: u8 = 0;
+const T4_1: u8 = 1;
+const T5_0: u8 = 2;
+const T8_0: u8 = 3;
+
 #[inline(always)]
-unsafe fn offset_blocks<const V: bool, const C: usize>(
-    w: &[u8],
+unsafe fn blocks32<const V: bool, const C: usize, const T: u8>(w: &[u8], a: &[ActRow; C]) -> [f32; C] {
+    let bb = [18, 20, 22, 34][T as usize];
+    let nb = w.len() / bb;
+    // even blocks into acc[0], odd into acc[1]: two fma chains
+    let mut acc = [[_mm256_setzero_ps(); C]; 2];
+    let mut mins = [[0f32; C]; 2];
+    let mut b = 0;
+    while b + 2 <= nb {
+        block32::<V, C, T>(w.as_ptr().add(b * bb), a, b, &mut acc[0], &mut mins[0]);
+        block32::<V, C, T>(w.as_ptr().add((b + 1) * bb), a, b + 1, &mut acc[1], &mut mins[1]);
+        b += 2;
+    }
+    if b < nb {
+        block32::<V, C, T>(w.as_ptr().add(b * bb), a, b, &mut acc[0], &mut mins[0]);
+    }
+    let mut out = [0f32; C];
+    for c in 0..C {
+        out[c] = hsum(_mm256_add_ps(acc[0][c], acc[1][c]));
+        if T == T4_1 {
+            out[c] += mins[0][c] + mins[1][c];
+        }
+    }
+    out
+}
+
+/// Block `b` (at `p`) against the C activation rows. Q4_0 (q - 8) and Q5_0 (q - 16)
+/// take the offset as -off * sum(y) in lane 0's start value; Q8_0 is signed, so
+/// |w| is the unsigned operand and y takes w's sign; Q4_1's m meets Q8_1's s.
+#[inline(always)]
+unsafe fn block32<const V: bool, const C: usize, const T: u8>(
+    p: *const u8,
     a: &[ActRow; C],
-    bb: usize,
-    off: i32,
-    unpack: impl Fn(*const u8) -> __m256i,
-) -> [f32; C] {
-    let mut acc = [_mm256_setzero_ps(); C];
-    for b in 0..w.len() / bb {
-        let p = w.as_ptr().add(b * bb);
-        let (dw, q) = (f16_at(p), unpack(p));
-        for c in 0..C {
-            let start = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-off * *a[c].sums.get_unchecked(b) as i32));
-            let s = dpbusd::<V>(start, q, load(a[c].qs.as_ptr().add(32 * b)));
-            let d = _mm256_set1_ps(dw * *a[c].d.get_unchecked(b));
-            acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[c]);
+    b: usize,
+    acc: &mut [__m256; C],
+    mins: &mut [f32; C],
+) {
+    let dwv = _mm256_set1_ps(f16_at(p));
+    let q = match T {
+        T4_0 => nibbles16(p.add(2)),
+        T4_1 => nibbles16(p.add(4)),
+        T5_0 => {
+            let qh = (p.add(2) as *const u32).read_unaligned();
+            _mm256_or_si256(nibbles16(p.add(6)), bit4_from_bits(qh))
+        }
+        _ => load(p.add(2) as *const i8),
+    };
+    let u = if T == T8_0 { _mm256_sign_epi8(q, q) } else { q };
+    for c in 0..C {
+        let mut y = load(a[c].qs.as_ptr().add(32 * b));
+        let start = match T {
+            T4_0 | T5_0 => {
+                let off = if T == T4_0 { 8 } else { 16 };
+                _mm256_zextsi128_si256(_mm_cvtsi32_si128(-off * *a[c].sums.get_unchecked(b) as i32))
+            }
+            _ => _mm256_setzero_si256(),
+        };
+        if T == T8_0 {
+            y = _mm256_sign_epi8(y, q);
+        }
+        let s = dpbusd::<V>(start, u, y);
+        let d = _mm256_mul_ps(dwv, _mm256_broadcast_ss(a[c].d.get_unchecked(b)));
+        acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[c]);
+        if T == T4_1 {
+            mins[c] += f16_at(p.add(2)) * *a[c].s.get_unchecked(b);
         }
     }
-    acc.map(|v| hsum(v))
-}
-
-#[inline(always)]
-unsafe fn q4_0<const V: bool, const C: usize>(w: &[u8], a: &[ActRow; C]) -> [f32; C] {
-    offset_blocks::<V, C>(w, a, 18, 8, |p| nibbles16(p.add(2)))
-}
-
-#[inline(always)]
-unsafe fn q5_0<const V: bool, const C: usize>(w: &[u8], a: &[ActRow; C]) -> [f32; C] {
-    offset_blocks::<V, C>(w, a, 22, 16, |p| {
-        let qh = (p.add(2) as *const u32).read_unaligned();
-        _mm256_or_si256(nibbles16(p.add(6)), bit4_from_bits(qh))
-    })
-}
-
-#[inline(always)]
-unsafe fn q4_1<const V: bool, const C: usize>(w: &[u8], a: &[ActRow; C]) -> [f32; C] {
-    let mut acc = [_mm256_setzero_ps(); C];
-    let mut mins = [0f32; C];
-    for b in 0..w.len() / 20 {
-        let p = w.as_ptr().add(b * 20);
-        let (dw, mw, q) = (f16_at(p), f16_at(p.add(2)), nibbles16(p.add(4)));
-        for c in 0..C {
-            let s = dpbusd::<V>(_mm256_setzero_si256(), q, load(a[c].qs.as_ptr().add(32 * b)));
-            let d = _mm256_set1_ps(dw * *a[c].d.get_unchecked(b));
-            acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[c]);
-            mins[c] += mw * *a[c].s.get_unchecked(b);
-        }
-    }
-    std::array::from_fn(|c| hsum(acc[c]) + mins[c])
-}
-
-/// Signed weights: |w| as the unsigned operand, y takes w's sign.
-#[inline(always)]
-unsafe fn q8_0<const V: bool, const C: usize>(w: &[u8], a: &[ActRow; C]) -> [f32; C] {
-    let mut acc = [_mm256_setzero_ps(); C];
-    for b in 0..w.len() / 34 {
-        let p = w.as_ptr().add(b * 34);
-        let dw = f16_at(p);
-        let q = load(p.add(2) as *const i8);
-        let u = _mm256_sign_epi8(q, q);
-        for c in 0..C {
-            let y = _mm256_sign_epi8(load(a[c].qs.as_ptr().add(32 * b)), q);
-            let s = dpbusd::<V>(_mm256_setzero_si256(), u, y);
-            let d = _mm256_set1_ps(dw * *a[c].d.get_unchecked(b));
-            acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[c]);
-        }
-    }
-    acc.map(|v| hsum(v))
 }
 
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K block (see `scale_min_k4`), from
@@ -207,7 +219,7 @@ unsafe fn q45_k<const V: bool, const C: usize, const FIVE: bool>(
         let mnv = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mnb, mnb));
         let qs = p.add(if FIVE { 48 } else { 16 }) as *const i8;
         let mut hb = if FIVE { load(p.add(16) as *const i8) } else { _mm256_setzero_si256() };
-        let mut sumi = [_mm256_setzero_si256(); C];
+        let mut sumi = [[_mm256_setzero_si256(); 4]; C];
         for i in 0..4 {
             let raw = load(qs.add(32 * i));
             let mut lo = _mm256_and_si256(raw, m4);
@@ -221,19 +233,25 @@ unsafe fn q45_k<const V: bool, const C: usize, const FIVE: bool>(
             let (s_lo, s_hi) = (pick16(scv, 2 * i as i16), pick16(scv, 2 * i as i16 + 1));
             for c in 0..C {
                 let y = a[c].qs.as_ptr().add(256 * b + 64 * i);
-                sumi[c] = dpwssd::<V>(sumi[c], _mm256_maddubs_epi16(lo, load(y)), s_lo);
-                sumi[c] = dpwssd::<V>(sumi[c], _mm256_maddubs_epi16(hi, load(y.add(32))), s_hi);
+                let (e, o) = (2 * (i & 1), 2 * (i & 1) + 1);
+                sumi[c][e] = dpwssd::<V>(sumi[c][e], _mm256_maddubs_epi16(lo, load(y)), s_lo);
+                sumi[c][o] = dpwssd::<V>(sumi[c][o], _mm256_maddubs_epi16(hi, load(y.add(32))), s_hi);
             }
         }
         for c in 0..C {
             let dy = *a[c].d.get_unchecked(b);
             let bs = _mm256_loadu_si256(a[c].sums.as_ptr().add(16 * b) as *const __m256i);
             let summ = _mm256_madd_epi16(bs, mnv);
-            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dy), _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+            let si = sum4(sumi[c]);
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dy), _mm256_cvtepi32_ps(si), acc[c]);
             accm[c] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dy), _mm256_cvtepi32_ps(summ), accm[c]);
         }
     }
-    std::array::from_fn(|c| hsum(acc[c]) - hsum(accm[c]))
+    let mut out = [0f32; C];
+    for c in 0..C {
+        out[c] = hsum(acc[c]) - hsum(accm[c]);
+    }
+    out
 }
 
 #[inline(always)]
@@ -242,14 +260,15 @@ unsafe fn q6_k<const V: bool, const C: usize>(w: &[u8], a: &[ActRow; C]) -> [f32
     let mut acc = [_mm256_setzero_ps(); C];
     for b in 0..w.len() / 210 {
         let p = w.as_ptr().add(b * 210);
-        let dw = f16_at(p.add(208));
+        let dwv = _mm256_set1_ps(f16_at(p.add(208)));
         let scb = _mm_loadu_si128(p.add(192) as *const __m128i);
         // -32 * sum over groups of scale * bsum: the q - 32 offset
         let sc16 = _mm256_cvtepi8_epi16(scb);
-        let mut sumi: [__m256i; C] = std::array::from_fn(|c| {
+        let mut sumi = [[_mm256_setzero_si256(); 4]; C];
+        for c in 0..C {
             let bs = _mm256_loadu_si256(a[c].sums.as_ptr().add(16 * b) as *const __m256i);
-            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5))
-        });
+            sumi[c][0] = _mm256_sub_epi32(sumi[c][0], _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
+        }
         for h in 0..2 {
             let ql0 = load(p.add(64 * h) as *const i8);
             let ql1 = load(p.add(64 * h + 32) as *const i8);
@@ -279,14 +298,18 @@ unsafe fn q6_k<const V: bool, const C: usize>(w: &[u8], a: &[ActRow; C]) -> [f32
                 let st = pick16(pairs, 2 * t as i16);
                 for c in 0..C {
                     let y = load(a[c].qs.as_ptr().add(256 * b + 128 * h + 32 * t));
-                    sumi[c] = dpwssd::<V>(sumi[c], _mm256_maddubs_epi16(qt, y), st);
+                    sumi[c][t] = dpwssd::<V>(sumi[c][t], _mm256_maddubs_epi16(qt, y), st);
                 }
             }
         }
         for c in 0..C {
-            let d = _mm256_set1_ps(dw * *a[c].d.get_unchecked(b));
-            acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+            let d = _mm256_mul_ps(dwv, _mm256_broadcast_ss(a[c].d.get_unchecked(b)));
+            acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum4(sumi[c])), acc[c]);
         }
     }
-    acc.map(|v| hsum(v))
+    let mut out = [0f32; C];
+    for c in 0..C {
+        out[c] = hsum(acc[c]);
+    }
+    out
 }
