@@ -317,8 +317,8 @@ fn token_result_independent_of_batch() {
             // and the four-token tile agrees with four single dots
             let a = quantize_for(ty, &x, k);
             let four = vec_dot_n::<4>(l, ty, w.row(0).1, &std::array::from_fn(|d| a.row(d)));
-            for d in 0..4 {
-                assert_eq!(four[d].to_bits(), vec_dot(l, ty, w.row(0).1, a.row(d)).to_bits());
+            for (d, f) in four.iter().enumerate() {
+                assert_eq!(f.to_bits(), vec_dot(l, ty, w.row(0).1, a.row(d)).to_bits());
             }
         }
     }

@@ -71,7 +71,7 @@ impl Q8Rows {
 
 /// Rows of `x` (m x k) as Q8_0/Q8_1 blocks; k must be a multiple of 32.
 pub fn quantize_q8_0(x: &[f32], k: usize) -> Q8Rows {
-    assert!(k % QK8 == 0 && x.len() % k == 0, "q8_0: {} values in rows of {k}", x.len());
+    assert!(k.is_multiple_of(QK8) && x.len().is_multiple_of(k), "q8_0: {} values in rows of {k}", x.len());
     let nb = x.len() / QK8;
     let mut r = Q8Rows {
         k,
@@ -122,13 +122,16 @@ fn round_even(v: f32) -> i32 {
     ((v + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
+/// One Q8_K block's outputs: q, d, bsums.
+type KBlock<'a> = (&'a mut [i8], &'a mut f32, &'a mut [i16]);
+
 /// Rows of `x` (m x k) as Q8_K blocks; k must be a multiple of 256.
 pub fn quantize_q8_k(x: &[f32], k: usize) -> Q8Rows {
-    assert!(k % QK_K == 0 && x.len() % k == 0, "q8_K: {} values in rows of {k}", x.len());
+    assert!(k.is_multiple_of(QK_K) && x.len().is_multiple_of(k), "q8_K: {} values in rows of {k}", x.len());
     let nb = x.len() / QK_K;
     let mut r =
         Q8Rows { k, block: QK_K, blocks: k / QK_K, d: vec![0.0; nb], s: vec![], sums: vec![0; nb * 16], qs: vec![0; x.len()] };
-    let block = |((q, d, bsums), xb): ((&mut [i8], &mut f32, &mut [i16]), &[f32])| {
+    let block = |((q, d, bsums), xb): (KBlock, &[f32])| {
         let (mut max, mut amax) = (0f32, 0f32);
         for &v in xb {
             if v.abs() > amax {

@@ -209,8 +209,8 @@ pub fn matmul_at(
                     }
                     j += TILE;
                 }
-                for jj in j..j1 {
-                    trow[jj] = unsafe { dot_unchecked::<1>(level, ty, wr, &[a.row(jj)]) }[0] + b;
+                for (jj, o) in trow.iter_mut().enumerate().take(j1).skip(j) {
+                    *o = unsafe { dot_unchecked::<1>(level, ty, wr, &[a.row(jj)]) }[0] + b;
                 }
             }
         }

@@ -17,11 +17,16 @@ use std::arch::x86_64::*;
 use super::act::ActRow;
 use crate::model::quant::QType;
 
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` is whole blocks of `ty` and every row of `a`
+/// is quantized for `ty` to as many blocks (`quant::check_acts`).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_avx2<const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
     dispatch::<false, C>(ty, w, a)
 }
 
+/// # Safety
+/// As `dot_avx2`, and the CPU has AVX-512 F, VL and VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn dot_vnni<const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
     dispatch::<true, C>(ty, w, a)
@@ -197,7 +202,7 @@ unsafe fn scales_mins_k4(p: *const u8) -> (u64, u64) {
 /// The i16 at index j of each 128-bit lane, broadcast over that lane.
 #[inline(always)]
 unsafe fn pick16(v: __m256i, j: i16) -> __m256i {
-    _mm256_shuffle_epi8(v, _mm256_set1_epi16((2 * j + 1) << 8 | 2 * j))
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(((2 * j + 1) << 8) | (2 * j)))
 }
 
 #[inline(always)]
