@@ -40,6 +40,39 @@ fn matmul(c: &mut Criterion) {
     g.finish();
 }
 
+/// Quantized weights (random blocks with fixed f16 scales) at SmolLM2-135M shapes;
+/// throughput in stored weight bytes. K-quants need k a multiple of 256, so they
+/// run the down projection.
+fn matmul_quant(c: &mut Criterion) {
+    use pimoe::model::quant::{QType, QuantMatrix, QuantPart};
+    let mut g = c.benchmark_group("cpu_matmul_quant");
+    for &(ty, n, k) in &[
+        (QType::Q8_0, 960, 576),
+        (QType::Q4_1, 960, 576),
+        (QType::Q4_K, 576, 1536),
+        (QType::Q6_K, 576, 1536),
+    ] {
+        let mut r = Rng::new(7);
+        let mut data: Vec<u8> = (0..n * ty.row_bytes(k).unwrap()).map(|_| r.next_u32() as u8).collect();
+        let d_at = if ty == QType::Q6_K { 208 } else { 0 };
+        for blk in data.chunks_exact_mut(ty.block_bytes()) {
+            blk[d_at..d_at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
+        }
+        let bytes = data.len();
+        let q = QuantMatrix { cols: k, parts: vec![QuantPart { ty, rows: n, data }] };
+        let w = CpuWeight { rows: n, cols: k, data: HostData::Quant(q) };
+        for &m in &[1usize, 16] {
+            let x = rand_vec(m * k, 2);
+            let mut out = vec![0f32; m * n];
+            g.throughput(Throughput::Bytes(bytes as u64));
+            g.bench_with_input(BenchmarkId::new(format!("{ty}_{n}x{k}"), format!("m{m}")), &m, |bch, &m| {
+                bch.iter(|| gemm::matmul(&mut out, &x, &w, None, m))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu_attention");
     let shape = AttnShape { num_heads: 9, num_kv_heads: 3, head_dim: 64 };
@@ -74,6 +107,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     let b = CpuBackend;
     matmul(&mut c);
+    matmul_quant(&mut c);
     attention(&mut c);
     ops::bench_all(&mut c, &b);
     c.final_summary();

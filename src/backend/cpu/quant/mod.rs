@@ -1,0 +1,223 @@
+//! out (m, n) = x (m, k) @ w (n, k)^T + bias for block-quantized weights, computed
+//! the way llama.cpp's CPU backend does (its `vec_dot`s), so that our logits track
+//! its logits:
+//!
+//! 1. Each activation row is quantized once to the weight type's companion 8-bit
+//!    format ([`act`]): Q8_0 blocks for Q4_0 / Q5_0 / Q8_0 weights, Q8_1 (Q8_0 plus
+//!    s = d * sum q) for Q4_1, Q8_K (f32 d, 256 i8, 16 bsums) for the K-quants.
+//! 2. Inside a block the dot product is exact integer arithmetic; each block's
+//!    integer is scaled by f16/f32 factors and summed in f32 ([`reference`] is the
+//!    definition). Rows of one matrix may be of different types (a stacked q/k/v
+//!    with a Q6_K v), so both activation formats are made when needed.
+//! 3. The SIMD kernels ([`x86`]) compute the same integers and differ from the
+//!    reference only in the order of the f32 additions. A (row, token) pair runs
+//!    the same instructions for every batch size m, so a token's result does not
+//!    depend on how many tokens share its batch (as `gemm` guarantees for bf16).
+//!
+//! m = 1 (decode) streams each weight row once, rayon over chunks of rows. m > 1
+//! gives each task a chunk of weight rows and walks the tokens in chunks that stay
+//! in L2, four tokens per weight-block load.
+
+pub mod act;
+pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use rayon::prelude::*;
+
+use crate::model::quant::{QType, QuantMatrix};
+use act::{quantize_q8_0, quantize_q8_k, ActRow, Q8Rows};
+
+/// Weight rows per rayon task, as in `gemm`.
+const ROWS_PER_TASK: usize = 16;
+/// Tokens walked per weight row before the next row: their activations (k bytes
+/// each) stay in L2 while the task's rows stay in L1.
+const TOKENS_PER_CHUNK: usize = 128;
+/// Tokens per weight-block load.
+const TILE: usize = 4;
+
+/// Which kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// The scalar definition.
+    Scalar,
+    Avx2,
+    /// AVX2 with 256-bit AVX-512 VNNI dot products.
+    Vnni,
+}
+
+impl Level {
+    pub const ALL: [Level; 3] = [Level::Scalar, Level::Avx2, Level::Vnni];
+
+    /// The fastest level this CPU runs, detected once.
+    pub fn best() -> Level {
+        use std::sync::OnceLock;
+        static BEST: OnceLock<Level> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            [Level::Vnni, Level::Avx2].into_iter().find(|l| l.available()).unwrap_or(Level::Scalar)
+        })
+    }
+
+    /// Whether this CPU runs the level's kernels (detected once).
+    pub fn available(self) -> bool {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<[bool; 3]> = OnceLock::new();
+        HAS.get_or_init(|| Level::ALL.map(Level::detect))[self as usize]
+    }
+
+    fn detect(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            match self {
+                Level::Scalar => true,
+                Level::Avx2 => avx2,
+                Level::Vnni => {
+                    avx2 && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512vl")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Level::Scalar
+        }
+    }
+}
+
+/// The activation format a weight type's vec_dot takes.
+fn is_k(ty: QType) -> bool {
+    matches!(ty, QType::Q4_K | QType::Q5_K | QType::Q6_K)
+}
+
+/// `x` (m rows of k) quantized for `ty`.
+pub fn quantize_for(ty: QType, x: &[f32], k: usize) -> Q8Rows {
+    if is_k(ty) {
+        quantize_q8_k(x, k)
+    } else {
+        quantize_q8_0(x, k)
+    }
+}
+
+/// One weight row (stored blocks of `ty`) against C activation rows.
+pub fn vec_dot_n<const C: usize>(level: Level, ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
+    let nb = w.len() / ty.block_bytes();
+    assert_eq!(w.len(), nb * ty.block_bytes(), "{ty}: a row of {} bytes", w.len());
+    for r in a {
+        check_acts(ty, nb, r);
+    }
+    assert!(level.available(), "{level:?} kernels are not available on this CPU");
+    // SAFETY: lengths checked above, the level's CPU features too.
+    unsafe { dot_unchecked(level, ty, w, a) }
+}
+
+fn check_acts(ty: QType, nb: usize, r: &ActRow) {
+    let per_sum = if is_k(ty) { 16 } else { 1 };
+    assert!(
+        r.qs.len() == nb * ty.block_len() && r.d.len() == nb && r.sums.len() == nb * per_sum,
+        "{ty}: {} activations for {nb} weight blocks, or not quantized for {ty}",
+        r.qs.len()
+    );
+    assert!(ty != QType::Q4_1 || r.s.len() == nb, "Q4_1 needs Q8_1 activations");
+}
+
+/// # Safety
+/// `w` is whole blocks of `ty`, every row of `a` quantized for `ty` to as many
+/// blocks (`check_acts`), and `level` is available.
+unsafe fn dot_unchecked<const C: usize>(level: Level, ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY (both): the caller guarantees lengths and CPU features.
+        Level::Avx2 => unsafe { x86::dot_avx2::<C>(ty, w, a) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Vnni => unsafe { x86::dot_vnni::<C>(ty, w, a) },
+        _ => a.map(|r| reference::vec_dot(ty, w, r)),
+    }
+}
+
+pub fn vec_dot(level: Level, ty: QType, w: &[u8], a: ActRow) -> f32 {
+    vec_dot_n::<1>(level, ty, w, &[a])[0]
+}
+
+pub fn matmul(out: &mut [f32], x: &[f32], w: &QuantMatrix, bias: Option<&[f32]>, m: usize) {
+    matmul_at(Level::best(), out, x, w, bias, m)
+}
+
+/// `matmul` with the kernels of `level` (tests compare levels).
+pub fn matmul_at(
+    level: Level,
+    out: &mut [f32],
+    x: &[f32],
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    m: usize,
+) {
+    let (n, k) = (w.rows(), w.cols);
+    assert_eq!(x.len(), m * k, "quant matmul: x has {} elements, expected {m} x {k}", x.len());
+    assert_eq!(out.len(), m * n, "quant matmul: out has {} elements, expected {m} x {n}", out.len());
+    let want = |k_type: bool| w.parts.iter().any(|p| is_k(p.ty) == k_type);
+    let a32 = if want(false) { quantize_q8_0(x, k) } else { Q8Rows::default() };
+    let ak = if want(true) { quantize_q8_k(x, k) } else { Q8Rows::default() };
+    let acts = |ty: QType| if is_k(ty) { &ak } else { &a32 };
+    // (type, bytes of the row) for every weight row, so tasks index rows directly
+    let rows: Vec<(QType, &[u8])> = w
+        .parts
+        .iter()
+        .flat_map(|p| p.data.chunks_exact(p.data.len() / p.rows.max(1)).take(p.rows).map(move |r| (p.ty, r)))
+        .collect();
+    assert!(level.available(), "{level:?} kernels are not available on this CPU");
+    for p in &w.parts {
+        let rb = p.ty.row_bytes(k).unwrap_or_else(|| panic!("{}: {k} columns are not whole blocks", p.ty));
+        assert_eq!(p.data.len(), p.rows * rb, "{}: {} bytes for {} rows of {k}", p.ty, p.data.len(), p.rows);
+        if m > 0 {
+            check_acts(p.ty, k / p.ty.block_len(), &acts(p.ty).row(0));
+        }
+    }
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "quant matmul: bias of {} for {n} rows", b.len());
+    }
+    let bias_of = |r: usize| bias.map_or(0.0, |b| b[r]);
+    // SAFETY for every dot below: rows are whole blocks and activation rows have
+    // the matching block counts (checked just above), the level is available.
+    if m == 1 {
+        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, o)| {
+            for (i, oi) in o.iter_mut().enumerate() {
+                let r = c * ROWS_PER_TASK + i;
+                let (ty, wr) = rows[r];
+                *oi = unsafe { dot_unchecked::<1>(level, ty, wr, &[acts(ty).row(0)]) }[0] + bias_of(r);
+            }
+        });
+        return;
+    }
+    // Tasks own disjoint weight rows, so they write a transposed (n, m) buffer.
+    let mut t = vec![0f32; n * m];
+    t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(c, tc)| {
+        for j0 in (0..m).step_by(TOKENS_PER_CHUNK) {
+            let j1 = (j0 + TOKENS_PER_CHUNK).min(m);
+            for (i, trow) in tc.chunks_exact_mut(m).enumerate() {
+                let r = c * ROWS_PER_TASK + i;
+                let ((ty, wr), b) = (rows[r], bias_of(r));
+                let a = acts(ty);
+                let mut j = j0;
+                while j + TILE <= j1 {
+                    let s = unsafe { dot_unchecked::<TILE>(level, ty, wr, &std::array::from_fn(|d| a.row(j + d))) };
+                    for d in 0..TILE {
+                        trow[j + d] = s[d] + b;
+                    }
+                    j += TILE;
+                }
+                for (jj, o) in trow.iter_mut().enumerate().take(j1).skip(j) {
+                    *o = unsafe { dot_unchecked::<1>(level, ty, wr, &[a.row(jj)]) }[0] + b;
+                }
+            }
+        }
+    });
+    out.par_chunks_mut(n).enumerate().for_each(|(j, orow)| {
+        for (r, o) in orow.iter_mut().enumerate() {
+            *o = t[r * m + j];
+        }
+    });
+}

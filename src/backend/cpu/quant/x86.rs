@@ -1,0 +1,320 @@
+//! AVX2 (with FMA and F16C) and AVX-512 VNNI vec_dots: one weight row against C activation rows at once
+//! (C = 1 for decode, 4 for prefill), so a weight block is loaded and unpacked once
+//! per C tokens. Every (row, token) pair runs the same instructions whatever C is,
+//! so a token's result does not depend on its batch.
+//!
+//! Each block's integer dot product lands in eight i32 lanes (lane i sums bytes
+//! 4i..4i + 4 of the 32-byte group), is converted to f32 and accumulated with one
+//! fma per block (K-quants: per 256-weight super-block) into eight f32 lanes,
+//! summed at the end. VNNI (`vpdpbusd`, `vpdpwssd` on 256-bit registers) fuses the
+//! u8 x i8 multiply, the pairwise add and the accumulate that AVX2 does in three
+//! instructions (`vpmaddubsw`, `vpmaddwd`, `vpaddd`); the integers are the same
+//! (no product pair here reaches i16 saturation: |u| <= 128, |y| <= 127), so both
+//! levels give bit-identical results.
+
+use std::arch::x86_64::*;
+
+use super::act::ActRow;
+use crate::model::quant::QType;
+
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` is whole blocks of `ty` and every row of `a`
+/// is quantized for `ty` to as many blocks (`quant::check_acts`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_avx2<const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
+    dispatch::<false, C>(ty, w, a)
+}
+
+/// # Safety
+/// As `dot_avx2`, and the CPU has AVX-512 F, VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn dot_vnni<const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
+    dispatch::<true, C>(ty, w, a)
+}
+
+#[inline(always)]
+unsafe fn dispatch<const V: bool, const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
+    match ty {
+        QType::Q4_0 => blocks32::<V, C, T4_0>(w, a),
+        QType::Q4_1 => blocks32::<V, C, T4_1>(w, a),
+        QType::Q5_0 => blocks32::<V, C, T5_0>(w, a),
+        QType::Q8_0 => blocks32::<V, C, T8_0>(w, a),
+        QType::Q4_K => q45_k::<V, C, false>(w, a),
+        QType::Q5_K => q45_k::<V, C, true>(w, a),
+        QType::Q6_K => q6_k::<V, C>(w, a),
+    }
+}
+
+/// acc + (u8 x i8 products summed in fours).
+#[inline(always)]
+unsafe fn dpbusd<const V: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    if V {
+        _mm256_dpbusd_epi32(acc, u, s)
+    } else {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+    }
+}
+
+/// acc + (i16 x i16 products summed in pairs).
+#[inline(always)]
+unsafe fn dpwssd<const V: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    if V {
+        _mm256_dpwssd_epi32(acc, a, b)
+    } else {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+    }
+}
+
+/// An f16 scale widened with F16C (`half` would check for F16C on every call).
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// Four integer partial sums (split so VNNI's accumulate chains run in parallel;
+/// integer addition is exact, so the split changes no result).
+#[inline(always)]
+unsafe fn sum4(v: [__m256i; 4]) -> __m256i {
+    _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]))
+}
+
+#[inline(always)]
+unsafe fn load(p: *const i8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// 16 bytes of nibbles as 32 bytes: low nibbles (weights 0..16), then high ones.
+#[inline(always)]
+unsafe fn nibbles16(p: *const u8) -> __m256i {
+    let b = _mm_loadu_si128(p as *const __m128i);
+    let v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+    _mm256_and_si256(v, _mm256_set1_epi8(15))
+}
+
+/// Byte j is 0x10 where bit j of `qh` is set.
+#[inline(always)]
+unsafe fn bit4_from_bits(qh: u32) -> __m256i {
+    let spread = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), spread);
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// The 32-weight types, one const per type (closures would lose the caller's
+/// target features, so the variants are consts, not functions passed in).
+const T4_0: u8 = 0;
+const T4_1: u8 = 1;
+const T5_0: u8 = 2;
+const T8_0: u8 = 3;
+
+#[inline(always)]
+unsafe fn blocks32<const V: bool, const C: usize, const T: u8>(w: &[u8], a: &[ActRow; C]) -> [f32; C] {
+    let bb = [18, 20, 22, 34][T as usize];
+    let nb = w.len() / bb;
+    // even blocks into acc[0], odd into acc[1]: two fma chains
+    let mut acc = [[_mm256_setzero_ps(); C]; 2];
+    let mut mins = [[0f32; C]; 2];
+    let mut b = 0;
+    while b + 2 <= nb {
+        block32::<V, C, T>(w.as_ptr().add(b * bb), a, b, &mut acc[0], &mut mins[0]);
+        block32::<V, C, T>(w.as_ptr().add((b + 1) * bb), a, b + 1, &mut acc[1], &mut mins[1]);
+        b += 2;
+    }
+    if b < nb {
+        block32::<V, C, T>(w.as_ptr().add(b * bb), a, b, &mut acc[0], &mut mins[0]);
+    }
+    let mut out = [0f32; C];
+    for c in 0..C {
+        out[c] = hsum(_mm256_add_ps(acc[0][c], acc[1][c]));
+        if T == T4_1 {
+            out[c] += mins[0][c] + mins[1][c];
+        }
+    }
+    out
+}
+
+/// Block `b` (at `p`) against the C activation rows. Q4_0 (q - 8) and Q5_0 (q - 16)
+/// take the offset as -off * sum(y) in lane 0's start value; Q8_0 is signed, so
+/// |w| is the unsigned operand and y takes w's sign; Q4_1's m meets Q8_1's s.
+#[inline(always)]
+unsafe fn block32<const V: bool, const C: usize, const T: u8>(
+    p: *const u8,
+    a: &[ActRow; C],
+    b: usize,
+    acc: &mut [__m256; C],
+    mins: &mut [f32; C],
+) {
+    let dwv = _mm256_set1_ps(f16_at(p));
+    let q = match T {
+        T4_0 => nibbles16(p.add(2)),
+        T4_1 => nibbles16(p.add(4)),
+        T5_0 => {
+            let qh = (p.add(2) as *const u32).read_unaligned();
+            _mm256_or_si256(nibbles16(p.add(6)), bit4_from_bits(qh))
+        }
+        _ => load(p.add(2) as *const i8),
+    };
+    let u = if T == T8_0 { _mm256_sign_epi8(q, q) } else { q };
+    for c in 0..C {
+        let mut y = load(a[c].qs.as_ptr().add(32 * b));
+        let start = match T {
+            T4_0 | T5_0 => {
+                let off = if T == T4_0 { 8 } else { 16 };
+                _mm256_zextsi128_si256(_mm_cvtsi32_si128(-off * *a[c].sums.get_unchecked(b) as i32))
+            }
+            _ => _mm256_setzero_si256(),
+        };
+        if T == T8_0 {
+            y = _mm256_sign_epi8(y, q);
+        }
+        let s = dpbusd::<V>(start, u, y);
+        let d = _mm256_mul_ps(dwv, _mm256_broadcast_ss(a[c].d.get_unchecked(b)));
+        acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[c]);
+        if T == T4_1 {
+            mins[c] += f16_at(p.add(2)) * *a[c].s.get_unchecked(b);
+        }
+    }
+}
+
+/// The eight 6-bit scales and mins of a Q4_K/Q5_K block (see `scale_min_k4`), from
+/// its 12 bytes read as three little-endian words.
+#[inline(always)]
+unsafe fn scales_mins_k4(p: *const u8) -> (u64, u64) {
+    let w = p as *const u32;
+    let (a, b, c) = (w.read_unaligned(), w.add(1).read_unaligned(), w.add(2).read_unaligned());
+    let sc_hi = (c & 0x0f0f_0f0f) | ((a >> 6) & 0x0303_0303) << 4;
+    let mn_hi = ((c >> 4) & 0x0f0f_0f0f) | ((b >> 6) & 0x0303_0303) << 4;
+    let sc = (a & 0x3f3f_3f3f) as u64 | (sc_hi as u64) << 32;
+    let mn = (b & 0x3f3f_3f3f) as u64 | (mn_hi as u64) << 32;
+    (sc, mn)
+}
+
+/// The i16 at index j of each 128-bit lane, broadcast over that lane.
+#[inline(always)]
+unsafe fn pick16(v: __m256i, j: i16) -> __m256i {
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(((2 * j + 1) << 8) | (2 * j)))
+}
+
+#[inline(always)]
+unsafe fn q45_k<const V: bool, const C: usize, const FIVE: bool>(
+    w: &[u8],
+    a: &[ActRow; C],
+) -> [f32; C] {
+    let bb = if FIVE { 176 } else { 144 };
+    let m4 = _mm256_set1_epi8(15);
+    let mut acc = [_mm256_setzero_ps(); C];
+    let mut accm = [_mm256_setzero_ps(); C];
+    for b in 0..w.len() / bb {
+        let p = w.as_ptr().add(b * bb);
+        let (dw, dmin) = (f16_at(p), f16_at(p.add(2)));
+        let (sc, mn) = scales_mins_k4(p.add(4));
+        // scales as i16 in both lanes; mins as i16 pairs (m0 m0 m1 m1 ..) for bsums
+        let scv = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+        let mnb = _mm_cvtsi64_si128(mn as i64);
+        let mnv = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mnb, mnb));
+        let qs = p.add(if FIVE { 48 } else { 16 }) as *const i8;
+        let mut hb = if FIVE { load(p.add(16) as *const i8) } else { _mm256_setzero_si256() };
+        let mut sumi = [[_mm256_setzero_si256(); 4]; C];
+        for i in 0..4 {
+            let raw = load(qs.add(32 * i));
+            let mut lo = _mm256_and_si256(raw, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if FIVE {
+                let one = _mm256_set1_epi8(1);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hb, one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4));
+                hb = _mm256_srli_epi16(hb, 2);
+            }
+            let (s_lo, s_hi) = (pick16(scv, 2 * i as i16), pick16(scv, 2 * i as i16 + 1));
+            for c in 0..C {
+                let y = a[c].qs.as_ptr().add(256 * b + 64 * i);
+                let (e, o) = (2 * (i & 1), 2 * (i & 1) + 1);
+                sumi[c][e] = dpwssd::<V>(sumi[c][e], _mm256_maddubs_epi16(lo, load(y)), s_lo);
+                sumi[c][o] = dpwssd::<V>(sumi[c][o], _mm256_maddubs_epi16(hi, load(y.add(32))), s_hi);
+            }
+        }
+        for c in 0..C {
+            let dy = *a[c].d.get_unchecked(b);
+            let bs = _mm256_loadu_si256(a[c].sums.as_ptr().add(16 * b) as *const __m256i);
+            let summ = _mm256_madd_epi16(bs, mnv);
+            let si = sum4(sumi[c]);
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dy), _mm256_cvtepi32_ps(si), acc[c]);
+            accm[c] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dy), _mm256_cvtepi32_ps(summ), accm[c]);
+        }
+    }
+    let mut out = [0f32; C];
+    for c in 0..C {
+        out[c] = hsum(acc[c]) - hsum(accm[c]);
+    }
+    out
+}
+
+#[inline(always)]
+unsafe fn q6_k<const V: bool, const C: usize>(w: &[u8], a: &[ActRow; C]) -> [f32; C] {
+    let m4 = _mm256_set1_epi8(15);
+    let mut acc = [_mm256_setzero_ps(); C];
+    for b in 0..w.len() / 210 {
+        let p = w.as_ptr().add(b * 210);
+        let dwv = _mm256_set1_ps(f16_at(p.add(208)));
+        let scb = _mm_loadu_si128(p.add(192) as *const __m128i);
+        // -32 * sum over groups of scale * bsum: the q - 32 offset
+        let sc16 = _mm256_cvtepi8_epi16(scb);
+        let mut sumi = [[_mm256_setzero_si256(); 4]; C];
+        for c in 0..C {
+            let bs = _mm256_loadu_si256(a[c].sums.as_ptr().add(16 * b) as *const __m256i);
+            sumi[c][0] = _mm256_sub_epi32(sumi[c][0], _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
+        }
+        for h in 0..2 {
+            let ql0 = load(p.add(64 * h) as *const i8);
+            let ql1 = load(p.add(64 * h + 32) as *const i8);
+            let qh = load(p.add(128 + 32 * h) as *const i8);
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(12)), 2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xc0u8 as i8)), 2),
+                ),
+            ];
+            // chunk t: scale 8h + 2t on the low 16 weights, 8h + 2t + 1 on the high
+            let s8 = _mm_cvtepi8_epi16(if h == 0 { scb } else { _mm_srli_si128(scb, 8) });
+            let pairs = _mm256_set_m128i(_mm_srli_epi32(s8, 16), s8);
+            for (t, &qt) in q.iter().enumerate() {
+                let st = pick16(pairs, 2 * t as i16);
+                for c in 0..C {
+                    let y = load(a[c].qs.as_ptr().add(256 * b + 128 * h + 32 * t));
+                    sumi[c][t] = dpwssd::<V>(sumi[c][t], _mm256_maddubs_epi16(qt, y), st);
+                }
+            }
+        }
+        for c in 0..C {
+            let d = _mm256_mul_ps(dwv, _mm256_broadcast_ss(a[c].d.get_unchecked(b)));
+            acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum4(sumi[c])), acc[c]);
+        }
+    }
+    let mut out = [0f32; C];
+    for c in 0..C {
+        out[c] = hsum(acc[c]);
+    }
+    out
+}
