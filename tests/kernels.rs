@@ -22,6 +22,8 @@ mod mlp;
 mod power_flow;
 #[path = "kernels/ptx.rs"]
 mod ptx;
+#[path = "kernels/quant.rs"]
+mod quant;
 #[path = "kernels/rmsnorm.rs"]
 mod rmsnorm;
 #[path = "kernels/rope.rs"]

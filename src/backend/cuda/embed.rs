@@ -23,21 +23,11 @@ pub fn embed(b: &CudaBackend, out: &mut CudaTensor, table: &CudaWeight, ids: &Cu
     if n == 0 || dim == 0 {
         return;
     }
-    if table.cols != dim {
-        return b.fail(format!("embed: table has {} columns, expected dim {dim}", table.cols));
+    if table.is_quant() {
+        return b.fail("embed: the table is block-quantized; quant::embed reads it".into());
     }
-    if out.len < n * dim {
-        return b.fail(format!(
-            "embed: out holds {} elements, {n} ids x dim {dim} need {}",
-            out.len,
-            n * dim
-        ));
-    }
-    if table.rows > u32::MAX as usize || dim > u32::MAX as usize || n > i32::MAX as usize {
-        return b.fail(format!(
-            "embed: table ({}, {dim}) or {n} ids exceed the kernel's 32-bit sizes",
-            table.rows
-        ));
+    if !check_lookup(b, "embed", out, table, n, dim) {
+        return;
     }
     let grid = Grid::new(n as u32, row_threads(dim), 0);
     if !table.is_matrix() {
@@ -68,6 +58,30 @@ pub fn embed(b: &CudaBackend, out: &mut CudaTensor, table: &CudaWeight, ids: &Cu
             Arg::from(table.rows as u32),
         ],
     );
+}
+
+/// The checks of every table lookup (this file's and quant.rs's): the table has dim
+/// columns, out holds n * dim, sizes fit the kernels' 32-bit indices. On a violation
+/// fails the backend with a message naming `what` and returns false.
+pub(super) fn check_lookup(
+    b: &CudaBackend,
+    what: &str,
+    out: &CudaTensor,
+    table: &CudaWeight,
+    n: usize,
+    dim: usize,
+) -> bool {
+    let err = if table.cols != dim {
+        format!("{what}: table has {} columns, expected dim {dim}", table.cols)
+    } else if out.len < n * dim {
+        format!("{what}: out holds {} elements, {n} ids x dim {dim} need {}", out.len, n * dim)
+    } else if table.rows > u32::MAX as usize || dim > u32::MAX as usize || n > i32::MAX as usize {
+        format!("{what}: table ({}, {dim}) or {n} ids exceed the kernel's 32-bit sizes", table.rows)
+    } else {
+        return true;
+    };
+    b.fail(err);
+    false
 }
 
 /// out (n, dim) = x (n_in, dim) [rows (n)], n = rows.len, n_in = x.len / dim.

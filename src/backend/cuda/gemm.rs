@@ -63,12 +63,18 @@ pub fn matmul(
 /// Preconditions (checked, as `matmul`): a is a bf16 matrix of m rows (so m >= 2: a
 /// one-row weight is stored as an f32 vector) and as many columns as w.
 pub fn matmul_bf16(b: &CudaBackend, out: &mut CudaTensor, a: &CudaWeight, w: &CudaWeight, m: usize) {
-    if !a.is_matrix() || a.rows != m || a.cols != w.cols {
+    if !a.is_matrix() || a.is_quant() || a.rows != m || a.cols != w.cols {
         return b.fail(format!(
             "matmul_bf16: a is ({}, {}){}, expected a bf16 matrix of m {m} rows and k {} columns",
             a.rows,
             a.cols,
-            if a.is_matrix() { "" } else { " (an f32 vector)" },
+            if a.is_quant() {
+                " (block-quantized)"
+            } else if a.is_matrix() {
+                ""
+            } else {
+                " (an f32 vector)"
+            },
             w.cols
         ));
     }
@@ -110,6 +116,32 @@ fn gemv_split(n: usize, k: usize) -> usize {
     ks
 }
 
+/// The output, bias and size checks every matmul launcher makes (this file's and
+/// quant.rs's): out holds m * n, bias is an f32 vector of n, sizes below 2^30. On a
+/// violation fails the backend with a message naming `what` and returns false.
+pub(super) fn check_out_bias(
+    b: &CudaBackend,
+    what: &str,
+    out: &CudaTensor,
+    bias: Option<&CudaWeight>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> bool {
+    let err = if out.len < m * n {
+        format!("{what}: out holds {} elements, m {m} x n {n} need {}", out.len, m * n)
+    } else if bias.is_some_and(|t| t.is_matrix() || t.cols != n) {
+        let t = bias.expect("checked");
+        format!("{what}: bias is ({}, {}), expected an f32 vector of n {n}", t.rows, t.cols)
+    } else if m >= MAX_DIM || n >= MAX_DIM || k >= MAX_DIM {
+        format!("{what}: ({m}, {n}, {k}) exceeds the kernels' 32-bit sizes (each below 2^30)")
+    } else {
+        return true;
+    };
+    b.fail(err);
+    false
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     b: &CudaBackend,
@@ -129,26 +161,18 @@ fn run(
             w.rows, w.cols
         ));
     }
+    if w.is_quant() {
+        return b
+            .fail(format!("{what}: w ({n}, {k}) is block-quantized; quant::matmul reads it, not the GEMM"));
+    }
     if k == 0 {
         return b.fail(format!("{what}: w ({n}, 0) has no columns"));
     }
     if m == 0 {
         return;
     }
-    if out.len < m * n {
-        return b.fail(format!("{what}: out holds {} elements, m {m} x n {n} need {}", out.len, m * n));
-    }
-    if let Some(bias) = bias {
-        if bias.is_matrix() || bias.cols != n {
-            return b.fail(format!(
-                "{what}: bias is ({}, {}), expected an f32 vector of n {n}",
-                bias.rows, bias.cols
-            ));
-        }
-    }
-    if m >= MAX_DIM || n >= MAX_DIM || k >= MAX_DIM {
-        return b
-            .fail(format!("{what}: ({m}, {n}, {k}) exceeds the kernels' 32-bit sizes (each below 2^30)"));
+    if !check_out_bias(b, what, out, bias, m, n, k) {
+        return;
     }
     let ptrs = [out.buf.ptr(), a_ptr, w.buf.ptr(), bias.map_or(0, |t| t.buf.ptr())];
     if ptrs.iter().any(|p| p % 16 != 0) {

@@ -25,6 +25,7 @@ pub mod expert;
 pub mod gemm;
 pub mod kv;
 pub mod mlp;
+pub mod quant;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
@@ -157,16 +158,26 @@ pub struct CudaCache {
     pub len: usize,
 }
 
-/// A matrix (rows, cols) in bf16, or a vector (1, len) in f32.
+/// A matrix (rows, cols) in bf16, or a vector (1, len) in f32, or a block-quantized
+/// matrix kept in its stored bytes: then `quant` lists its row parts (each of its own
+/// type) and `buf` holds them one after another, each starting 16-byte aligned.
 pub struct CudaWeight {
     pub rows: usize,
     pub cols: usize,
     pub buf: DevBuf,
+    /// Empty unless the matrix is quantized (see `quant::QuantSlice`).
+    pub quant: Vec<quant::QuantSlice>,
 }
 
 impl CudaWeight {
+    /// A matrix of at least two rows (bf16 or quantized); one row is an f32 vector.
     pub fn is_matrix(&self) -> bool {
         self.rows > 1
+    }
+
+    /// Whether the matrix is block-quantized (read by kernels/quant.cu, not the GEMMs).
+    pub fn is_quant(&self) -> bool {
+        !self.quant.is_empty()
     }
 }
 
@@ -947,21 +958,23 @@ impl Backend for CudaBackend {
             [r, c] => (*r, *c),
             s => return Err(Error::tensor(&t.name, format!("expected 1 or 2 dimensions, got {s:?}"))),
         };
-        // Matrices go to bf16 (what the GEMMs read), vectors to f32.
-        let bytes: Vec<u8> = match (&t.data, rows > 1) {
-            (HostData::Bf16(v), true) => bytemuck::cast_slice(v).to_vec(),
-            (HostData::F32(v), true) => {
-                v.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect()
-            }
+        // Matrices go to bf16 (what the GEMMs read), vectors to f32; quantized
+        // matrices keep their stored bytes, part after part (kernels/quant.cu reads them).
+        let (bytes, quant): (Vec<u8>, Vec<quant::QuantSlice>) = match (&t.data, rows > 1) {
+            (HostData::Bf16(v), true) => (bytemuck::cast_slice(v).to_vec(), Vec::new()),
+            (HostData::F32(v), true) => (
+                v.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
+                Vec::new(),
+            ),
             (HostData::Quant(q), true) => {
-                q.to_f32().iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect()
+                quant::layout(q, rows, cols).map_err(|e| Error::tensor(&t.name, e))?
             }
-            (_, false) => bytemuck::cast_slice(&t.to_f32()).to_vec(),
+            (_, false) => (bytemuck::cast_slice(&t.to_f32()).to_vec(), Vec::new()),
         };
         let buf = self.owned(bytes.len())?;
         self.upload_now(buf.ptr, &bytes);
         self.synchronize().map_err(|e| Error::tensor(&t.name, format!("upload failed: {e}")))?;
-        Ok(CudaWeight { rows, cols, buf })
+        Ok(CudaWeight { rows, cols, buf, quant })
     }
 
     fn tensor(&self, len: usize) -> CudaTensor {
@@ -1007,6 +1020,9 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, out: &mut CudaTensor, table: &CudaWeight, ids: &CudaIndex, dim: usize) {
+        if table.is_quant() {
+            return quant::embed(self, out, table, ids, dim);
+        }
         embed::embed(self, out, table, ids, dim)
     }
 
@@ -1034,6 +1050,9 @@ impl Backend for CudaBackend {
         bias: Option<&CudaWeight>,
         m: usize,
     ) {
+        if w.is_quant() {
+            return quant::matmul(self, out, x, w, bias, m);
+        }
         gemm::matmul(self, out, x, w, bias, m)
     }
 
