@@ -211,7 +211,40 @@ enum Cmd {
         tokens: usize,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Also time a prefill of this many tokens per repeat (CPU): the first N ids of
+        /// --prefill-ids, else the decode prompt's tokens repeated to N.
+        #[arg(long)]
+        prefill: Option<usize>,
+        /// Token ids for --prefill (a JSON array, or integers separated by whitespace or
+        /// commas), so that another engine can be timed on the very same ids.
+        #[arg(long, requires = "prefill")]
+        prefill_ids: Option<PathBuf>,
         /// Write the JSON report here (it is always printed to stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Teacher-forced perplexity and top-1 token per position over a text or token
+    /// ids: consecutive windows of --ctx tokens, each from a fresh cache, positions
+    /// 1..n of each window scored (no BOS added). With --json, every position's target,
+    /// NLL, argmax and top-2 logit gap, and the ids (see src/bench/perplexity.rs).
+    Perplexity {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// A UTF-8 text, tokenized by the model's tokenizer.
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        text: Option<PathBuf>,
+        /// Token ids (a JSON array, {"ids": [...]} as --json writes, or integers
+        /// separated by whitespace or commas): scores exactly these, whatever the
+        /// tokenizer would make of the text.
+        #[arg(long)]
+        ids: Option<PathBuf>,
+        /// Tokens per window, 2 to the model's context (default: 512, or the model's
+        /// context if shorter).
+        #[arg(long)]
+        ctx: Option<usize>,
+        /// Write the report with the per-position arrays here.
         #[arg(long)]
         json: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -961,10 +994,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("wrote {}", out.display());
             }
         }
-        Cmd::Bench { model, tokens, repeats, json, device, .. } => {
+        Cmd::Perplexity { model, text, ids, ctx, json, device } => {
             let dir = model_dir(model)?;
-            let name =
-                dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+            let name = display_name(&dir);
+            let report = with_engine!(device, Engine::load, dir, |engine| {
+                let (ids, source) = match (&ids, &text) {
+                    (Some(path), _) => {
+                        let t = std::fs::read_to_string(path)
+                            .map_err(|e| anyhow::anyhow!("--ids {}: {e}", path.display()))?;
+                        let what = format!("--ids {}", path.display());
+                        (pimoe::bench::perplexity::parse_ids(&t, &what)?, format!("ids: {}", path.display()))
+                    }
+                    (None, Some(path)) => {
+                        let t = std::fs::read_to_string(path)
+                            .map_err(|e| anyhow::anyhow!("--text {}: {e}", path.display()))?;
+                        (engine.tokenizer.encode(&t)?, format!("text: {}", path.display()))
+                    }
+                    (None, None) => unreachable!("clap requires --text or --ids"),
+                };
+                let ctx = ctx.unwrap_or(engine.llm.config.max_position_embeddings.min(512));
+                let windows = pimoe::bench::perplexity::windows(ids.len(), ctx.max(1)).len() as u64;
+                let mut bar = (windows > 1).then(|| Progress::new(windows, "windows scored"));
+                let r = pimoe::bench::perplexity::run(&engine, &name, &source, ids, ctx, |done, _| {
+                    if let Some(b) = bar.as_mut() {
+                        b.set(done as u64)
+                    }
+                })?;
+                drop(bar);
+                r
+            });
+            print!("{}", report.summary());
+            if let Some(out) = json {
+                pimoe::bench::write_atomic(&out, serde_json::to_string(&report)?.as_bytes())?;
+                eprintln!("wrote {}", out.display());
+            }
+        }
+        Cmd::Bench { model, tokens, repeats, prefill, prefill_ids, json, device, .. } => {
+            let dir = model_dir(model)?;
+            let name = display_name(&dir);
             let (opened, note) = device::open(device)?;
             if let Some(note) = note {
                 eprintln!("{note}");
@@ -972,11 +1039,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let text = match opened {
                 Opened::Cpu(b) => {
                     let engine = Engine::load(b, &dir)?;
+                    let ids = match prefill {
+                        Some(n) => Some(prefill_prompt(&engine, n, prefill_ids.as_deref())?),
+                        None => None,
+                    };
                     serde_json::to_string_pretty(&pimoe::bench::decode_bench(
-                        &engine, &name, tokens, repeats,
+                        &engine,
+                        &name,
+                        tokens,
+                        repeats,
+                        ids.as_deref(),
                     )?)?
                 }
                 Opened::Cuda(b) => {
+                    if prefill.is_some() {
+                        anyhow::bail!(
+                            "--prefill is the CPU bench's; on CUDA the bench times a 2,048-token prefill itself"
+                        );
+                    }
                     pimoe::bench::require_timed_device(&*b)?;
                     let llm = pimoe::llm::Llm::load(&*b, &dir)?;
                     serde_json::to_string_pretty(&pimoe::bench::gpu::run(&b, &llm, &name)?)?
@@ -990,6 +1070,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A model path's last component, as reports name the model.
+fn display_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into())
+}
+
+/// `bench --prefill N`'s ids: the first `n` of the file's, or the decode prompt's
+/// tokens repeated to `n`.
+fn prefill_prompt<B: Backend>(engine: &Engine<B>, n: usize, file: Option<&Path>) -> anyhow::Result<Vec<u32>> {
+    let ctx = engine.llm.config.max_position_embeddings;
+    if n == 0 || n > ctx {
+        anyhow::bail!("--prefill {n}: 1 to {ctx} tokens (the model's context)");
+    }
+    let ids = match file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--prefill-ids {}: {e}", path.display()))?;
+            let ids = pimoe::bench::perplexity::parse_ids(&t, &format!("--prefill-ids {}", path.display()))?;
+            if ids.len() < n {
+                anyhow::bail!("--prefill-ids {}: {} ids, --prefill asks {n}", path.display(), ids.len());
+            }
+            ids
+        }
+        None => engine.tokenizer.encode("The capital of France is Paris. ")?,
+    };
+    Ok(ids.iter().copied().cycle().take(n).collect())
 }
 
 /// The run's files (named `default_name` unless --name), shared options and

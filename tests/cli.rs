@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{fixtures, scratch_dir};
@@ -299,4 +300,67 @@ fn profile_kernels_counts_a_step_and_refuses_bad_shapes() {
         &pimoe(&["profile-kernels", "--layers", "1", "--config", huge.to_str().unwrap()]),
         "GiB of memory are available",
     );
+}
+
+#[test]
+fn perplexity_scores_text_and_the_same_ids_alike() {
+    let model = fixtures().join("tiny-llama");
+    let m = model.to_str().unwrap();
+    let dir = scratch_dir("cli-perplexity");
+    let text_file = dir.join("text.txt");
+    std::fs::write(&text_file, "The quick brown fox jumps over the lazy dog. ".repeat(8)).unwrap();
+    let run = |input: &str, file: &Path, json: &Path| {
+        let out = pimoe(&[
+            "perplexity",
+            "--model",
+            m,
+            input,
+            file.to_str().unwrap(),
+            "--ctx",
+            "40",
+            "--json",
+            json.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("perplexity"), "{}", text(&out.stdout));
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(json).unwrap()).unwrap()
+    };
+    let a = run("--text", &text_file, &dir.join("a.json"));
+    let ppl = a["perplexity"].as_f64().unwrap();
+    assert!(ppl.is_finite() && ppl > 1.0, "perplexity {ppl}");
+    let (tokens, windows) = (a["tokens"].as_u64().unwrap(), a["windows"].as_u64().unwrap());
+    assert!(windows >= 2, "the text should span several 40-token windows: {tokens} tokens");
+    // Each window's first token is context only (a last window of one token scores nothing).
+    let scored = a["scored"].as_u64().unwrap();
+    assert!(
+        scored == tokens - windows || scored == tokens - windows - 1,
+        "{scored} of {tokens} in {windows}"
+    );
+    for key in ["targets", "nll", "top1", "top1_margin"] {
+        assert_eq!(a[key].as_array().unwrap().len() as u64, scored, "{key}");
+    }
+
+    // The ids the text became, given as ids (here the report itself), score the same.
+    let b = run("--ids", &dir.join("a.json"), &dir.join("b.json"));
+    assert_eq!(a["ids"], b["ids"]);
+    assert_eq!(a["top1"], b["top1"]);
+    assert_eq!(a["perplexity"], b["perplexity"]);
+
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let with = |extra: &[&str]| {
+        let mut args = vec!["perplexity", "--model", m, "--device", "cpu"];
+        args.extend_from_slice(extra);
+        pimoe(&args)
+    };
+    assert_clean_failure(&with(&["--text", empty.to_str().unwrap()]), "at least 2");
+    let t = text_file.to_str().unwrap();
+    assert_clean_failure(&with(&["--text", t, "--ctx", "1"]), "--ctx 1");
+    assert_clean_failure(&with(&["--text", t, "--ctx", "129"]), "the model's context");
+    let bad = dir.join("bad.ids");
+    std::fs::write(&bad, "1 2 360").unwrap();
+    assert_clean_failure(&with(&["--ids", bad.to_str().unwrap()]), "outside the model's vocabulary");
+    assert_clean_failure(&with(&[]), "--text");
 }

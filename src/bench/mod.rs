@@ -5,6 +5,7 @@
 pub mod answers;
 pub mod gpu;
 pub mod nvml;
+pub mod perplexity;
 pub mod profile;
 pub mod roofline;
 pub mod scenario;
@@ -21,8 +22,9 @@ use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
+/// What every CPU-side report opens with: which measurement, where, on which commit.
 #[derive(Debug, Serialize)]
-pub struct DecodeReport {
+pub struct RunHeader {
     pub bench: &'static str,
     pub device: String,
     pub threads: usize,
@@ -30,6 +32,26 @@ pub struct DecodeReport {
     pub date: String,
     pub model: String,
     pub backend: &'static str,
+}
+
+impl RunHeader {
+    pub fn new(bench: &'static str, device: String, model: &str, backend: &'static str) -> Self {
+        RunHeader {
+            bench,
+            device,
+            threads: rayon::current_num_threads(),
+            commit: git_commit(),
+            date: utc_now(),
+            model: model.to_string(),
+            backend,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecodeReport {
+    #[serde(flatten)]
+    pub run: RunHeader,
     pub batch: usize,
     pub decode_tokens: usize,
     pub repeats: usize,
@@ -48,6 +70,14 @@ pub struct DecodeReport {
     pub decode_tok_per_s_each: Vec<f64>,
     pub memory_read_bytes_per_s_each: Vec<f64>,
     pub ratio_each: Vec<f64>,
+    /// With a prefill prompt: its length, and the prompt's tokens per second
+    /// (median, then each repeat; a fresh cache each time, logits of the last token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_tok_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prefill_tok_per_s_each: Vec<f64>,
 }
 
 fn median(x: &[f64]) -> f64 {
@@ -76,6 +106,7 @@ pub fn decode_bench<B: Backend>(
     model: &str,
     tokens: usize,
     repeats: usize,
+    prefill: Option<&[u32]>,
 ) -> Result<DecodeReport> {
     let llm = &engine.llm;
     let b = &engine.backend;
@@ -97,15 +128,13 @@ pub fn decode_bench<B: Backend>(
         bandwidths.push(bw);
         ratios.push(llm.weight_bytes as f64 * rate / bw);
     }
+    let prefill_each = match prefill {
+        Some(ids) => (0..repeats.max(1)).map(|_| prefill_rate(engine, ids)).collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     let rate = median(&rates);
     Ok(DecodeReport {
-        bench: "decode",
-        device: cpu_name(),
-        threads: rayon::current_num_threads(),
-        commit: git_commit(),
-        date: utc_now(),
-        model: model.to_string(),
-        backend: b.name(),
+        run: RunHeader::new("decode", cpu_name(), model, b.name()),
         batch: 1,
         decode_tokens: tokens,
         repeats: rates.len(),
@@ -118,7 +147,36 @@ pub fn decode_bench<B: Backend>(
         decode_tok_per_s_each: rates,
         memory_read_bytes_per_s_each: bandwidths,
         ratio_each: ratios,
+        prefill_tokens: prefill.map(<[u32]>::len),
+        prefill_tok_per_s: (!prefill_each.is_empty()).then(|| median(&prefill_each)),
+        prefill_tok_per_s_each: prefill_each,
     })
+}
+
+/// Tokens per second of one prefill of `ids` from position 0 on a fresh cache, in
+/// steps of the scheduler's chunk (one step up to 512 tokens), asking only the last
+/// token's logits, as a generation's prefill does.
+pub fn prefill_rate<B: Backend>(engine: &Engine<B>, ids: &[u32]) -> Result<f64> {
+    use crate::llm::{Logits, SeqChunk};
+    let (llm, b) = (&engine.llm, &engine.backend);
+    if ids.is_empty() || ids.len() > llm.config.max_position_embeddings {
+        return Err(Error::Request(format!(
+            "a prefill of {} tokens: 1 to {} (the model's context)",
+            ids.len(),
+            llm.config.max_position_embeddings
+        )));
+    }
+    let mut cache = llm.new_cache(b, ids.len());
+    let mut table = Vec::new();
+    cache.reserve(&mut table, ids.len())?;
+    let t = Instant::now();
+    for start in (0..ids.len()).step_by(perplexity::STEP_TOKENS) {
+        let part = &ids[start..ids.len().min(start + perplexity::STEP_TOKENS)];
+        let last = start + part.len() == ids.len();
+        let logits = if last { Logits::Last } else { Logits::None };
+        llm.forward(b, &mut cache, &[SeqChunk { tokens: part, start, block_table: &table, logits }])?;
+    }
+    Ok(ids.len() as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Best of five passes of a parallel sum over 512 MiB: the rate at which all
