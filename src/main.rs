@@ -38,8 +38,9 @@ struct Cli {
 enum Cmd {
     /// Generate text from a prompt, streaming it to stdout.
     Generate {
-        /// Model directory (config.json, safetensors, tokenizer.json). Default:
-        /// SmolLM2-135M-Instruct, fetched and imported on first use.
+        /// Model directory (config.json, safetensors, tokenizer.json) or GGUF file
+        /// (run in its stored types: Q8_0, Q4_K_M, ...). Default: SmolLM2-135M-Instruct,
+        /// fetched and imported on first use.
         #[arg(long, conflicts_with = "manifest")]
         model: Option<PathBuf>,
         /// A PiMoE composition (JSON): LLM, router, T2C modules and experts.
@@ -119,7 +120,8 @@ enum Cmd {
         #[arg(long)]
         model: Option<PathBuf>,
     },
-    /// Convert a llama-architecture GGUF into a Hugging Face model directory (bf16).
+    /// Convert a llama or qwen2 GGUF into a Hugging Face model directory (bf16).
+    /// Not needed to run one: --model FILE.gguf runs it in its stored types.
     ImportGguf { gguf: PathBuf, out_dir: PathBuf },
     /// Fetch and import the default model (SmolLM2-135M-Instruct) if it is missing.
     Fetch,

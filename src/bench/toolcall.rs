@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::grid::{render, Analysis, Branch, Bus, BusKind, Case, Quantity, Question};
 use crate::model::tokenizer::{chatml, Message};
-use crate::model::ModelConfig;
 use crate::pimoe::compose::{Composition, Computed, T2c};
 use crate::pimoe::manifest::Manifest;
 
@@ -173,7 +172,7 @@ pub struct Reply {
 /// holds. Learned T2C heads read the LLM's hidden states, so they cannot be tools.
 pub fn load_tools(manifest: &Path) -> Result<Composition> {
     let (m, base) = Manifest::load(manifest)?;
-    let config = ModelConfig::load(&base.join(&m.llm).join("config.json"))?;
+    let config = crate::model::model_config(&base.join(&m.llm))?;
     let comp = Composition::load(&m, &base, config.hidden_size, config.vocab_size)?;
     if let Some(slot) = comp.experts.iter().find(|s| matches!(s.t2c, T2c::Learned(_))) {
         return Err(Error::Request(format!(

@@ -18,6 +18,15 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 
+/// The config of the model at `path`: a directory's config.json, or a GGUF's metadata.
+pub fn model_config(path: &Path) -> Result<ModelConfig> {
+    if gguf_model::is_gguf(path) {
+        Ok(gguf_model::GgufModel::open(path)?.config)
+    } else {
+        ModelConfig::load(&path.join("config.json"))
+    }
+}
+
 /// A read-only map of `path`, refusing a directory by name (mapping one fails with
 /// "No such device", which names nothing).
 pub(crate) fn map_file(path: &Path) -> Result<Mmap> {

@@ -7,7 +7,7 @@
 //!
 //! Layout: `ROOT/<model fingerprint>/<row key>.bin`, raw little-endian values. The
 //! model fingerprint hashes the model directory's config.json, tokenizer.json and
-//! safetensors files (content, not dates); the row key hashes the feature kind and
+//! safetensors files, or the GGUF file (content, not dates); the row key hashes the feature kind and
 //! the row's token ids. A file of the wrong size is ignored and rewritten; files are
 //! written to a temporary name and renamed.
 
@@ -47,16 +47,20 @@ impl Hasher for Fnv64 {
     }
 }
 
-/// Hashes the files that decide a model's features.
+/// Hashes the files that decide a model's features (a GGUF file is all of them).
 pub fn fingerprint(model: &Path) -> Result<u64> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(model)
-        .map_err(|e| Error::io(model, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            n == "config.json" || n == "tokenizer.json" || n.ends_with(".safetensors")
-        })
-        .collect();
+    let mut names: Vec<PathBuf> = if model.is_file() {
+        vec![model.to_path_buf()]
+    } else {
+        std::fs::read_dir(model)
+            .map_err(|e| Error::io(model, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                n == "config.json" || n == "tokenizer.json" || n.ends_with(".safetensors")
+            })
+            .collect()
+    };
     names.sort();
     let mut h = Fnv64::default();
     for path in &names {

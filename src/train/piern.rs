@@ -26,7 +26,6 @@ use super::output;
 use super::{Files, Outcome};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Tokenizer;
-use crate::model::ModelConfig;
 use crate::pimoe::experts::mlp::Activation;
 use crate::pimoe::experts::Precision;
 use crate::pimoe::router::GateActivation;
@@ -97,7 +96,7 @@ pub fn train_piern(files: &Files, opts: &PiernOptions, train: &TrainOptions) -> 
     if experts.is_empty() {
         return Err(Error::format(&files.data, "no row names an expert: there is nothing to learn"));
     }
-    let vocab = ModelConfig::load(&opts.model.join("config.json"))?.vocab_size;
+    let vocab = crate::model::model_config(&opts.model)?.vocab_size;
     let tok = Tokenizer::load(&opts.model.join("tokenizer.json"))?;
     let encode = |set: &[Line<PiernRow>]| -> Result<(Vec<Vec<u32>>, Vec<usize>)> {
         let mut texts = Vec::with_capacity(set.len());
