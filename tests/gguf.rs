@@ -848,3 +848,19 @@ fn a_file_that_is_not_gguf_or_a_model_dir_is_named() {
     assert!(err.contains("model.gguf") && err.contains("neither"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_gguf_is_a_model_wherever_a_directory_is() {
+    let dir = scratch("anywhere");
+    let path = write_gguf(&dir, &tiny_model());
+    let cfg = pimoe::model::model_config(&path).unwrap();
+    assert_eq!((cfg.hidden_size, cfg.num_layers, cfg.vocab_size), (HIDDEN, LAYERS, TOKENS.len()));
+    // The router feature cache keys on the file's content.
+    let a = pimoe::train::cache::fingerprint(&path).unwrap();
+    let mut w = tiny_model();
+    w.meta("general.name", Meta::Str("other".into()));
+    let other = write_gguf(&scratch("anywhere2"), &w);
+    assert_ne!(a, pimoe::train::cache::fingerprint(&other).unwrap());
+    assert_eq!(a, pimoe::train::cache::fingerprint(&path).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
