@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use crate::model::gguf_model::{is_gguf, GgufModel};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::BLOCK_SIZE;
 use crate::llm::Llm;
+use crate::model::gguf_model::{is_gguf, GgufModel};
 use crate::model::tokenizer::{Message, Tokenizer};
 use crate::model::LoadOptions;
 use crate::pimoe::compose::Composition;
@@ -150,7 +150,14 @@ impl<B: Backend> Engine<B> {
             let model = GgufModel::open(dir)?;
             let tokenizer = model.tokenizer()?;
             let llm = Llm::from_gguf(&backend, &model, options)?;
-            return Ok(Engine { backend, llm, tokenizer, pimoe: None, backbones: Vec::new(), experts: Vec::new() });
+            return Ok(Engine {
+                backend,
+                llm,
+                tokenizer,
+                pimoe: None,
+                backbones: Vec::new(),
+                experts: Vec::new(),
+            });
         }
         if dir.is_file() {
             return Err(Error::format(

@@ -1356,7 +1356,11 @@ fn info(path: &Path) -> anyhow::Result<()> {
     println!("tied lm_head: {} | qkv bias: {}", c.tie_word_embeddings, c.qkv_bias);
     println!("parameters:   {params} ({:.1} M)", params as f64 / 1e6);
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
-    println!("weights:      {bytes} bytes ({:.1} MiB, {:.2} bits a parameter)", mib(bytes), bytes as f64 * 8.0 / params as f64);
+    println!(
+        "weights:      {bytes} bytes ({:.1} MiB, {:.2} bits a parameter)",
+        mib(bytes),
+        bytes as f64 * 8.0 / params as f64
+    );
     if let Some(types) = types {
         println!("stored types: {types} (parameters; kept as stored)");
     }

@@ -135,9 +135,14 @@ fn missing_files_are_named() {
     assert!(e.contains("tokenizer.json") && e.contains("not found"), "{e}");
     let e = Engine::load(CpuBackend, &dir.join("nope")).err().unwrap().to_string();
     assert!(e.contains("nope") && e.contains("not found"), "{e}");
+    // A file is loaded as GGUF by its magic, so a cut-off one is named as such ...
     std::fs::write(dir.join("m.gguf"), b"GGUF").unwrap();
     let e = Engine::load(CpuBackend, &dir.join("m.gguf")).err().unwrap().to_string();
-    assert!(e.contains("m.gguf: is a file, not a model directory") && e.contains("import-gguf"), "{e}");
+    assert!(e.contains("m.gguf") && e.contains("truncated") && e.contains("version"), "{e}");
+    // ... and any other file is neither a model directory nor a GGUF.
+    std::fs::write(dir.join("m.bin"), b"not a model").unwrap();
+    let e = Engine::load(CpuBackend, &dir.join("m.bin")).err().unwrap().to_string();
+    assert!(e.contains("m.bin") && e.contains("neither a model directory") && e.contains("GGUF"), "{e}");
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("no model.safetensors"), "{e}");

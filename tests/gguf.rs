@@ -8,12 +8,12 @@
 
 use std::path::{Path, PathBuf};
 
-use pimoe::model::fetch;
-use pimoe::model::gguf::{self, GgmlType, GgufFile};
-use pimoe::model::import::{import_gguf, unpermute_rope_rows};
 use pimoe::backend::cpu::CpuBackend;
 use pimoe::engine::Engine;
+use pimoe::model::fetch;
+use pimoe::model::gguf::{self, GgmlType, GgufFile};
 use pimoe::model::gguf_model::GgufModel;
+use pimoe::model::import::{import_gguf, unpermute_rope_rows};
 use pimoe::model::quant::{self, QType};
 use pimoe::model::safetensors::HostData;
 use pimoe::model::{LoadOptions, ModelConfig};
@@ -277,6 +277,13 @@ fn q4_1_value(i: usize) -> f32 {
     (i % 16) as f32 / 2.0 - 1.0
 }
 
+fn up_value(i: usize) -> f32 {
+    i as f32 / 1024.0
+}
+fn ffn_norm_value(i: usize) -> f32 {
+    -(i as f32) / 32.0
+}
+
 /// Row r of a projection filled with the value r (exact in bf16 up to 256).
 fn rows_numbered(rows: usize, cols: usize) -> Vec<u8> {
     f32_bytes((0..rows).flat_map(|r| std::iter::repeat_n(r as f32, cols)))
@@ -323,14 +330,16 @@ fn tiny_model() -> Writer {
     let (h, f, q, kv) = (HIDDEN as u64, FFN as u64, (HEADS * HEAD_DIM) as u64, (KV_HEADS * HEAD_DIM) as u64);
     for l in 0..LAYERS {
         let n = |s: &str| format!("blk.{l}.{s}.weight");
+        // Small enough that no activation overflows an f16 block scale (as in ggml,
+        // an 8-bit activation block with amax > 65504 * 127 would scale by inf).
         let bf16_up: Vec<u8> =
-            (0..FFN * HIDDEN).flat_map(|i| half::bf16::from_f32(i as f32).to_le_bytes()).collect();
+            (0..FFN * HIDDEN).flat_map(|i| half::bf16::from_f32(up_value(i)).to_le_bytes()).collect();
         w.tensor(&n("attn_norm"), &[h], GgmlType::F32, f32_bytes((0..HIDDEN).map(|i| 1.0 + i as f32)))
             .tensor(&n("attn_q"), &[h, q], GgmlType::F32, rows_numbered(q as usize, HIDDEN))
             .tensor(&n("attn_k"), &[h, kv], GgmlType::F32, rows_numbered(kv as usize, HIDDEN))
             .tensor(&n("attn_v"), &[h, kv], GgmlType::Q8_0, q8_0_blocks((kv * h / 32) as usize))
             .tensor(&n("attn_output"), &[q, h], GgmlType::Q4_0, q4_0_blocks((q * h / 32) as usize))
-            .tensor(&n("ffn_norm"), &[h], GgmlType::F32, f32_bytes((0..HIDDEN).map(|i| -(i as f32))))
+            .tensor(&n("ffn_norm"), &[h], GgmlType::F32, f32_bytes((0..HIDDEN).map(ffn_norm_value)))
             .tensor(&n("ffn_gate"), &[h, f], GgmlType::Q4_1, q4_1_blocks((h * f / 32) as usize))
             .tensor(&n("ffn_up"), &[h, f], GgmlType::BF16, bf16_up)
             .tensor(&n("ffn_down"), &[f, h], GgmlType::Q8_0, q8_0_blocks((f * h / 32) as usize));
@@ -449,14 +458,14 @@ fn import_tiny_model() {
         assert!(gate.iter().enumerate().all(|(i, &x)| x == q4_1_value(i)));
         let (shape, up) = bf16_values(&st, &n("mlp.up_proj"));
         assert_eq!(shape, [FFN, HIDDEN]);
-        assert!(up.iter().enumerate().all(|(i, &x)| x == half::bf16::from_f32(i as f32).to_f32()));
+        assert!(up.iter().enumerate().all(|(i, &x)| x == half::bf16::from_f32(up_value(i)).to_f32()));
         let (shape, down) = bf16_values(&st, &n("mlp.down_proj"));
         assert_eq!(shape, [HIDDEN, FFN]);
         assert!(down.iter().enumerate().all(|(i, &x)| x == q8_0_value(i)));
         let (_, ln1) = bf16_values(&st, &n("input_layernorm"));
         assert_eq!(ln1, (0..HIDDEN).map(|i| 1.0 + i as f32).collect::<Vec<_>>());
         let (_, ln2) = bf16_values(&st, &n("post_attention_layernorm"));
-        assert_eq!(ln2, (0..HIDDEN).map(|i| -(i as f32)).collect::<Vec<_>>());
+        assert_eq!(ln2, (0..HIDDEN).map(ffn_norm_value).collect::<Vec<_>>());
     }
 
     // tokenizer.json loads with the tokenizers crate and tokenizes like the GGUF vocab says
@@ -770,14 +779,17 @@ fn smollm2_135m_instruct() {
 #[test]
 fn quantized_blocks_dequantize_as_gguf_py_does() {
     // tests/fixtures/make_quant_blocks.py: random blocks and gguf-py's values for them.
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quant_blocks.json"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/quant_blocks.json"))
+            .unwrap();
     let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
     for ty in QType::ALL {
         let case = &fixture[ty.to_string()];
         let hex = case["hex"].as_str().unwrap();
-        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
-        let want: Vec<f32> = case["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let want: Vec<f32> =
+            case["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         assert_eq!(bytes.len() / ty.block_bytes() * ty.block_len(), want.len(), "{ty}");
         let mut got = vec![f32::NAN; want.len()];
         quant::dequantize(ty, &bytes, &mut got);
@@ -802,7 +814,11 @@ fn tiny_model_loads_directly_in_its_stored_types() {
         let t = m.tensor(&format!("model.layers.1.{name}.weight"), &shape, opts).unwrap();
         match t.data {
             HostData::Quant(m) => {
-                assert_eq!((m.cols, m.rows(), m.parts.len(), m.parts[0].ty), (shape[1], shape[0], 1, ty), "{name}");
+                assert_eq!(
+                    (m.cols, m.rows(), m.parts.len(), m.parts[0].ty),
+                    (shape[1], shape[0], 1, ty),
+                    "{name}"
+                );
                 m.to_f32()
             }
             _ => panic!("{name} is not kept quantized"),

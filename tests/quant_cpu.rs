@@ -182,7 +182,13 @@ fn simd_matches_reference() {
                 }
                 // AVX2 and VNNI compute identical integers and identical f32 steps
                 if lv.contains(&Level::Avx2) && lv.contains(&Level::Vnni) {
-                    assert_eq!(got[1].to_bits(), got[2].to_bits(), "{ty}: AVX2 {} vs VNNI {}", got[1], got[2]);
+                    assert_eq!(
+                        got[1].to_bits(),
+                        got[2].to_bits(),
+                        "{ty}: AVX2 {} vs VNNI {}",
+                        got[1],
+                        got[2]
+                    );
                 }
             }
         }
@@ -254,7 +260,11 @@ fn check_matmul(w: &QuantMatrix, m: usize, level: Level) {
         for j in 0..m {
             let want = vec_dot(level, ty, wr, a.row(j)) + bias[r];
             let got = out[j * n + r];
-            assert_eq!(got.to_bits(), want.to_bits(), "{level:?} m {m} row {r} ({ty}) token {j}: {got} vs {want}");
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{level:?} m {m} row {r} ({ty}) token {j}: {got} vs {want}"
+            );
         }
     }
 }
@@ -311,7 +321,8 @@ fn token_result_independent_of_batch() {
             for j in 0..m {
                 let mut one = vec![0f32; n];
                 matmul_at(l, &mut one, &x[j * k..(j + 1) * k], &w, None, 1);
-                let same = one.iter().zip(&batch[j * n..(j + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits());
+                let same =
+                    one.iter().zip(&batch[j * n..(j + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{ty} {l:?}: token {j} differs alone and in a batch of {m}");
             }
             // and the four-token tile agrees with four single dots

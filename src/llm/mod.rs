@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use crate::backend::cpu::sampling::NON_FINITE;
 use crate::backend::{AttnPlan, AttnShape, Backend, GateLayer, SeqSpan, SAMPLE_PARAMS};
 use crate::error::{Error, Result};
 use crate::kv::{KvCache, BLOCK_SIZE};
@@ -211,13 +212,24 @@ impl<B: Backend> Llm<B> {
         cache.reserve(&mut table, prompt.len() + n)?;
         let greedy = [[0.0, 0.0, 1.0, 0.0]];
         let step = [SeqChunk { tokens: prompt, start: 0, block_table: &table, logits: Logits::Last }];
-        let mut out = self.forward_sample(b, &mut cache, &step, &greedy)?;
+        let mut out = Vec::with_capacity(n);
+        let push = |out: &mut Vec<u32>, toks: Vec<u32>| {
+            if toks.contains(&NON_FINITE) {
+                return Err(Error::Request(format!(
+                    "the model's logits are NaN or infinite at generated token {}",
+                    out.len()
+                )));
+            }
+            out.extend(toks);
+            Ok(())
+        };
+        push(&mut out, self.forward_sample(b, &mut cache, &step, &greedy)?)?;
         let t = Instant::now();
         while out.len() < n {
             let tok = [out[out.len() - 1]];
             let start = prompt.len() + out.len() - 1;
             let step = [SeqChunk { tokens: &tok, start, block_table: &table, logits: Logits::Last }];
-            out.extend(self.forward_sample(b, &mut cache, &step, &greedy)?);
+            push(&mut out, self.forward_sample(b, &mut cache, &step, &greedy)?)?;
         }
         Ok((out, t.elapsed().as_secs_f64()))
     }

@@ -72,9 +72,10 @@ impl GgufModel {
 
     /// The tensor a model of `config` calls `name`, of `shape`, in its stored type.
     pub fn tensor(&self, name: &str, shape: &[usize], options: LoadOptions) -> Result<HostTensor> {
-        let &(i, heads) = self.names.get(name).ok_or_else(|| {
-            Error::tensor(name, format!("missing from {}", self.file.path().display()))
-        })?;
+        let &(i, heads) = self
+            .names
+            .get(name)
+            .ok_or_else(|| Error::tensor(name, format!("missing from {}", self.file.path().display())))?;
         let info = &self.file.tensors[i];
         if info.shape() != shape {
             return Err(Error::tensor(
@@ -104,10 +105,13 @@ impl GgufModel {
                 if let Some(heads) = heads {
                     let (rows, cols) = (shape[0], shape[1]);
                     let raw: &[u8] = bytemuck::cast_slice(&values);
-                    values = bytemuck::pod_collect_to_vec(&unpermute_rows(raw, heads, rows / heads, cols * 4));
+                    values =
+                        bytemuck::pod_collect_to_vec(&unpermute_rows(raw, heads, rows / heads, cols * 4));
                 }
                 match info.ty {
-                    GgmlType::BF16 => HostData::Bf16(values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()),
+                    GgmlType::BF16 => {
+                        HostData::Bf16(values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect())
+                    }
                     _ => HostData::F32(values),
                 }
             }

@@ -250,7 +250,9 @@ pub(crate) fn check_embedding(g: &GgufFile, cfg: &ModelConfig) -> Result<()> {
 /// The Hugging Face name of a llama.cpp tensor, and the head count to un-permute by:
 /// llama.cpp's converter permutes the q/k rows of llama models only.
 fn hf_name(name: &str, cfg: &ModelConfig) -> Result<(String, Option<usize>)> {
-    let unknown = || Error::tensor(name, format!("has no Hugging Face counterpart in a {} model", cfg.arch.gguf_name()));
+    let unknown = || {
+        Error::tensor(name, format!("has no Hugging Face counterpart in a {} model", cfg.arch.gguf_name()))
+    };
     let (base, suffix) = match name.strip_suffix(".weight") {
         Some(b) => (b, "weight"),
         None => (name.strip_suffix(".bias").filter(|_| cfg.qkv_bias).ok_or_else(unknown)?, "bias"),

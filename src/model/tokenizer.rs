@@ -30,8 +30,9 @@ impl Tokenizer {
     /// A tokenizer.json held in memory (a GGUF's, built from its metadata); `origin`
     /// names where it came from in errors.
     pub fn from_bytes(json: &[u8], origin: &str) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(json)
-            .map_err(|e| Error::Tokenizer(format!("{origin}: the tokenizer its metadata describes does not load: {e}")))?;
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| {
+            Error::Tokenizer(format!("{origin}: the tokenizer its metadata describes does not load: {e}"))
+        })?;
         Ok(Self::new(inner))
     }
 

@@ -129,8 +129,15 @@ type KBlock<'a> = (&'a mut [i8], &'a mut f32, &'a mut [i16]);
 pub fn quantize_q8_k(x: &[f32], k: usize) -> Q8Rows {
     assert!(k.is_multiple_of(QK_K) && x.len().is_multiple_of(k), "q8_K: {} values in rows of {k}", x.len());
     let nb = x.len() / QK_K;
-    let mut r =
-        Q8Rows { k, block: QK_K, blocks: k / QK_K, d: vec![0.0; nb], s: vec![], sums: vec![0; nb * 16], qs: vec![0; x.len()] };
+    let mut r = Q8Rows {
+        k,
+        block: QK_K,
+        blocks: k / QK_K,
+        d: vec![0.0; nb],
+        s: vec![],
+        sums: vec![0; nb * 16],
+        qs: vec![0; x.len()],
+    };
     let block = |((q, d, bsums), xb): (KBlock, &[f32])| {
         let (mut max, mut amax) = (0f32, 0f32);
         for &v in xb {

@@ -147,14 +147,7 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &QuantMatrix, bias: Option<&[f32]>,
 }
 
 /// `matmul` with the kernels of `level` (tests compare levels).
-pub fn matmul_at(
-    level: Level,
-    out: &mut [f32],
-    x: &[f32],
-    w: &QuantMatrix,
-    bias: Option<&[f32]>,
-    m: usize,
-) {
+pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias: Option<&[f32]>, m: usize) {
     let (n, k) = (w.rows(), w.cols);
     assert_eq!(x.len(), m * k, "quant matmul: x has {} elements, expected {m} x {k}", x.len());
     assert_eq!(out.len(), m * n, "quant matmul: out has {} elements, expected {m} x {n}", out.len());
@@ -203,7 +196,9 @@ pub fn matmul_at(
                 let a = acts(ty);
                 let mut j = j0;
                 while j + TILE <= j1 {
-                    let s = unsafe { dot_unchecked::<TILE>(level, ty, wr, &std::array::from_fn(|d| a.row(j + d))) };
+                    let s = unsafe {
+                        dot_unchecked::<TILE>(level, ty, wr, &std::array::from_fn(|d| a.row(j + d)))
+                    };
                     for d in 0..TILE {
                         trow[j + d] = s[d] + b;
                     }

@@ -53,9 +53,8 @@ fn q5_0(w: &[u8], a: ActRow) -> f32 {
     for (b, blk) in w.chunks_exact(22).enumerate() {
         let y = &a.qs[32 * b..32 * b + 32];
         let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-        let q = (0..32).map(|i| {
-            ((blk[6 + i % 16] >> (4 * (i / 16)) & 15) as u32 | ((qh >> i) & 1) << 4) as i32 - 16
-        });
+        let q = (0..32)
+            .map(|i| ((blk[6 + i % 16] >> (4 * (i / 16)) & 15) as u32 | ((qh >> i) & 1) << 4) as i32 - 16);
         s += f16_at(blk, 0) * a.d[b] * idot(q, y) as f32;
     }
     s

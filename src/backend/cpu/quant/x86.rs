@@ -206,10 +206,7 @@ unsafe fn pick16(v: __m256i, j: i16) -> __m256i {
 }
 
 #[inline(always)]
-unsafe fn q45_k<const V: bool, const C: usize, const FIVE: bool>(
-    w: &[u8],
-    a: &[ActRow; C],
-) -> [f32; C] {
+unsafe fn q45_k<const V: bool, const C: usize, const FIVE: bool>(w: &[u8], a: &[ActRow; C]) -> [f32; C] {
     let bb = if FIVE { 176 } else { 144 };
     let m4 = _mm256_set1_epi8(15);
     let mut acc = [_mm256_setzero_ps(); C];
@@ -232,7 +229,10 @@ unsafe fn q45_k<const V: bool, const C: usize, const FIVE: bool>(
             if FIVE {
                 let one = _mm256_set1_epi8(1);
                 lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hb, one), 4));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4));
+                hi = _mm256_or_si256(
+                    hi,
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4),
+                );
                 hb = _mm256_srli_epi16(hb, 2);
             }
             let (s_lo, s_hi) = (pick16(scv, 2 * i as i16), pick16(scv, 2 * i as i16 + 1));
