@@ -2,9 +2,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use common::copy_fixture;
+use common::{copy_fixture, rewrite};
 use pimoe::backend::cpu::CpuBackend;
 use pimoe::llm::Llm;
 use pimoe::model::ModelConfig;
@@ -17,24 +15,6 @@ fn load_err(dir: &std::path::Path) -> String {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e.to_string(),
     }
-}
-
-/// Rewrites model.safetensors, letting `edit` change one tensor's (dtype, shape, bytes).
-fn rewrite(dir: &std::path::Path, edit: impl Fn(&str, &mut (Dtype, Vec<usize>, Vec<u8>))) {
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = HashMap::new();
-    for (name, v) in st.tensors() {
-        let mut t = (v.dtype(), v.shape().to_vec(), v.data().to_vec());
-        edit(&name, &mut t);
-        tensors.insert(name, t);
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
 }
 
 #[test]

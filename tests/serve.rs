@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use common::compose::composition;
-use common::fixtures;
+use common::{copy_fixture, fixtures, rewrite};
 
 const KEY: &str = "sk-test-0123";
 
@@ -375,6 +375,41 @@ fn errors_limits_and_auth_over_curl() {
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status}: {}", server.log());
+}
+
+#[test]
+fn a_model_that_breaks_down_is_a_500_and_the_server_serves_on() {
+    // A NaN in the final norm (loaded with --trust-weights, as a user may) makes every
+    // logits row NaN: the engine fails each request at its first token.
+    let dir = copy_fixture("tiny-qwen2", "serve-nan");
+    rewrite(&dir, |name, t| {
+        if name == "model.norm.weight" {
+            t.2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+    });
+    let server = Server::start(&["--model", dir.to_str().unwrap(), "--trust-weights"]);
+    let url = |p: &str| format!("{}{p}", server.root());
+    let post = |body: &str| {
+        let u = url("/v1/completions");
+        parts(&curl(&["-H", "content-type: application/json", "-d", body, &u]))
+    };
+    for _ in 0..2 {
+        let (s, _, body) = post(r#"{"prompt": "The dog", "max_tokens": 4}"#);
+        assert_eq!(s, 500, "{body}");
+        assert!(body.contains("server_error") && body.contains("NaN or infinite"), "{body}");
+    }
+    // Streamed, the headers are gone: the stream ends with the error object, not [DONE].
+    let (s, _, body) = post(r#"{"prompt": "The dog", "max_tokens": 4, "stream": true}"#);
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("NaN or infinite") && !body.contains("[DONE]"), "{body}");
+    assert_eq!(parts(&curl(&[&url("/health")])).0, 200);
+    let (_, _, metrics) = parts(&curl(&[&url("/metrics")]));
+    for needle in
+        ["pimoe_engine_failures_total 3", "pimoe_requests_total{code=\"500\"} 2", "pimoe_kv_blocks_used 0"]
+    {
+        assert!(metrics.contains(needle), "{needle} in {metrics}");
+    }
+    assert!(!server.log().contains("panicked"), "{}", server.log());
 }
 
 #[test]

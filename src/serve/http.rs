@@ -197,6 +197,7 @@ async fn complete(
             Some(Out::Note { expert, message }) => {
                 answer.notes.push(json!({"expert": expert, "message": message}));
             }
+            Some(Out::Done { finish: Finish::NonFinite, stats }) => return Err(non_finite(&stats)),
             Some(Out::Done { finish, stats }) => {
                 return Ok(Json(whole(&meta, &answer, finish, &stats)).into_response())
             }
@@ -267,6 +268,19 @@ fn finish_reason(f: Finish) -> &'static str {
         Finish::Stop | Finish::ExpertFailed | Finish::NonFinite => "stop",
         Finish::Length | Finish::Context => "length",
     }
+}
+
+/// The model broke down: no answer, whatever it had written, is one to take.
+fn non_finite(stats: &Stats) -> ApiError {
+    ApiError::status(
+        500,
+        "server_error",
+        format!(
+            "the model's logits became NaN or infinite after {} generated tokens: its weights do not give \
+             meaningful numbers, so there is no answer",
+            stats.generated_tokens
+        ),
+    )
 }
 
 /// The extension's `finish` for an answer not to be taken as computed.
@@ -374,6 +388,12 @@ impl Streamer {
                     self.answer.notes.push(note.clone());
                     let e = self.chunk(json!({}), None, Some(json!({"notes": [note]})));
                     self.queue.push_back(e);
+                }
+                Some(Out::Done { finish: Finish::NonFinite, stats }) => {
+                    // The text streamed so far is not an answer: end with the error
+                    // object, not [DONE], so that clients raise it.
+                    self.queue.push_back(SseEvent::default().data(non_finite(&stats).body().to_string()));
+                    self.ended = true;
                 }
                 Some(Out::Done { finish, stats }) => {
                     let mut reason = finish_reason(finish);

@@ -109,7 +109,7 @@ impl Metrics {
         counter(
             &mut s,
             "pimoe_engine_failures_total",
-            "Scheduler steps that failed (their requests got a 500).",
+            "Requests the engine could not answer (a failed scheduler step, or logits that became NaN or infinite); each got a 500.",
             &self.engine_failures,
         );
         counter(

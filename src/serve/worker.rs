@@ -239,7 +239,7 @@ pub fn run<B: Backend>(
             Ok(ev) => ev,
             Err(e) => {
                 // Everything admitted fails with the step; a fresh scheduler serves on.
-                metrics.engine_failures.fetch_add(1, Relaxed);
+                metrics.engine_failures.fetch_add(live.len() as u64, Relaxed);
                 for (_, l) in live.drain() {
                     let _ = l.out.send(Out::Error(ApiError::status(
                         500,
@@ -304,5 +304,8 @@ fn finish(
     }
     let completion = (stats.generated_tokens + stats.injected_tokens) as u64;
     metrics.completion_tokens.fetch_add(completion, Relaxed);
+    if f == Finish::NonFinite {
+        metrics.engine_failures.fetch_add(1, Relaxed);
+    }
     let _ = l.out.send(Out::Done { finish: f, stats });
 }

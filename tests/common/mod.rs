@@ -1,7 +1,10 @@
 //! Shared test helpers: the tolerance policy, written once, and seeded inputs.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
 
 pub mod compose;
 
@@ -125,4 +128,22 @@ pub fn split_power_flow_row(row: &[f64], max_buses: usize) -> Vec<f64> {
         row[at(l)..at(l) + 6].copy_from_slice(b);
     }
     row
+}
+
+/// Rewrites model.safetensors, letting `edit` change one tensor's (dtype, shape, bytes).
+pub fn rewrite(dir: &Path, edit: impl Fn(&str, &mut (Dtype, Vec<usize>, Vec<u8>))) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = HashMap::new();
+    for (name, v) in st.tensors() {
+        let mut t = (v.dtype(), v.shape().to_vec(), v.data().to_vec());
+        edit(&name, &mut t);
+        tensors.insert(name, t);
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
 }
