@@ -122,7 +122,15 @@ enum Cmd {
     },
     /// Convert a llama or qwen2 GGUF into a Hugging Face model directory (bf16).
     /// Not needed to run one: --model FILE.gguf runs it in its stored types.
-    ImportGguf { gguf: PathBuf, out_dir: PathBuf },
+    ImportGguf {
+        gguf: PathBuf,
+        out_dir: PathBuf,
+        /// Keep each tensor's stored type (F32, F16, BF16, or quantized blocks as U8
+        /// rows with the type in the safetensors metadata, which pimoe loads but other
+        /// tools do not read) instead of expanding all to bf16
+        #[arg(long)]
+        keep_types: bool,
+    },
     /// Fetch and import the default model (SmolLM2-135M-Instruct) if it is missing.
     Fetch,
     /// The default demo: SmolLM2 reasons, a trained router calls the DC and AC
@@ -707,8 +715,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Train { target } => train(*target)?,
         Cmd::Info { model } => info(&model_dir(model)?)?,
-        Cmd::ImportGguf { gguf, out_dir } => {
-            let s = import::import_gguf(&gguf, &out_dir, true)?;
+        Cmd::ImportGguf { gguf, out_dir, keep_types } => {
+            let s = import::import_gguf_with(&gguf, &out_dir, true, keep_types)?;
             eprintln!("{s}");
         }
         Cmd::Serve {
@@ -1328,16 +1336,11 @@ fn info(path: &Path) -> anyhow::Result<()> {
     let gguf = pimoe::model::gguf_model::is_gguf(path);
     let (c, bytes, types) = if gguf {
         let m = pimoe::model::gguf_model::GgufModel::open(path)?;
-        let types = m
-            .type_counts()
-            .iter()
-            .map(|(ty, n)| format!("{ty} {:.1} M", *n as f64 / 1e6))
-            .collect::<Vec<_>>()
-            .join(", ");
-        (m.config.clone(), m.tensor_bytes(), Some(types))
+        let types = m.type_counts().into_iter().map(|(ty, n)| (ty.to_string(), n)).collect::<Vec<_>>();
+        (m.config.clone(), m.tensor_bytes(), types)
     } else {
         let files = pimoe::model::safetensors::SafetensorFiles::open_dir(path)?;
-        (ModelConfig::load(&path.join("config.json"))?, files.tensor_bytes(), None)
+        (ModelConfig::load(&path.join("config.json"))?, files.tensor_bytes(), files.type_counts())
     };
     let params = c.num_params();
     println!("model:        {}", path.display());
@@ -1361,9 +1364,8 @@ fn info(path: &Path) -> anyhow::Result<()> {
         mib(bytes),
         bytes as f64 * 8.0 / params as f64
     );
-    if let Some(types) = types {
-        println!("stored types: {types} (parameters; kept as stored)");
-    }
+    let types: Vec<String> = types.iter().map(|(ty, n)| format!("{ty} {:.1} M", *n as f64 / 1e6)).collect();
+    println!("stored types: {} (parameters; F16 is computed as f32, every other type as stored)", types.join(", "));
     let _engine = pimoe::engine::Engine::load(CpuBackend, path)?;
     if let Some((rss, peak)) = pimoe::bench::resident_memory() {
         println!(

@@ -6,14 +6,17 @@
 //! files. One test imports the real SmolLM2-135M-Instruct GGUF (downloaded once into
 //! `weights/.cache` if it is not there).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use pimoe::backend::cpu::CpuBackend;
 use pimoe::engine::Engine;
+use pimoe::llm::Logits;
 use pimoe::model::fetch;
 use pimoe::model::gguf::{self, GgmlType, GgufFile};
 use pimoe::model::gguf_model::GgufModel;
-use pimoe::model::import::{import_gguf, unpermute_rope_rows};
+use pimoe::model::import::{import_gguf, import_gguf_with, unpermute_rope_rows};
 use pimoe::model::quant::{self, QType};
 use pimoe::model::safetensors::HostData;
 use pimoe::model::{LoadOptions, ModelConfig};
@@ -852,6 +855,81 @@ fn tiny_model_loads_directly_in_its_stored_types() {
     let (a, _) = direct.llm.greedy(&direct.backend, &[17, 20, 21], 6).unwrap();
     let (b, _) = imported.llm.greedy(&imported.backend, &[17, 20, 21], 6).unwrap();
     assert_eq!(a, b, "greedy tokens of the GGUF loaded directly and imported");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rewrites a safetensors file's JSON header with `edit` (the data stays as it is).
+fn edit_header(path: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let mut head = serde_json::to_vec(&header).unwrap();
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let mut out = (head.len() as u64).to_le_bytes().to_vec();
+    out.extend(head);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn import_keeping_types_runs_as_the_gguf_does() {
+    let dir = scratch("keep");
+    let path = write_gguf(&dir, &tiny_model());
+    let out = dir.join("kept");
+    import_gguf_with(&path, &out, false, true).unwrap();
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let q = HEADS * HEAD_DIM;
+    for (name, dtype, shape, ty) in [
+        (
+            "model.layers.1.self_attn.o_proj.weight",
+            safetensors::Dtype::U8,
+            vec![HIDDEN, q / 32 * 18],
+            Some("Q4_0"),
+        ),
+        (
+            "model.layers.1.mlp.gate_proj.weight",
+            safetensors::Dtype::U8,
+            vec![FFN, HIDDEN / 32 * 20],
+            Some("Q4_1"),
+        ),
+        ("model.layers.1.mlp.up_proj.weight", safetensors::Dtype::BF16, vec![FFN, HIDDEN], None),
+        (
+            "model.layers.0.self_attn.k_proj.weight",
+            safetensors::Dtype::F32,
+            vec![KV_HEADS * HEAD_DIM, HIDDEN],
+            None,
+        ),
+        ("model.embed_tokens.weight", safetensors::Dtype::F16, vec![TOKENS.len(), HIDDEN], None),
+    ] {
+        let t = st.tensor(name).unwrap();
+        assert_eq!((t.dtype(), t.shape()), (dtype, &shape[..]), "{name}");
+        let key = format!("ggml_type:{name}");
+        assert_eq!(meta.metadata().as_ref().unwrap().get(&key).map(String::as_str), ty, "{name}");
+    }
+    // Same blocks, same kernels: the directory and the file give the same logits.
+    let kept = Engine::load(CpuBackend, &out).unwrap();
+    let direct = Engine::load(CpuBackend, &path).unwrap();
+    assert_eq!(kept.llm.weight_bytes, direct.llm.weight_bytes);
+    let logits = |e: &Engine<CpuBackend>| common::fresh_logits(&e.llm, &[17, 20, 21, 4], Logits::All);
+    assert_eq!(logits(&kept), logits(&direct));
+
+    // A type we do not compute with, or rows of the wrong width, are named.
+    let st_path = out.join("model.safetensors");
+    let o = "model.layers.1.self_attn.o_proj.weight";
+    let original = std::fs::read(&st_path).unwrap();
+    edit_header(&st_path, |h| h["__metadata__"][format!("ggml_type:{o}")] = "Q2_K".into());
+    let err = Engine::load(CpuBackend, &out).err().unwrap().to_string();
+    assert!(err.contains(o) && err.contains("Q2_K") && err.contains("Q4_K"), "{err}");
+    std::fs::write(&st_path, &original).unwrap();
+    edit_header(&st_path, |h| h["__metadata__"][format!("ggml_type:{o}")] = "Q8_0".into());
+    let err = Engine::load(CpuBackend, &out).err().unwrap().to_string();
+    assert!(
+        err.contains(o) && err.contains("Q8_0 blocks of shape [32, 18]") && err.contains("[32, 34]"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -71,14 +71,15 @@ impl<B: Backend> Llm<B> {
         files.options = options;
         // Before anything is allocated: sizes that the files cannot back are a wrong
         // config (or a missing shard), better named here than as the first tensor
-        // whose shape disagrees. Two bytes is the narrowest dtype we accept.
+        // whose shape disagrees. Two bytes is the narrowest float dtype we accept; 4.5
+        // bits (Q4_0, Q4_K) the narrowest block type.
         let (params, have) = (config.num_params(), files.tensor_bytes());
-        if params.saturating_mul(2) > have {
+        let least = if files.has_quant() { params.saturating_mul(9) / 16 } else { params.saturating_mul(2) };
+        if least > have {
             return Err(Error::Config {
                 path: config_path,
                 msg: format!(
-                    "its sizes imply {params} parameters, at least {} bytes, but the safetensors hold {have} bytes of tensors",
-                    params.saturating_mul(2)
+                    "its sizes imply {params} parameters, at least {least} bytes, but the safetensors hold {have} bytes of tensors"
                 ),
             });
         }
@@ -86,8 +87,10 @@ impl<B: Backend> Llm<B> {
     }
 
     pub fn from_files(backend: &B, config: ModelConfig, files: &SafetensorFiles) -> Result<Self> {
-        // Weights are held at two bytes or more per parameter.
-        let need = config.num_params().saturating_mul(2);
+        // Weights are held at two bytes or more per parameter, or as stored when some
+        // are block-quantized.
+        let need =
+            if files.has_quant() { files.tensor_bytes() } else { config.num_params().saturating_mul(2) };
         Self::build(backend, config, need, |name, shape| files.load(name, shape))
     }
 

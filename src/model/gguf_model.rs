@@ -7,13 +7,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use rayon::prelude::*;
-
 use crate::error::{Error, Result};
 use crate::model::gguf::{GgmlType, GgufFile};
 use crate::model::import::{check_embedding, config_from_gguf, plan_tensor, tokenizer_json, unpermute_rows};
 use crate::model::quant::{QType, QuantMatrix, QuantPart};
-use crate::model::safetensors::{check_finite, HostData, HostTensor};
+use crate::model::safetensors::{check_finite, check_finite_quant, HostData, HostTensor};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{LoadOptions, ModelConfig};
 
@@ -132,21 +130,6 @@ fn check_finite_tensor(gguf_name: &str, t: &HostTensor) -> Result<()> {
         HostData::Bf16(v) => {
             check_finite(gguf_name, &t.shape, v.len(), |i| f32::from_bits((v[i] as u32) << 16) as f64)
         }
-        HostData::Quant(q) => {
-            // Row by row, so a bad row is found without widening the whole matrix.
-            let bad = (0..q.rows()).into_par_iter().find_first(|&r| {
-                let (ty, bytes) = q.row(r);
-                let mut row = vec![0f32; q.cols];
-                crate::model::quant::dequantize(ty, bytes, &mut row);
-                row.iter().any(|x| !x.is_finite())
-            });
-            match bad {
-                Some(r) => Err(Error::tensor(
-                    gguf_name,
-                    format!("row {r} holds NaN or infinity (a scale or value of its blocks); the file is corrupt (--trust-weights skips this check)"),
-                )),
-                None => Ok(()),
-            }
-        }
+        HostData::Quant(q) => check_finite_quant(gguf_name, q),
     }
 }

@@ -19,8 +19,9 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::model::config::{size_limit, Arch, ModelConfig};
-use crate::model::gguf::{GgufFile, TensorInfo};
-use crate::model::safetensors::check_finite;
+use crate::model::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::model::quant::QType;
+use crate::model::safetensors::{check_finite, GGML_TYPE_KEY};
 use crate::model::LoadOptions;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +48,17 @@ impl std::fmt::Display for ImportSummary {
 }
 
 pub fn import_gguf(gguf: &Path, out_dir: &Path, progress: bool) -> Result<ImportSummary> {
+    import_gguf_with(gguf, out_dir, progress, false)
+}
+
+/// `import_gguf`, keeping every tensor in its stored type when `keep_types` (see
+/// [`Layout`]).
+pub fn import_gguf_with(
+    gguf: &Path,
+    out_dir: &Path,
+    progress: bool,
+    keep_types: bool,
+) -> Result<ImportSummary> {
     refuse_non_empty(out_dir)?;
     let g = GgufFile::open(gguf)?;
     let cfg = config_from_gguf(&g)?;
@@ -70,7 +82,7 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path, progress: bool) -> Result<Import
         write_file(&tmp.path.join(name), |w| w.write_all(text))?;
         bytes_written += text.len() as u64;
     }
-    bytes_written += write_safetensors(&g, &plan, &tmp.path.join("model.safetensors"), progress)?;
+    bytes_written += write_safetensors(&g, &plan, &tmp.path.join("model.safetensors"), progress, keep_types)?;
 
     tmp.persist(out_dir)?;
     Ok(ImportSummary {
@@ -324,18 +336,22 @@ pub(crate) fn unpermute_rows(data: &[u8], heads: usize, head_dim: usize, row_byt
 /// Writes a safetensors file tensor by tensor, so that only one dequantized tensor is
 /// in memory at a time. Format: u64 header length, JSON header (padded with spaces to a
 /// multiple of 8), then the data at the offsets the header names.
-fn write_safetensors(g: &GgufFile, plan: &[Planned], path: &Path, progress: bool) -> Result<u64> {
+fn write_safetensors(g: &GgufFile, plan: &[Planned], path: &Path, progress: bool, keep: bool) -> Result<u64> {
+    let mut meta = json!({ "format": "pt", "source": "gguf" });
     let mut header = Map::new();
-    header.insert("__metadata__".into(), json!({ "format": "pt", "source": "gguf" }));
     let mut offset = 0u64;
-    for p in plan {
-        let len = p.info.n_elements() * 2;
+    let layouts: Vec<Layout> = plan.iter().map(|p| Layout::of(p.info, keep)).collect();
+    for (p, l) in plan.iter().zip(&layouts) {
         header.insert(
             p.hf_name.clone(),
-            json!({ "dtype": "BF16", "shape": p.info.shape(), "data_offsets": [offset, offset + len] }),
+            json!({ "dtype": l.dtype, "shape": l.shape, "data_offsets": [offset, offset + l.bytes] }),
         );
-        offset += len;
+        if let Some(q) = l.quant {
+            meta[format!("{GGML_TYPE_KEY}{}", p.hf_name)] = json!(q.to_string());
+        }
+        offset += l.bytes;
     }
+    header.insert("__metadata__".into(), meta);
     let mut head = serde_json::to_vec(&Value::Object(header)).expect("JSON values always serialize");
     head.resize(head.len().next_multiple_of(8), b' ');
 
@@ -347,9 +363,10 @@ fn write_safetensors(g: &GgufFile, plan: &[Planned], path: &Path, progress: bool
     write_file(path, |w| {
         w.write_all(&(head.len() as u64).to_le_bytes())?;
         w.write_all(&head)?;
-        for p in plan {
+        for (p, l) in plan.iter().zip(&layouts) {
             bar.set_message(p.hf_name.clone());
-            let bytes = tensor_bf16_bytes(g, p).map_err(std::io::Error::other)?;
+            let bytes = tensor_out_bytes(g, p, l.dtype != "BF16" || p.info.ty == GgmlType::BF16)
+                .map_err(std::io::Error::other)?;
             w.write_all(&bytes)?;
             bar.inc(1);
         }
@@ -359,19 +376,59 @@ fn write_safetensors(g: &GgufFile, plan: &[Planned], path: &Path, progress: bool
     Ok(8 + head.len() as u64 + offset)
 }
 
-fn tensor_bf16_bytes(g: &GgufFile, p: &Planned) -> Result<Vec<u8>> {
+/// How `import-gguf` writes one tensor: bf16, or with `--keep-types` as stored (F32,
+/// F16 and BF16 as such, a block-quantized matrix as U8 rows of its blocks, its type
+/// named in the metadata). A quantized vector, which no model we load has, is bf16.
+struct Layout {
+    dtype: &'static str,
+    shape: Vec<u64>,
+    bytes: u64,
+    quant: Option<QType>,
+}
+
+impl Layout {
+    fn of(t: &TensorInfo, keep: bool) -> Layout {
+        let (n, shape) = (t.n_elements(), t.shape().iter().map(|&d| d as u64).collect::<Vec<_>>());
+        let float = |dtype, size| Layout { dtype, shape: shape.clone(), bytes: n * size, quant: None };
+        match (keep, t.ty, QType::from_ggml(t.ty)) {
+            (true, GgmlType::F32, _) => float("F32", 4),
+            (true, GgmlType::F16, _) => float("F16", 2),
+            (true, _, Some(q)) if shape.len() == 2 => {
+                let row = (t.dims[0] / t.ty.block_len() * t.ty.block_bytes()) as u64;
+                Layout { dtype: "U8", shape: vec![shape[0], row], bytes: shape[0] * row, quant: Some(q) }
+            }
+            _ => float("BF16", 2),
+        }
+    }
+}
+
+/// The bytes of one tensor, rows in Hugging Face order: as stored when `raw`, else
+/// widened and rounded to bf16. Either way every value is checked finite first.
+fn tensor_out_bytes(g: &GgufFile, p: &Planned, raw: bool) -> Result<Vec<u8>> {
     let t = p.info;
     let cols = t.dims[0] as usize;
     let row_bytes = (t.dims[0] / t.ty.block_len() * t.ty.block_bytes()) as usize;
+    let stored = g.tensor_bytes(t);
+    let scan = LoadOptions::default().scan();
+    let as_stored = || match p.unpermute_heads {
+        Some(heads) => unpermute_rows(stored, heads, t.shape()[0] / heads, row_bytes),
+        None => stored.to_vec(),
+    };
+    if raw && !scan {
+        return Ok(as_stored());
+    }
     let mut values = vec![0f32; t.n_elements() as usize];
     // Rows dequantize independently; rayon spreads them over the cores.
     values
         .par_chunks_mut(cols)
-        .zip(g.tensor_bytes(t).par_chunks(row_bytes))
+        .zip(stored.par_chunks(row_bytes))
         .try_for_each(|(out, data)| crate::model::gguf::dequantize(t.ty, data, out))
         .map_err(|msg| Error::tensor(&t.name, msg))?;
-    if LoadOptions::default().scan() {
+    if scan {
         check_finite(&t.name, &t.shape(), values.len(), |i| values[i] as f64)?;
+    }
+    if raw {
+        return Ok(as_stored());
     }
     if let Some(heads) = p.unpermute_heads {
         values = unpermute_rope_rows(&values, heads, t.shape()[0] / heads, cols);

@@ -2,6 +2,10 @@
 //!
 //! Tensors are looked up by name and checked against the shape the model expects
 //! before any data is touched, so a wrong file fails with the tensor's name.
+//!
+//! A matrix may also be held in one of ggml's block-quantized types, as
+//! `import-gguf --keep-types` writes it: dtype U8, shape [rows, bytes per row], and
+//! the type named in the header's metadata under `ggml_type:` + the tensor's name.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +16,10 @@ use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::model::quant::{QType, QuantMatrix, QuantPart};
+
+/// Metadata key prefix naming a U8 tensor's block-quantized type.
+pub const GGML_TYPE_KEY: &str = "ggml_type:";
 
 #[cfg(target_endian = "big")]
 compile_error!("the safetensors loader copies little-endian data as is");
@@ -75,6 +83,8 @@ pub struct SafetensorFiles {
     maps: Vec<(PathBuf, Mmap)>,
     /// tensor name -> index into `maps`
     index: HashMap<String, usize>,
+    /// U8 tensors that hold blocks of a quantized type.
+    quant: HashMap<String, QType>,
     pub options: LoadOptions,
 }
 
@@ -111,14 +121,41 @@ impl SafetensorFiles {
     fn open_files(files: Vec<PathBuf>) -> Result<Self> {
         let mut maps = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
+        let mut quant = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
             let map = super::map_file(&path)?;
             for name in deserialize(&map, &path)?.names() {
                 index.insert(name.to_string(), i);
             }
+            quant.extend(quant_types(&map, &path)?);
             maps.push((path, map));
         }
-        Ok(SafetensorFiles { maps, index, options: LoadOptions::default() })
+        Ok(SafetensorFiles { maps, index, quant, options: LoadOptions::default() })
+    }
+
+    /// Weights per stored type (a dtype, or a block type), most first, for reports.
+    pub fn type_counts(&self) -> Vec<(String, u64)> {
+        let mut counts: Vec<(String, u64)> = Vec::new();
+        for st in self.maps.iter().filter_map(|(_, map)| SafeTensors::deserialize(map).ok()) {
+            for (name, v) in st.tensors() {
+                let elems = v.shape().iter().map(|&d| d as u64).product::<u64>();
+                let (ty, n) = match self.quant.get(&name) {
+                    Some(q) => (q.to_string(), elems / q.block_bytes() as u64 * q.block_len() as u64),
+                    None => (format!("{:?}", v.dtype()), elems),
+                };
+                match counts.iter_mut().find(|(t, _)| *t == ty) {
+                    Some((_, c)) => *c += n,
+                    None => counts.push((ty, n)),
+                }
+            }
+        }
+        counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        counts
+    }
+
+    /// Whether any tensor is held block-quantized.
+    pub fn has_quant(&self) -> bool {
+        !self.quant.is_empty()
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -138,6 +175,9 @@ impl SafetensorFiles {
         let (path, map) = &self.maps[i];
         let st = deserialize(map, path)?;
         let view = st.tensor(name).map_err(|e| Error::tensor(name, e.to_string()))?;
+        if let (Dtype::U8, Some(&ty)) = (view.dtype(), self.quant.get(name)) {
+            return self.load_quant(name, shape, ty, view.shape(), view.data());
+        }
         if view.shape() != shape {
             return Err(Error::tensor(
                 name,
@@ -160,7 +200,10 @@ impl SafetensorFiles {
             other => {
                 return Err(Error::tensor(
                     name,
-                    format!("has dtype {other:?}; supported are F32, F16 and BF16"),
+                    format!(
+                        "has dtype {other:?}; supported are F32, F16, BF16, and U8 blocks whose \
+                         ggml type the metadata names (`import-gguf --keep-types`)"
+                    ),
                 ))
             }
         };
@@ -172,6 +215,39 @@ impl SafetensorFiles {
             }
         }
         Ok(HostTensor { name: name.to_string(), shape: shape.to_vec(), data })
+    }
+
+    /// A matrix of `shape` stored as rows of `ty` blocks.
+    fn load_quant(
+        &self,
+        name: &str,
+        shape: &[usize],
+        ty: QType,
+        stored: &[usize],
+        bytes: &[u8],
+    ) -> Result<HostTensor> {
+        let &[rows, cols] = shape else {
+            return Err(Error::tensor(
+                name,
+                format!("is stored as {ty} blocks, but the config implies shape {shape:?}, not a matrix"),
+            ));
+        };
+        let row_bytes = ty
+            .row_bytes(cols)
+            .ok_or_else(|| Error::tensor(name, format!("{cols} columns are not whole {ty} blocks")))?;
+        if stored != [rows, row_bytes] {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "holds {ty} blocks of shape {stored:?}; the config's [{rows}, {cols}] needs [{rows}, {row_bytes}] bytes"
+                ),
+            ));
+        }
+        let q = QuantMatrix { cols, parts: vec![QuantPart { ty, rows, data: bytes.to_vec() }] };
+        if self.options.scan() {
+            check_finite_quant(name, &q)?;
+        }
+        Ok(HostTensor { name: name.to_string(), shape: shape.to_vec(), data: HostData::Quant(q) })
     }
 
     /// Bytes of tensor data over all files.
@@ -211,6 +287,42 @@ pub(crate) fn check_finite(
             value(i)
         ),
     ))
+}
+
+/// Refuses NaN or infinity in the values a quantized matrix's scales and quants make,
+/// row by row, so that a bad row is found without widening the whole matrix.
+pub(crate) fn check_finite_quant(name: &str, q: &QuantMatrix) -> Result<()> {
+    let bad = (0..q.rows()).into_par_iter().find_first(|&r| {
+        let (ty, bytes) = q.row(r);
+        let mut row = vec![0f32; q.cols];
+        crate::model::quant::dequantize(ty, bytes, &mut row);
+        row.iter().any(|x| !x.is_finite())
+    });
+    match bad {
+        Some(r) => Err(Error::tensor(
+            name,
+            format!("row {r} holds NaN or infinity (a scale or value of its blocks); the file is corrupt (--trust-weights skips this check)"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The block-quantized types a file's metadata names, by tensor.
+fn quant_types(map: &[u8], path: &Path) -> Result<HashMap<String, QType>> {
+    let (_, meta) = SafeTensors::read_metadata(map).map_err(|e| Error::format(path, e.to_string()))?;
+    let mut out = HashMap::new();
+    for (key, value) in meta.metadata().iter().flatten() {
+        let Some(name) = key.strip_prefix(GGML_TYPE_KEY) else { continue };
+        let ty = QType::ALL.into_iter().find(|t| t.to_string() == *value).ok_or_else(|| {
+            Error::tensor(
+                name,
+                format!("{}: the metadata names ggml type `{value}`, which is not one we compute with (supported: {})",
+                    path.display(), QType::ALL.map(|t| t.to_string()).join(", ")),
+            )
+        })?;
+        out.insert(name.to_string(), ty);
+    }
+    Ok(out)
 }
 
 /// The safetensors view of a mapped file. The crate's errors for a bad header
