@@ -1365,7 +1365,10 @@ fn info(path: &Path) -> anyhow::Result<()> {
         bytes as f64 * 8.0 / params as f64
     );
     let types: Vec<String> = types.iter().map(|(ty, n)| format!("{ty} {:.1} M", *n as f64 / 1e6)).collect();
-    println!("stored types: {} (parameters; F16 is computed as f32, every other type as stored)", types.join(", "));
+    println!(
+        "stored types: {} (parameters; F16 is computed as f32, every other type as stored)",
+        types.join(", ")
+    );
     let _engine = pimoe::engine::Engine::load(CpuBackend, path)?;
     if let Some((rss, peak)) = pimoe::bench::resident_memory() {
         println!(

@@ -84,6 +84,31 @@ fn matmul_f32_and_bf16_match_naive() {
 }
 
 #[test]
+fn matmul_sums_every_token_as_decode_does() {
+    // Bitwise, as for dot4: prefill's register tiles (4 rows x 6 tokens, tasks of 64 x 48)
+    // must give each token what a batch of one gives it. Sizes cross every tile edge and
+    // the 8- and 1-element tails of k.
+    println!("register-tiled matmul on this CPU: {}", simd::tile_is_blocked());
+    for &(m, n, k) in &[(2, 5, 8), (7, 67, 24), (13, 130, 583), (50, 66, 576), (97, 9, 1536), (6, 4, 7)] {
+        let x = rand_vec(m * k, 11);
+        let w = rand_vec(n * k, 12);
+        let bias = rand_vec(n, 13);
+        let bw = CpuWeight { rows: 1, cols: n, data: HostData::F32(bias) };
+        for data in [HostData::F32(w.clone()), HostData::Bf16(bf16_bits(&w))] {
+            let wt = CpuWeight { rows: n, cols: k, data };
+            let mut all = vec![f32::NAN; m * n];
+            gemm::matmul(&mut all, &x, &wt, Some(&bw), m);
+            for j in 0..m {
+                let mut one = vec![f32::NAN; n];
+                gemm::matmul(&mut one, &x[j * k..(j + 1) * k], &wt, Some(&bw), 1);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&all[j * n..(j + 1) * n]), bits(&one), "token {j} of {m}x{n}x{k}");
+            }
+        }
+    }
+}
+
+#[test]
 fn upload_keeps_bf16_matrices_and_widens_vectors() {
     let b = CpuBackend;
     let m = HostTensor { name: "m".into(), shape: vec![2, 3], data: HostData::Bf16(bf16_bits(&[1.0; 6])) };
@@ -183,6 +208,24 @@ fn paged_attention_matches_dense_causal_reference() {
             }
         }
         assert_close(&format!("attention hq={hq} hk={hk} d={d} len={len}"), &out, &want, F32_TOL);
+
+        // Bitwise: each token attended alone (as a decode step would) gets what it got
+        // among the prefill's tiles.
+        for t in [0, len / 2, len - 1] {
+            let one = AttnPlan {
+                positions: vec![t as u32],
+                token_seq: vec![0],
+                slots: vec![plan.slots[t]],
+                block_tables: table.clone(),
+                max_blocks: nblocks,
+                block_size: bs,
+                seqs: vec![SeqSpan { first: 0, len: 1, start: t as u32 }],
+            };
+            let mut alone = vec![f32::NAN; hq * d];
+            b.attention(&mut alone, &qkv[t * row..(t + 1) * row].to_vec(), &kc, &vc, &one, shape);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&alone), bits(&out[t * hq * d..(t + 1) * hq * d]), "token {t} of {len}, hq={hq}");
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::dot;
+use super::simd::{add_scaled, add_scaled_rows, dots};
 use crate::backend::{AttnPlan, AttnShape};
 
 pub fn kv_write(
@@ -30,9 +30,20 @@ pub fn kv_write(
     }
 }
 
-const MIN_TASK_WORK: usize = 1 << 16;
+/// Query tokens per task: with their kv group's heads they are the activation rows of
+/// the score tiles (8 x 3 for SmolLM2), each key loaded once for all of them.
+const QUERY_TOKENS: usize = 8;
 
-/// out (n, hq * head_dim); rayon tasks over (token, query head) pairs.
+/// The output as tasks see it: each writes only its own (token, head) rows.
+struct Rows(*mut f32);
+// SAFETY: tasks write disjoint rows (a task owns its tokens' heads of one kv head) and
+// the slice outlives the parallel loop that uses the pointer.
+unsafe impl Sync for Rows {}
+
+/// out (n, hq * head_dim). A task is up to QUERY_TOKENS consecutive tokens of one
+/// sequence and one kv head: scores by `dots` (each `dot`'s bits), softmax per (token,
+/// head) over its own positions, then p * v summed in position order. A (token, head)
+/// result is the same whichever tokens share its task or step.
 pub fn attention(
     out: &mut [f32],
     qkv: &[f32],
@@ -48,37 +59,80 @@ pub fn attention(
     let row = (hq + 2 * hk) * d;
     let scale = 1.0 / (d as f32).sqrt();
     let bs = plan.block_size;
+    let n = plan.positions.len();
+    assert_eq!(out.len(), n * hq * d, "attention: out has {} elements for {n} tokens", out.len());
 
-    // A (token, head) pair over a short context is a few microseconds of work, less
-    // than handing it to another thread costs: group pairs up to ~64k multiply-adds.
-    let longest = plan.positions.iter().max().map_or(1, |&p| p as usize + 1);
-    let min_pairs = (MIN_TASK_WORK / (2 * longest * d)).max(1);
-    out.par_chunks_mut(d).enumerate().with_min_len(min_pairs).for_each_init(
-        Vec::new,
-        |scores: &mut Vec<f32>, (i, o)| {
-            let (t, h) = (i / hq, i % hq);
-            let q = &qkv[t * row + h * d..t * row + (h + 1) * d];
-            let kvh = h / group;
-            let ctx = plan.positions[t] as usize + 1;
-            let table = &plan.block_tables[plan.token_seq[t] as usize * plan.max_blocks..];
-            let at = |j: usize| (table[j / bs] as usize * bs + j % bs) * kv + kvh * d;
+    let mut runs = Vec::new();
+    let mut t0 = 0;
+    for t in 1..=n {
+        if t == n || t - t0 == QUERY_TOKENS || plan.token_seq[t] != plan.token_seq[t0] {
+            runs.push((t0, t));
+            t0 = t;
+        }
+    }
+    let o = Rows(out.as_mut_ptr());
+    let o = &o;
+    (0..runs.len() * hk).into_par_iter().for_each(|task| {
+        let ((t0, t1), kvh) = (runs[task / hk], task % hk);
+        let table = &plan.block_tables[plan.token_seq[t0] as usize * plan.max_blocks..];
+        let at = |j: usize| (table[j / bs] as usize * bs + j % bs) * kv + kvh * d;
+        let ctx = |t: usize| plan.positions[t] as usize + 1;
+        let span = (t0..t1).map(ctx).max().unwrap_or(0);
+        // rows: (token, head) for the run's tokens and this kv head's query heads
+        let rows: Vec<(usize, usize)> =
+            (t0..t1).flat_map(|t| (kvh * group..(kvh + 1) * group).map(move |h| (t, h))).collect();
+        let qs: Vec<&[f32]> = rows.iter().map(|&(t, h)| &qkv[t * row + h * d..][..d]).collect();
+        // Keys past a token's own position (up to the run's last) are scored and unused.
+        let keys: Vec<&[f32]> = (0..span).map(|j| &k_cache[at(j)..at(j) + d]).collect();
+        let mut scores = vec![0f32; rows.len() * span];
+        dots(&keys, &qs, |r, j, v| scores[r * span + j] = v * scale);
 
-            scores.clear();
-            scores.extend((0..ctx).map(|j| dot(q, &k_cache[at(j)..at(j) + d]) * scale));
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (r, &(t, _)) in rows.iter().enumerate() {
+            let s = &mut scores[r * span..r * span + ctx(t)];
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+            for e in s.iter_mut() {
+                *e = (*e - max).exp();
+                sum += *e;
             }
-            o.fill(0.0);
-            for (j, p) in scores.iter().enumerate() {
-                let v = &v_cache[at(j)..at(j) + d];
-                let p = p / sum;
-                for (oi, vi) in o.iter_mut().zip(v) {
-                    *oi += p * vi;
+            for e in s.iter_mut() {
+                *e /= sum;
+            }
+        }
+        // p * v in tiles of 6 rows over the positions every row of the tile attends to,
+        // then each row alone over its remaining positions.
+        let vs: Vec<&[f32]> = (0..span).map(|j| &v_cache[at(j)..at(j) + d]).collect();
+        let mut acc = vec![0f32; rows.len() * d];
+        for (ti, (tile, ps)) in acc.chunks_mut(6 * d).zip(scores.chunks(6 * span)).enumerate() {
+            let rs = &rows[6 * ti..6 * ti + tile.len() / d];
+            let common = rs.iter().map(|&(t, _)| ctx(t)).min().unwrap_or(0);
+            let mut a: Vec<&mut [f32]> = tile.chunks_mut(d).collect();
+            let p: Vec<&[f32]> = ps.chunks(span).collect();
+            macro_rules! go {
+                ($t:literal) => {{
+                    let a: [&mut [f32]; $t] = std::array::from_fn(|i| std::mem::take(&mut a[i]));
+                    add_scaled_rows::<$t>(a, std::array::from_fn(|i| p[i]), &vs[..common]);
+                }};
+            }
+            match rs.len() {
+                6 => go!(6),
+                5 => go!(5),
+                4 => go!(4),
+                3 => go!(3),
+                2 => go!(2),
+                _ => go!(1),
+            }
+            for (r, &(t, _)) in rs.iter().enumerate() {
+                let row = &mut tile[r * d..(r + 1) * d];
+                for (j, v) in vs.iter().enumerate().take(ctx(t)).skip(common) {
+                    add_scaled(row, p[r][j], v);
                 }
             }
-        },
-    );
+        }
+        for (r, &(t, h)) in rows.iter().enumerate() {
+            // SAFETY: row (t, h) of out is inside it (length checked above) and only
+            // this task, which owns token t's heads of kv head kvh, writes it.
+            unsafe { std::ptr::copy_nonoverlapping(acc[r * d..].as_ptr(), o.0.add((t * hq + h) * d), d) };
+        }
+    });
 }

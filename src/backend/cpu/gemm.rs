@@ -1,12 +1,14 @@
 //! out (m, n) = x (m, k) @ w (n, k)^T + bias: every linear layer and the lm_head.
 //!
-//! Work is split over weight rows (rayon), so each thread streams its own slice of
-//! the weight matrix once; within a row, tokens go four at a time through `dot4`.
-//! At m = 1 (decode) this is a pure weight-streaming loop and runs at memory speed.
+//! At m = 1 (decode) work is split over weight rows (rayon), so each thread streams its
+//! own slice of the weight matrix once, at memory speed. At m > 1 the product is cut
+//! into tasks of (weight rows x tokens) and each task into register tiles of 4 rows x 6
+//! tokens (`simd::tile`): 24 sums in registers, each loaded vector used 4 or 6 times.
+//! Every (row, token) sum is `dot`'s, bit for bit, whatever m is.
 
 use rayon::prelude::*;
 
-use super::simd::{dot, dot4, WeightElem};
+use super::simd::{dot, dot4, dots, tile_is_blocked, WeightElem};
 use super::CpuWeight;
 use crate::model::safetensors::HostData;
 
@@ -35,6 +37,9 @@ fn run<W: WeightElem>(
     n: usize,
     k: usize,
 ) {
+    if m > 1 && tile_is_blocked() {
+        return run_tiled(out, x, w, bias, m, n, k);
+    }
     if m == 1 {
         out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, o)| {
             for (i, oi) in o.iter_mut().enumerate() {
@@ -68,6 +73,57 @@ fn run<W: WeightElem>(
     out.par_chunks_mut(n).enumerate().for_each(|(j, orow)| {
         for (r, o) in orow.iter_mut().enumerate() {
             *o = t[r * m + j];
+        }
+    });
+}
+
+/// A task's weight rows (kept in L2 while its token tiles pass over them: 64 rows of
+/// 1536 bf16 are 192 KiB) and tokens (6 rows of 1536 f32, one register tile's, are
+/// 36 KiB, about L1).
+const TASK_ROWS: usize = 64;
+const TASK_TOKENS: usize = 48;
+/// A task with this many tokens widens its bf16 rows to f32 first: the pass costs about
+/// what a few tokens' multiply-adds do, and takes two instructions per 16 weights out of
+/// every token's inner loop.
+const WIDEN_FROM_TOKENS: usize = 12;
+
+/// The output as tasks see it: each writes only its own (tokens x rows) patch.
+struct Patches(*mut f32);
+// SAFETY: tasks write disjoint elements (their patches do not overlap) and the slice
+// outlives the parallel loop that uses the pointer.
+unsafe impl Sync for Patches {}
+
+fn run_tiled<W: WeightElem>(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[W],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let row_tasks = n.div_ceil(TASK_ROWS);
+    let tasks = row_tasks * m.div_ceil(TASK_TOKENS);
+    let o = Patches(out.as_mut_ptr());
+    let o = &o;
+    (0..tasks).into_par_iter().for_each(|task| {
+        let (r0, j0) = ((task % row_tasks) * TASK_ROWS, (task / row_tasks) * TASK_TOKENS);
+        let (r1, j1) = ((r0 + TASK_ROWS).min(n), (j0 + TASK_TOKENS).min(m));
+        let xs: Vec<&[f32]> = (j0..j1).map(|j| &x[j * k..(j + 1) * k]).collect();
+        let put = |t: usize, r: usize, v: f32| {
+            let (j, r) = (j0 + t, r0 + r);
+            debug_assert!(j < j1 && r < r1);
+            // SAFETY: (j, r) lies in this task's patch, inside out (m x n, checked by
+            // `matmul`), and no other task writes it.
+            unsafe { *o.0.add(j * n + r) = v + bias.map_or(0.0, |b| b[r]) };
+        };
+        let block = &w[r0 * k..r1 * k];
+        if std::mem::size_of::<W>() < 4 && xs.len() >= WIDEN_FROM_TOKENS {
+            // Widened once here (exactly), the tiles' inner loop is loads and FMAs only.
+            let wide: Vec<f32> = block.iter().map(|v| v.to_f32()).collect();
+            dots(&wide.chunks_exact(k).collect::<Vec<_>>(), &xs, put);
+        } else {
+            dots(&block.chunks_exact(k).collect::<Vec<_>>(), &xs, put);
         }
     });
 }

@@ -2,8 +2,10 @@
 //! loop of every matmul on the CPU. AVX2+FMA when the CPU has it (checked once at
 //! run time, so one binary runs everywhere), a portable loop otherwise.
 //!
-//! `dot4` shares one weight row between four activation rows: prefill and batched
-//! decode then read each weight once per four tokens instead of once per token.
+//! `dot4` shares one weight row between four activation rows; `tile` goes further for
+//! prefill: R weight rows against T token rows with every product in a register, so each
+//! loaded vector feeds several multiply-adds. All three sum a (weight row, token) pair in
+//! the same order, so a token's result never depends on the batch it shares.
 
 /// A weight element type the dot kernels accept.
 pub trait WeightElem: Copy + Send + Sync + 'static {
@@ -45,6 +47,106 @@ pub fn dot4<W: WeightElem>(w: &[W], x: [&[f32]; 4]) -> [f32; 4] {
     x.map(|r| portable_dot(w, r))
 }
 
+/// out[t][r] = dot(w[r], x[t]) for R weight rows and T activation rows of one length;
+/// bit for bit what `dot` returns for each pair.
+pub fn tile<W: WeightElem, const R: usize, const T: usize>(w: [&[W]; R], x: [&[f32]; T]) -> [[f32; R]; T] {
+    let k = x.first().map_or(0, |r| r.len());
+    assert!(w.iter().all(|r| r.len() == k) && x.iter().all(|r| r.len() == k), "tile: rows of unequal length");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked above); every row is k long.
+        return unsafe { x86::tile::<W, R, T>(w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()), k) };
+    }
+    x.map(|xr| w.map(|wr| dot(wr, xr)))
+}
+
+/// `put(t, r, dot(w[r], x[t]))` for every pair, in register tiles of 4 weight rows x 6
+/// activation rows: activation tiles outer, so 6 rows stay in L1 while the weight rows
+/// stream past them.
+pub fn dots<W: WeightElem>(w: &[&[W]], x: &[&[f32]], mut put: impl FnMut(usize, usize, f32)) {
+    for t0 in (0..x.len()).step_by(6) {
+        let xs = &x[t0..(t0 + 6).min(x.len())];
+        let mut r0 = 0;
+        while r0 < w.len() {
+            let rows = if w.len() - r0 >= 4 { 4 } else { 1 };
+            let mut out = |t: usize, r: usize, v: f32| put(t0 + t, r0 + r, v);
+            let ws = &w[r0..r0 + rows];
+            macro_rules! go {
+                ($r:literal, $t:literal) => {
+                    emit(
+                        &tile::<W, $r, $t>(std::array::from_fn(|i| ws[i]), std::array::from_fn(|i| xs[i])),
+                        &mut out,
+                    )
+                };
+            }
+            match (rows, xs.len()) {
+                (4, 6) => go!(4, 6),
+                (4, 5) => go!(4, 5),
+                (4, 4) => go!(4, 4),
+                (4, 3) => go!(4, 3),
+                (4, 2) => go!(4, 2),
+                (4, _) => go!(4, 1),
+                (_, 6) => go!(1, 6),
+                (_, 5) => go!(1, 5),
+                (_, 4) => go!(1, 4),
+                (_, 3) => go!(1, 3),
+                (_, 2) => go!(1, 2),
+                _ => go!(1, 1),
+            }
+            r0 += rows;
+        }
+    }
+}
+
+fn emit<const R: usize, const T: usize>(s: &[[f32; R]; T], put: &mut impl FnMut(usize, usize, f32)) {
+    for (t, st) in s.iter().enumerate() {
+        for (r, &v) in st.iter().enumerate() {
+            put(t, r, v);
+        }
+    }
+}
+
+/// Whether `tile` has its register-blocked path on this CPU (else it is `dot` per pair).
+pub fn tile_is_blocked() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return has_avx512();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// acc[i] += p * v[i], a product then a sum, each rounded (no fused multiply-add), so
+/// every path gives the scalar loop's bits.
+pub fn add_scaled(acc: &mut [f32], p: f32, v: &[f32]) {
+    assert_eq!(acc.len(), v.len(), "add_scaled: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F (checked above); lengths are equal.
+        return unsafe { x86::add_scaled(acc, p, v) };
+    }
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a += p * x;
+    }
+}
+
+/// acc[t] += p[t][j] * v[j] for j in order, for T rows of 64 (four 16-lane vectors):
+/// `add_scaled` per (t, j), bit for bit, with each v[j] loaded once for all T rows and
+/// the rows' sums kept in registers. Rows of another length go through `add_scaled`.
+pub fn add_scaled_rows<const T: usize>(acc: [&mut [f32]; T], p: [&[f32]; T], v: &[&[f32]]) {
+    let n = v.len();
+    assert!(p.iter().all(|r| r.len() >= n), "add_scaled_rows: fewer weights than rows of v");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && acc.iter().all(|a| a.len() == 64) && v.iter().all(|r| r.len() == 64) {
+        // SAFETY: AVX-512F is present (checked above); every row is 64 long and p has
+        // a weight for every row of v.
+        return unsafe { x86::add_scaled_rows::<T>(acc.map(|a| a.as_mut_ptr()), p.map(|r| r.as_ptr()), v) };
+    }
+    for (j, vj) in v.iter().enumerate() {
+        for t in 0..T {
+            add_scaled(acc[t], p[t][j], vj);
+        }
+    }
+}
+
 /// Eight partial sums so the compiler can keep them in one vector register. (Its
 /// order differs from the AVX2 path's, but every row of a batch takes the same path.)
 fn portable_dot<W: WeightElem>(w: &[W], x: &[f32]) -> f32 {
@@ -67,6 +169,14 @@ fn has_avx2_fma() -> bool {
     use std::sync::OnceLock;
     static YES: OnceLock<bool> = OnceLock::new();
     *YES.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// `tile`'s path also needs AVX2 and FMA: its tail and final sum are `dot`'s.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static YES: OnceLock<bool> = OnceLock::new();
+    *YES.get_or_init(|| has_avx2_fma() && is_x86_feature_detected!("avx512f"))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -155,5 +265,115 @@ mod x86 {
             i += 1;
         }
         s
+    }
+
+    /// Sixteen weights starting at `w` as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn load16<W: WeightElem>(w: *const W) -> __m512 {
+        if TypeId::of::<W>() == TypeId::of::<u16>() {
+            let h = _mm256_loadu_si256(w as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+        } else {
+            _mm512_loadu_ps(w as *const f32)
+        }
+    }
+
+    /// `dot`'s two 8-lane chains are one 16-lane accumulator here: lane j < 8 sums the
+    /// elements 16c + j (the even chunks, `dot`'s a[0]), lane 8 + j the elements
+    /// 16c + 8 + j (a[1]). A last 8-element chunk goes to the low lanes only, then
+    /// low + high half is `dot`'s a[0] + a[1], followed by the same horizontal sum and
+    /// scalar tail. Every rounding is the same, in the same order.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn tile<W: WeightElem, const R: usize, const T: usize>(
+        w: [*const W; R],
+        x: [*const f32; T],
+        k: usize,
+    ) -> [[f32; R]; T] {
+        let mut a = [[_mm512_setzero_ps(); R]; T];
+        let mut i = 0;
+        while i + 16 <= k {
+            let mut wv = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                wv[r] = load16(w[r].add(i));
+            }
+            for t in 0..T {
+                let xv = _mm512_loadu_ps(x[t].add(i));
+                for r in 0..R {
+                    a[t][r] = _mm512_fmadd_ps(wv[r], xv, a[t][r]);
+                }
+            }
+            i += 16;
+        }
+        if i + 8 <= k {
+            let wv: [__m512; R] = std::array::from_fn(|r| _mm512_castps256_ps512(load8(w[r].add(i))));
+            for (t, at) in a.iter_mut().enumerate() {
+                let xv = _mm512_castps256_ps512(_mm256_loadu_ps(x[t].add(i)));
+                for r in 0..R {
+                    at[r] = _mm512_mask3_fmadd_ps(wv[r], xv, at[r], 0x00ff);
+                }
+            }
+            i += 8;
+        }
+        // Two passes so that the first unrolls fully and `a` stays in registers (a
+        // loop over the tail inside it kept `a` in memory, stored on every step).
+        let mut s = [[0f32; R]; T];
+        for t in 0..T {
+            for r in 0..R {
+                let v = a[t][r];
+                let lo = _mm512_castps512_ps256(v);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+                s[t][r] = hsum(_mm256_add_ps(lo, hi));
+            }
+        }
+        for j in i..k {
+            for t in 0..T {
+                for r in 0..R {
+                    s[t][r] += (*w[r].add(j)).to_f32() * *x[t].add(j);
+                }
+            }
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn add_scaled(acc: &mut [f32], p: f32, v: &[f32]) {
+        let (a, x, n) = (acc.as_mut_ptr(), v.as_ptr(), acc.len());
+        let pv = _mm512_set1_ps(p);
+        let mut i = 0;
+        while i + 16 <= n {
+            let sum = _mm512_add_ps(_mm512_loadu_ps(a.add(i)), _mm512_mul_ps(pv, _mm512_loadu_ps(x.add(i))));
+            _mm512_storeu_ps(a.add(i), sum);
+            i += 16;
+        }
+        while i < n {
+            *a.add(i) += p * *x.add(i);
+            i += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn add_scaled_rows<const T: usize>(acc: [*mut f32; T], p: [*const f32; T], v: &[&[f32]]) {
+        let mut a = [[_mm512_setzero_ps(); 4]; T];
+        for t in 0..T {
+            for c in 0..4 {
+                a[t][c] = _mm512_loadu_ps(acc[t].add(16 * c));
+            }
+        }
+        for (j, vj) in v.iter().enumerate() {
+            let vp = vj.as_ptr();
+            let vv = [0, 1, 2, 3].map(|c| _mm512_loadu_ps(vp.add(16 * c)));
+            for t in 0..T {
+                let pv = _mm512_set1_ps(*p[t].add(j));
+                for c in 0..4 {
+                    a[t][c] = _mm512_add_ps(a[t][c], _mm512_mul_ps(pv, vv[c]));
+                }
+            }
+        }
+        for t in 0..T {
+            for c in 0..4 {
+                _mm512_storeu_ps(acc[t].add(16 * c), a[t][c]);
+            }
+        }
     }
 }
