@@ -185,34 +185,43 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
         });
         return;
     }
-    // Tasks own disjoint weight rows, so they write a transposed (n, m) buffer.
-    let mut t = vec![0f32; n * m];
-    t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(c, tc)| {
+    // Tasks own disjoint weight rows and write their (token, row) elements of out in
+    // place: a transposed buffer and its copy back cost as much as the dots did.
+    let o = Patches(out.as_mut_ptr());
+    let o = &o;
+    let put = |j: usize, r: usize, v: f32| {
+        debug_assert!(j < m && r < n);
+        // SAFETY: j < m and r < n (out is m x n, checked above), and only the task that
+        // owns row r writes element (j, r).
+        unsafe { *o.0.add(j * n + r) = v + bias_of(r) };
+    };
+    (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|c| {
+        let rows_here = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n);
         for j0 in (0..m).step_by(TOKENS_PER_CHUNK) {
             let j1 = (j0 + TOKENS_PER_CHUNK).min(m);
-            for (i, trow) in tc.chunks_exact_mut(m).enumerate() {
-                let r = c * ROWS_PER_TASK + i;
-                let ((ty, wr), b) = (rows[r], bias_of(r));
+            for r in rows_here.clone() {
+                let (ty, wr) = rows[r];
                 let a = acts(ty);
                 let mut j = j0;
                 while j + TILE <= j1 {
                     let s = unsafe {
                         dot_unchecked::<TILE>(level, ty, wr, &std::array::from_fn(|d| a.row(j + d)))
                     };
-                    for d in 0..TILE {
-                        trow[j + d] = s[d] + b;
+                    for (d, v) in s.into_iter().enumerate() {
+                        put(j + d, r, v);
                     }
                     j += TILE;
                 }
-                for (jj, o) in trow.iter_mut().enumerate().take(j1).skip(j) {
-                    *o = unsafe { dot_unchecked::<1>(level, ty, wr, &[a.row(jj)]) }[0] + b;
+                for jj in j..j1 {
+                    put(jj, r, unsafe { dot_unchecked::<1>(level, ty, wr, &[a.row(jj)]) }[0]);
                 }
             }
         }
     });
-    out.par_chunks_mut(n).enumerate().for_each(|(j, orow)| {
-        for (r, o) in orow.iter_mut().enumerate() {
-            *o = t[r * m + j];
-        }
-    });
 }
+
+/// The output as tasks see it: each writes only the elements of its own weight rows.
+struct Patches(*mut f32);
+// SAFETY: tasks write disjoint elements and the slice outlives the parallel loop that
+// uses the pointer.
+unsafe impl Sync for Patches {}
