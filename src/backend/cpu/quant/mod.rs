@@ -156,12 +156,6 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
     let a32 = if want(false) { quantize_q8_0(x, k) } else { Q8Rows::default() };
     let ak = if want(true) { quantize_q8_k(x, k) } else { Q8Rows::default() };
     let acts = |ty: QType| if is_k(ty) { &ak } else { &a32 };
-    // (type, bytes of the row) for every weight row, so tasks index rows directly
-    let rows: Vec<(QType, &[u8])> = w
-        .parts
-        .iter()
-        .flat_map(|p| p.data.chunks_exact(p.data.len() / p.rows.max(1)).take(p.rows).map(move |r| (p.ty, r)))
-        .collect();
     assert!(level.available(), "{level:?} kernels are not available on this CPU");
     for p in &w.parts {
         let rb = p.ty.row_bytes(k).unwrap_or_else(|| panic!("{}: {k} columns are not whole blocks", p.ty));
@@ -180,7 +174,7 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
         out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, o)| {
             for (i, oi) in o.iter_mut().enumerate() {
                 let r = c * ROWS_PER_TASK + i;
-                let (ty, wr) = rows[r];
+                let (ty, wr) = w.row(r);
                 *oi = unsafe { dot_unchecked::<1>(level, ty, wr, &[acts(ty).row(0)]) }[0] + bias_of(r);
             }
         });
@@ -201,7 +195,7 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
         for j0 in (0..m).step_by(TOKENS_PER_CHUNK) {
             let j1 = (j0 + TOKENS_PER_CHUNK).min(m);
             for r in rows_here.clone() {
-                let (ty, wr) = rows[r];
+                let (ty, wr) = w.row(r);
                 let a = acts(ty);
                 let mut j = j0;
                 while j + TILE <= j1 {
