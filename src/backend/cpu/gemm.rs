@@ -106,7 +106,9 @@ fn run_tiled<W: WeightElem>(
     let tasks = row_tasks * m.div_ceil(TASK_TOKENS);
     let o = Patches(out.as_mut_ptr());
     let o = &o;
-    (0..tasks).into_par_iter().for_each(|task| {
+    // `wide` is each worker's buffer for widened rows, kept across its tasks: a fresh
+    // 384 KiB Vec per task was an mmap, page faults and zeroing each time.
+    (0..tasks).into_par_iter().for_each_init(Vec::new, |wide: &mut Vec<f32>, task| {
         let (r0, j0) = ((task % row_tasks) * TASK_ROWS, (task / row_tasks) * TASK_TOKENS);
         let (r1, j1) = ((r0 + TASK_ROWS).min(n), (j0 + TASK_TOKENS).min(m));
         let xs: Vec<&[f32]> = (j0..j1).map(|j| &x[j * k..(j + 1) * k]).collect();
@@ -120,7 +122,8 @@ fn run_tiled<W: WeightElem>(
         let block = &w[r0 * k..r1 * k];
         if std::mem::size_of::<W>() < 4 && xs.len() >= WIDEN_FROM_TOKENS {
             // Widened once here (exactly), the tiles' inner loop is loads and FMAs only.
-            let wide: Vec<f32> = block.iter().map(|v| v.to_f32()).collect();
+            wide.clear();
+            wide.extend(block.iter().map(|v| v.to_f32()));
             dots(&wide.chunks_exact(k).collect::<Vec<_>>(), &xs, put);
         } else {
             dots(&block.chunks_exact(k).collect::<Vec<_>>(), &xs, put);
