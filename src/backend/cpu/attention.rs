@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use super::simd::{add_scaled, add_scaled_rows, dots};
+use super::Disjoint;
 use crate::backend::{AttnPlan, AttnShape};
 
 pub fn kv_write(
@@ -33,12 +34,6 @@ pub fn kv_write(
 /// Query tokens per task: with their kv group's heads they are the activation rows of
 /// the score tiles (8 x 3 for SmolLM2), each key loaded once for all of them.
 const QUERY_TOKENS: usize = 8;
-
-/// The output as tasks see it: each writes only its own (token, head) rows.
-struct Rows(*mut f32);
-// SAFETY: tasks write disjoint rows (a task owns its tokens' heads of one kv head) and
-// the slice outlives the parallel loop that uses the pointer.
-unsafe impl Sync for Rows {}
 
 /// out (n, hq * head_dim). A task is up to QUERY_TOKENS consecutive tokens of one
 /// sequence and one kv head: scores by `dots` (each `dot`'s bits), softmax per (token,
@@ -70,7 +65,7 @@ pub fn attention(
             t0 = t;
         }
     }
-    let o = Rows(out.as_mut_ptr());
+    let o = Disjoint::new(out);
     let o = &o;
     (0..runs.len() * hk).into_par_iter().for_each(|task| {
         let ((t0, t1), kvh) = (runs[task / hk], task % hk);
@@ -132,7 +127,7 @@ pub fn attention(
         for (r, &(t, h)) in rows.iter().enumerate() {
             // SAFETY: row (t, h) of out is inside it (length checked above) and only
             // this task, which owns token t's heads of kv head kvh, writes it.
-            unsafe { std::ptr::copy_nonoverlapping(acc[r * d..].as_ptr(), o.0.add((t * hq + h) * d), d) };
+            unsafe { o.write((t * hq + h) * d, &acc[r * d..(r + 1) * d]) };
         }
     });
 }

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::simd::{dot, dot4, dots, tile_is_blocked, WeightElem};
-use super::CpuWeight;
+use super::{CpuWeight, Disjoint};
 use crate::model::safetensors::HostData;
 
 /// Weight rows per rayon task: big enough to amortise scheduling, small enough
@@ -87,12 +87,6 @@ const TASK_TOKENS: usize = 48;
 /// every token's inner loop.
 const WIDEN_FROM_TOKENS: usize = 12;
 
-/// The output as tasks see it: each writes only its own (tokens x rows) patch.
-struct Patches(*mut f32);
-// SAFETY: tasks write disjoint elements (their patches do not overlap) and the slice
-// outlives the parallel loop that uses the pointer.
-unsafe impl Sync for Patches {}
-
 fn run_tiled<W: WeightElem>(
     out: &mut [f32],
     x: &[f32],
@@ -104,7 +98,7 @@ fn run_tiled<W: WeightElem>(
 ) {
     let row_tasks = n.div_ceil(TASK_ROWS);
     let tasks = row_tasks * m.div_ceil(TASK_TOKENS);
-    let o = Patches(out.as_mut_ptr());
+    let o = Disjoint::new(out);
     let o = &o;
     // `wide` is each worker's buffer for widened rows, kept across its tasks: a fresh
     // 384 KiB Vec per task was an mmap, page faults and zeroing each time.
@@ -117,7 +111,7 @@ fn run_tiled<W: WeightElem>(
             debug_assert!(j < j1 && r < r1);
             // SAFETY: (j, r) lies in this task's patch, inside out (m x n, checked by
             // `matmul`), and no other task writes it.
-            unsafe { *o.0.add(j * n + r) = v + bias.map_or(0.0, |b| b[r]) };
+            unsafe { o.write(j * n + r, &[v + bias.map_or(0.0, |b| b[r])]) };
         };
         let block = &w[r0 * k..r1 * k];
         if std::mem::size_of::<W>() < 4 && xs.len() >= WIDEN_FROM_TOKENS {

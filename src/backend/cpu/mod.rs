@@ -18,6 +18,26 @@ use crate::error::{Error, Result};
 use crate::model::safetensors::{HostData, HostTensor};
 use crate::pimoe::experts::{Expert, RowResult};
 
+/// An op's output as its parallel tasks see it, when each task owns elements that are
+/// not one contiguous chunk (a GEMM patch, a weight row's column, attention rows).
+struct Disjoint(*mut f32);
+// SAFETY: the only access is `Disjoint::write`, whose callers guarantee that no two
+// tasks write the same element and that the slice outlives the parallel loop.
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    fn new(out: &mut [f32]) -> Disjoint {
+        Disjoint(out.as_mut_ptr())
+    }
+
+    /// # Safety
+    /// `at + vals.len()` is within the slice `new` was given, and no other task writes
+    /// those elements during the loop.
+    unsafe fn write(&self, at: usize, vals: &[f32]) {
+        unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.0.add(at), vals.len()) }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
 

@@ -25,6 +25,7 @@ pub mod x86;
 
 use rayon::prelude::*;
 
+use super::Disjoint;
 use crate::model::quant::{QType, QuantMatrix};
 use act::{quantize_q8_0, quantize_q8_k, ActRow, Q8Rows};
 
@@ -182,13 +183,13 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
     }
     // Tasks own disjoint weight rows and write their (token, row) elements of out in
     // place: a transposed buffer and its copy back cost as much as the dots did.
-    let o = Patches(out.as_mut_ptr());
+    let o = Disjoint::new(out);
     let o = &o;
     let put = |j: usize, r: usize, v: f32| {
         debug_assert!(j < m && r < n);
         // SAFETY: j < m and r < n (out is m x n, checked above), and only the task that
         // owns row r writes element (j, r).
-        unsafe { *o.0.add(j * n + r) = v + bias_of(r) };
+        unsafe { o.write(j * n + r, &[v + bias_of(r)]) };
     };
     (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|c| {
         let rows_here = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n);
@@ -197,36 +198,39 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
             for r in rows_here.clone() {
                 let (ty, wr) = w.row(r);
                 let a = acts(ty);
+                let mut put_r = |j: usize, v: f32| put(j, r, v);
                 let mut j = j0;
-                while j + TILE <= j1 {
-                    let s = unsafe {
-                        dot_unchecked::<TILE>(level, ty, wr, &std::array::from_fn(|d| a.row(j + d)))
-                    };
-                    for (d, v) in s.into_iter().enumerate() {
-                        put(j + d, r, v);
-                    }
-                    j += TILE;
-                }
-                // a batch of a few decode tokens: half tiles before single tokens
-                if j + TILE / 2 <= j1 {
-                    let s = unsafe {
-                        dot_unchecked::<{ TILE / 2 }>(level, ty, wr, &std::array::from_fn(|d| a.row(j + d)))
-                    };
-                    for (d, v) in s.into_iter().enumerate() {
-                        put(j + d, r, v);
-                    }
-                    j += TILE / 2;
-                }
-                for jj in j..j1 {
-                    put(jj, r, unsafe { dot_unchecked::<1>(level, ty, wr, &[a.row(jj)]) }[0]);
+                // SAFETY (all three): as for every dot here (above).
+                unsafe {
+                    tiles::<TILE>(level, ty, wr, a, &mut j, j1, &mut put_r);
+                    // a batch of a few decode tokens: a half tile before single tokens
+                    tiles::<{ TILE / 2 }>(level, ty, wr, a, &mut j, j1, &mut put_r);
+                    tiles::<1>(level, ty, wr, a, &mut j, j1, &mut put_r);
                 }
             }
         }
     });
 }
 
-/// The output as tasks see it: each writes only the elements of its own weight rows.
-struct Patches(*mut f32);
-// SAFETY: tasks write disjoint elements and the slice outlives the parallel loop that
-// uses the pointer.
-unsafe impl Sync for Patches {}
+/// Tokens j.. of `a` against weight row `wr`, C per weight-block load, while C fit
+/// before j1; `j` ends at the first token left.
+///
+/// # Safety
+/// As `dot_unchecked`, for every row of `a` in j..j1.
+unsafe fn tiles<const C: usize>(
+    level: Level,
+    ty: QType,
+    wr: &[u8],
+    a: &Q8Rows,
+    j: &mut usize,
+    j1: usize,
+    put: &mut impl FnMut(usize, f32),
+) {
+    while *j + C <= j1 {
+        let s = unsafe { dot_unchecked::<C>(level, ty, wr, &std::array::from_fn(|d| a.row(*j + d))) };
+        for (d, v) in s.into_iter().enumerate() {
+            put(*j + d, v);
+        }
+        *j += C;
+    }
+}
