@@ -17,14 +17,18 @@ HELD_TEXT = os.path.join(ROOT, "bench", "reference", "heldout.txt")
 
 
 def cpu_name() -> str:
+    """The model name and the SIMD extensions the kernels choose between, as pimoe's
+    reports give them: these VMs share one name across hosts with and without AVX-512."""
+    name, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
+            lines = fh.read().splitlines()
+        name = next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
+        flags = next(l.split(":", 1)[1].split() for l in lines if l.startswith("flags"))
+    except (OSError, StopIteration):
         pass
-    return platform.processor() or platform.machine()
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f in flags]
+    return f"{name} with {' '.join(f.replace('_', '') for f in simd)}" if simd else name
 
 
 def git_commit() -> str:
