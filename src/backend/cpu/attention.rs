@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{add_scaled, add_scaled_rows, dots};
+use super::simd::{add_scaled_prefixes, dots};
 use super::Disjoint;
 use crate::backend::{AttnPlan, AttnShape};
 
@@ -94,36 +94,12 @@ pub fn attention(
                 *e /= sum;
             }
         }
-        // p * v in tiles of 6 rows over the positions every row of the tile attends to,
-        // then each row alone over its remaining positions.
+        // p * v: each row over its own positions, in position order
         let vs: Vec<&[f32]> = (0..span).map(|j| &v_cache[at(j)..at(j) + d]).collect();
+        let p: Vec<&[f32]> = scores.chunks(span).collect();
+        let lens: Vec<usize> = rows.iter().map(|&(t, _)| ctx(t)).collect();
         let mut acc = vec![0f32; rows.len() * d];
-        for (ti, (tile, ps)) in acc.chunks_mut(6 * d).zip(scores.chunks(6 * span)).enumerate() {
-            let rs = &rows[6 * ti..6 * ti + tile.len() / d];
-            let common = rs.iter().map(|&(t, _)| ctx(t)).min().unwrap_or(0);
-            let mut a: Vec<&mut [f32]> = tile.chunks_mut(d).collect();
-            let p: Vec<&[f32]> = ps.chunks(span).collect();
-            macro_rules! go {
-                ($t:literal) => {{
-                    let a: [&mut [f32]; $t] = std::array::from_fn(|i| std::mem::take(&mut a[i]));
-                    add_scaled_rows::<$t>(a, std::array::from_fn(|i| p[i]), &vs[..common]);
-                }};
-            }
-            match rs.len() {
-                6 => go!(6),
-                5 => go!(5),
-                4 => go!(4),
-                3 => go!(3),
-                2 => go!(2),
-                _ => go!(1),
-            }
-            for (r, &(t, _)) in rs.iter().enumerate() {
-                let row = &mut tile[r * d..(r + 1) * d];
-                for (j, v) in vs.iter().enumerate().take(ctx(t)).skip(common) {
-                    add_scaled(row, p[r][j], v);
-                }
-            }
-        }
+        add_scaled_prefixes(&mut acc, &p, &lens, &vs);
         for (r, &(t, h)) in rows.iter().enumerate() {
             // SAFETY: row (t, h) of out is inside it (length checked above) and only
             // this task, which owns token t's heads of kv head kvh, writes it.

@@ -116,7 +116,7 @@ pub fn tile_is_blocked() -> bool {
 
 /// acc[i] += p * v[i], a product then a sum, each rounded (no fused multiply-add), so
 /// every path gives the scalar loop's bits.
-pub fn add_scaled(acc: &mut [f32], p: f32, v: &[f32]) {
+fn add_scaled(acc: &mut [f32], p: f32, v: &[f32]) {
     assert_eq!(acc.len(), v.len(), "add_scaled: lengths differ");
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
@@ -128,10 +128,48 @@ pub fn add_scaled(acc: &mut [f32], p: f32, v: &[f32]) {
     }
 }
 
+/// Row r of `acc` (rows of acc.len() / p.len()) += p[r][j] * v[j] for j in
+/// 0..lens[r], in j order: `add_scaled` per (r, j), bit for bit. Rows go in tiles of 6
+/// through `add_scaled_rows` over the positions every row of the tile takes, then each
+/// row alone over the rest (attention's p * v, rows being a kv group's query heads).
+pub fn add_scaled_prefixes(acc: &mut [f32], p: &[&[f32]], lens: &[usize], v: &[&[f32]]) {
+    let rows = p.len();
+    assert_eq!(lens.len(), rows, "add_scaled_prefixes: {} lengths for {rows} rows", lens.len());
+    if rows == 0 {
+        return;
+    }
+    assert_eq!(acc.len() % rows, 0, "add_scaled_prefixes: {} values in {rows} rows", acc.len());
+    let d = acc.len() / rows;
+    for (ti, tile) in acc.chunks_mut(6 * d).enumerate() {
+        let (ps, ls) = (&p[6 * ti..][..tile.len() / d], &lens[6 * ti..][..tile.len() / d]);
+        let common = ls.iter().copied().min().unwrap_or(0);
+        let mut a: Vec<&mut [f32]> = tile.chunks_mut(d).collect();
+        macro_rules! go {
+            ($t:literal) => {{
+                let a: [&mut [f32]; $t] = std::array::from_fn(|i| std::mem::take(&mut a[i]));
+                add_scaled_rows::<$t>(a, std::array::from_fn(|i| ps[i]), &v[..common]);
+            }};
+        }
+        match ps.len() {
+            6 => go!(6),
+            5 => go!(5),
+            4 => go!(4),
+            3 => go!(3),
+            2 => go!(2),
+            _ => go!(1),
+        }
+        for ((row, pr), &len) in tile.chunks_mut(d).zip(ps).zip(ls) {
+            for (j, vj) in v.iter().enumerate().take(len).skip(common) {
+                add_scaled(row, pr[j], vj);
+            }
+        }
+    }
+}
+
 /// acc[t] += p[t][j] * v[j] for j in order, for T rows of 64 (four 16-lane vectors):
 /// `add_scaled` per (t, j), bit for bit, with each v[j] loaded once for all T rows and
 /// the rows' sums kept in registers. Rows of another length go through `add_scaled`.
-pub fn add_scaled_rows<const T: usize>(acc: [&mut [f32]; T], p: [&[f32]; T], v: &[&[f32]]) {
+fn add_scaled_rows<const T: usize>(acc: [&mut [f32]; T], p: [&[f32]; T], v: &[&[f32]]) {
     let n = v.len();
     assert!(p.iter().all(|r| r.len() >= n), "add_scaled_rows: fewer weights than rows of v");
     #[cfg(target_arch = "x86_64")]
