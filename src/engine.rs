@@ -120,7 +120,7 @@ impl<B: Backend> Engine<B> {
     /// small and follow `LoadOptions::default()` (the environment).
     pub fn load_manifest_with(backend: B, path: &Path, options: LoadOptions) -> Result<Self> {
         let (m, base) = Manifest::load(path)?;
-        let mut engine = Self::load_with(backend, &base.join(&m.llm), options)?;
+        let mut engine = Self::load_files(backend, &base.join(&m.llm), options)?;
         let c = &engine.llm.config;
         let comp = Composition::load(&m, &base, c.hidden_size, c.vocab_size)?;
         engine.backbones = comp
@@ -136,6 +136,8 @@ impl<B: Backend> Engine<B> {
             .map(|slot| engine.backend.prepare_expert(&slot.expert))
             .collect::<Result<_>>()?;
         engine.pimoe = Some(comp);
+        // once, after the backbones too
+        return_freed_memory();
         Ok(engine)
     }
 

@@ -61,7 +61,7 @@ fn random_x(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Weights per row a test uses for `ty`: several blocks, not a power of two of them;
-/// an odd count of 32-blocks, so that the VNNI kernels' pair loop leaves a last block.
+/// an odd count of 32-blocks, so that the kernels' even/odd block pairs leave a last block.
 fn k_for(ty: QType) -> usize {
     if ty.block_len() == 256 {
         768
