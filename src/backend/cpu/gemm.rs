@@ -3,7 +3,8 @@
 //! At m = 1 (decode) work is split over weight rows (rayon), so each thread streams its
 //! own slice of the weight matrix once, at memory speed. At m > 1 the product is cut
 //! into tasks of (weight rows x tokens) and each task into register tiles of 4 rows x 6
-//! tokens (`simd::tile`): 24 sums in registers, each loaded vector used 4 or 6 times.
+//! tokens with AVX-512, 2 x 6 with AVX2 (`simd::tile`): every sum in a register, each
+//! loaded vector used several times.
 //! Every (row, token) sum is `dot`'s, bit for bit, whatever m is.
 
 use rayon::prelude::*;

@@ -56,19 +56,33 @@ pub fn tile<W: WeightElem, const R: usize, const T: usize>(w: [&[W]; R], x: [&[f
     if has_avx512() {
         // SAFETY: the CPU supports AVX-512F (checked above); every row is k long.
         return unsafe { x86::tile::<W, R, T>(w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()), k) };
+    } else if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above); every row is k long.
+        return unsafe { x86::tile8::<W, R, T>(w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()), k) };
     }
     x.map(|xr| w.map(|wr| dot(wr, xr)))
 }
 
-/// `put(t, r, dot(w[r], x[t]))` for every pair, in register tiles of 4 weight rows x 6
-/// activation rows: activation tiles outer, so 6 rows stay in L1 while the weight rows
-/// stream past them.
+/// Weight rows per register tile in `dots`: 4 x 6 pairs fill AVX-512's 32 registers,
+/// 2 x 6 AVX2's 16 (one 8-lane sum per pair, see `x86::tile8`).
+fn tile_rows() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        return 4;
+    }
+    2
+}
+
+/// `put(t, r, dot(w[r], x[t]))` for every pair, in register tiles of 4 (AVX-512) or 2
+/// weight rows x 6 activation rows: activation tiles outer, so 6 rows stay in L1 while
+/// the weight rows stream past them.
 pub fn dots<W: WeightElem>(w: &[&[W]], x: &[&[f32]], mut put: impl FnMut(usize, usize, f32)) {
+    let tr = tile_rows();
     for t0 in (0..x.len()).step_by(6) {
         let xs = &x[t0..(t0 + 6).min(x.len())];
         let mut r0 = 0;
         while r0 < w.len() {
-            let rows = if w.len() - r0 >= 4 { 4 } else { 1 };
+            let rows = if w.len() - r0 >= tr { tr } else { 1 };
             let mut out = |t: usize, r: usize, v: f32| put(t0 + t, r0 + r, v);
             let ws = &w[r0..r0 + rows];
             macro_rules! go {
@@ -86,6 +100,12 @@ pub fn dots<W: WeightElem>(w: &[&[W]], x: &[&[f32]], mut put: impl FnMut(usize, 
                 (4, 3) => go!(4, 3),
                 (4, 2) => go!(4, 2),
                 (4, _) => go!(4, 1),
+                (2, 6) => go!(2, 6),
+                (2, 5) => go!(2, 5),
+                (2, 4) => go!(2, 4),
+                (2, 3) => go!(2, 3),
+                (2, 2) => go!(2, 2),
+                (2, _) => go!(2, 1),
                 (_, 6) => go!(1, 6),
                 (_, 5) => go!(1, 5),
                 (_, 4) => go!(1, 4),
@@ -106,10 +126,10 @@ fn emit<const R: usize, const T: usize>(s: &[[f32; R]; T], put: &mut impl FnMut(
     }
 }
 
-/// Whether `tile` has its register-blocked path on this CPU (else it is `dot` per pair).
+/// Whether `tile` has a register-blocked path on this CPU (else it is `dot` per pair).
 pub fn tile_is_blocked() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return has_avx512();
+    return has_avx2_fma();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -122,6 +142,9 @@ fn add_scaled(acc: &mut [f32], p: f32, v: &[f32]) {
     if has_avx512() {
         // SAFETY: the CPU supports AVX-512F (checked above); lengths are equal.
         return unsafe { x86::add_scaled(acc, p, v) };
+    } else if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (checked above); lengths are equal.
+        return unsafe { x86::add_scaled8(acc, p, v) };
     }
     for (a, x) in acc.iter_mut().zip(v) {
         *a += p * x;
@@ -374,6 +397,62 @@ mod x86 {
         s
     }
 
+    /// `dot`'s chains for AVX2's 16 registers: 8-lane chunk q of a row belongs to chain
+    /// q % 2, and each chain is summed in a pass of its own (the even chunks over the
+    /// whole row, then the odd ones), so a tile keeps one accumulator per pair, not two.
+    /// Then a[0] + a[1], the horizontal sum and the scalar tail, as `dot` does them.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile8<W: WeightElem, const R: usize, const T: usize>(
+        w: [*const W; R],
+        x: [*const f32; T],
+        k: usize,
+    ) -> [[f32; R]; T] {
+        let even = chain::<W, R, T>(w, x, 0, k / 8);
+        let odd = chain::<W, R, T>(w, x, 1, k / 8);
+        let mut s = [[0f32; R]; T];
+        for t in 0..T {
+            for r in 0..R {
+                s[t][r] = hsum(_mm256_add_ps(even[t][r], odd[t][r]));
+            }
+        }
+        for j in k / 8 * 8..k {
+            for t in 0..T {
+                for r in 0..R {
+                    s[t][r] += (*w[r].add(j)).to_f32() * *x[t].add(j);
+                }
+            }
+        }
+        s
+    }
+
+    /// The sums over 8-lane chunks first, first + 2, ... below `chunks`, per pair.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn chain<W: WeightElem, const R: usize, const T: usize>(
+        w: [*const W; R],
+        x: [*const f32; T],
+        first: usize,
+        chunks: usize,
+    ) -> [[__m256; R]; T] {
+        let mut a = [[_mm256_setzero_ps(); R]; T];
+        let mut q = first;
+        while q < chunks {
+            let i = 8 * q;
+            let mut wv = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                wv[r] = load8(w[r].add(i));
+            }
+            for t in 0..T {
+                let xv = _mm256_loadu_ps(x[t].add(i));
+                for r in 0..R {
+                    a[t][r] = _mm256_fmadd_ps(wv[r], xv, a[t][r]);
+                }
+            }
+            q += 2;
+        }
+        a
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn add_scaled(acc: &mut [f32], p: f32, v: &[f32]) {
         let (a, x, n) = (acc.as_mut_ptr(), v.as_ptr(), acc.len());
@@ -383,6 +462,22 @@ mod x86 {
             let sum = _mm512_add_ps(_mm512_loadu_ps(a.add(i)), _mm512_mul_ps(pv, _mm512_loadu_ps(x.add(i))));
             _mm512_storeu_ps(a.add(i), sum);
             i += 16;
+        }
+        while i < n {
+            *a.add(i) += p * *x.add(i);
+            i += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn add_scaled8(acc: &mut [f32], p: f32, v: &[f32]) {
+        let (a, x, n) = (acc.as_mut_ptr(), v.as_ptr(), acc.len());
+        let pv = _mm256_set1_ps(p);
+        let mut i = 0;
+        while i + 8 <= n {
+            let sum = _mm256_add_ps(_mm256_loadu_ps(a.add(i)), _mm256_mul_ps(pv, _mm256_loadu_ps(x.add(i))));
+            _mm256_storeu_ps(a.add(i), sum);
+            i += 8;
         }
         while i < n {
             *a.add(i) += p * *x.add(i);
