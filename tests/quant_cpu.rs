@@ -284,7 +284,8 @@ fn matmul_equals_per_row_dots() {
         let k = if parts.iter().any(|p| p.0.block_len() == 256) { 512 } else { 576 };
         let w = matrix(parts, k, 100 * s as u64);
         for &l in &lv {
-            // 13 = a tile of 8, a half tile of 4 and one token
+            // 13 = a tile of 8, a half tile of 4 and one token (32-weight row pairs:
+            // three tiles of 4, then one token per row)
             for m in [1, 5, 7, 13] {
                 check_matmul(&w, m, l);
             }

@@ -15,8 +15,10 @@
 //!    depend on how many tokens share its batch (as `gemm` guarantees for bf16).
 //!
 //! m = 1 (decode) streams each weight row once, rayon over chunks of rows. m > 1
-//! gives each task a chunk of weight rows and walks the tokens in chunks that stay
-//! in L2, eight (or four) tokens per weight-block load.
+//! gives each task a chunk of weight rows and walks the tokens in blocks of eight
+//! that stay in L1 while the task's rows pass over them: two rows of a 32-weight
+//! type at a time, four tokens per load of their blocks, else one row, eight (or
+//! four) tokens per weight-block load.
 
 pub mod act;
 pub mod reference;
@@ -31,12 +33,14 @@ use act::{quantize_q8_0, quantize_q8_k, ActRow, Q8Rows};
 
 /// Weight rows per rayon task, as in `gemm`.
 const ROWS_PER_TASK: usize = 16;
-/// Tokens walked per weight row before the next row: their activations (k bytes
-/// each) stay in L2 while the task's rows stay in L1.
-const TOKENS_PER_CHUNK: usize = 128;
 /// Tokens per weight-block load (8: 377 tok/s against 4's 362 on a 512-token Q8_0
 /// prefill, two runs each on the 2-core VM; a batch of 4 to 7 takes a half tile).
 const TILE: usize = 8;
+
+/// Tokens per weight-block load when two neighbouring rows of one 32-weight type go
+/// together (each activation block then serves both rows; 2 x 4 sums fit AVX2's
+/// registers).
+const PAIR_TILE: usize = 4;
 
 /// Which kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +144,28 @@ unsafe fn dot_unchecked<const C: usize>(level: Level, ty: QType, w: &[u8], a: &[
     }
 }
 
+/// R weight rows of one 32-weight type against C activation rows: `dot_unchecked`
+/// per row, bit for bit.
+///
+/// # Safety
+/// As `dot_unchecked` for each row of `w`.
+unsafe fn dot_rows_unchecked<const R: usize, const C: usize>(
+    level: Level,
+    ty: QType,
+    w: [&[u8]; R],
+    a: &[ActRow; C],
+) -> [[f32; C]; R] {
+    debug_assert!(!is_k(ty));
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY (both): the caller guarantees lengths and CPU features.
+        Level::Avx2 => unsafe { x86::dot_rows_avx2::<R, C>(ty, w, a) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Vnni => unsafe { x86::dot_rows_vnni::<R, C>(ty, w, a) },
+        _ => w.map(|wr| a.map(|r| reference::vec_dot(ty, wr, r))),
+    }
+}
+
 pub fn vec_dot(level: Level, ty: QType, w: &[u8], a: ActRow) -> f32 {
     vec_dot_n::<1>(level, ty, w, &[a])[0]
 }
@@ -191,43 +217,85 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
         // owns row r writes element (j, r).
         unsafe { o.write(j * n + r, &[v + bias_of(r)]) };
     };
+    // every token's activation rows, made once for all tasks
+    let (all32, allk) = (act_rows(&a32, m), act_rows(&ak, m));
     (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|c| {
         let rows_here = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n);
-        for j0 in (0..m).step_by(TOKENS_PER_CHUNK) {
-            let j1 = (j0 + TOKENS_PER_CHUNK).min(m);
-            for r in rows_here.clone() {
+        // (first row, whether the next row of the same 32-weight type goes with it)
+        let mut groups = Vec::with_capacity(ROWS_PER_TASK);
+        let mut r = rows_here.start;
+        while r < rows_here.end {
+            let ty = w.row(r).0;
+            let pair = r + 1 < rows_here.end && !is_k(ty) && w.row(r + 1).0 == ty;
+            groups.push((r, pair));
+            r += 1 + pair as usize;
+        }
+        // Token blocks outer: a block's activations stay in L1 while all the task's
+        // rows pass over them, and the rows (16 x k bytes or so) stay there too.
+        for j0 in (0..m).step_by(TILE) {
+            let j1 = (j0 + TILE).min(m);
+            for &(r, pair) in &groups {
                 let (ty, wr) = w.row(r);
-                let a = acts(ty);
-                let mut put_r = |j: usize, v: f32| put(j, r, v);
+                let a = &(if is_k(ty) { &allk } else { &all32 })[..j1];
                 let mut j = j0;
-                // SAFETY (all three): as for every dot here (above).
-                unsafe {
-                    tiles::<TILE>(level, ty, wr, a, &mut j, j1, &mut put_r);
-                    // a batch of a few decode tokens: a half tile before single tokens
-                    tiles::<{ TILE / 2 }>(level, ty, wr, a, &mut j, j1, &mut put_r);
-                    tiles::<1>(level, ty, wr, a, &mut j, j1, &mut put_r);
+                // SAFETY (all): as for every dot here (above).
+                if pair {
+                    let wr2 = w.row(r + 1).1;
+                    while j + PAIR_TILE <= j1 {
+                        let s = unsafe {
+                            dot_rows_unchecked::<2, PAIR_TILE>(level, ty, [wr, wr2], tile_at(a, j))
+                        };
+                        for (i, row) in s.iter().enumerate() {
+                            for (d, &v) in row.iter().enumerate() {
+                                put(j + d, r + i, v);
+                            }
+                        }
+                        j += PAIR_TILE;
+                    }
+                }
+                for (i, wr) in [wr].into_iter().chain(pair.then(|| w.row(r + 1).1)).enumerate() {
+                    let mut put_r = |jj: usize, v: f32| put(jj, r + i, v);
+                    let mut jr = j;
+                    unsafe {
+                        tiles::<TILE>(level, ty, wr, a, &mut jr, &mut put_r);
+                        // a batch of a few decode tokens: a half tile before single tokens
+                        tiles::<{ TILE / 2 }>(level, ty, wr, a, &mut jr, &mut put_r);
+                        tiles::<1>(level, ty, wr, a, &mut jr, &mut put_r);
+                    }
                 }
             }
         }
     });
 }
 
-/// Tokens j.. of `a` against weight row `wr`, C per weight-block load, while C fit
-/// before j1; `j` ends at the first token left.
+/// The first m rows of `q` (none when `q` was not made).
+fn act_rows(q: &Q8Rows, m: usize) -> Vec<ActRow<'_>> {
+    if q.k == 0 {
+        return Vec::new();
+    }
+    (0..m).map(|j| q.row(j)).collect()
+}
+
+/// Rows j..j + C of `a` as an array, without copying.
+fn tile_at<'a, 'b, const C: usize>(a: &'b [ActRow<'a>], j: usize) -> &'b [ActRow<'a>; C] {
+    a[j..j + C].try_into().expect("a tile of C rows")
+}
+
+/// Tokens j.. of `a` against weight row `wr`, C per weight-block load, while C fit;
+/// `j` ends at the first token left.
 ///
 /// # Safety
-/// As `dot_unchecked`, for every row of `a` in j..j1.
+/// As `dot_unchecked`, for every row of `a` from j on.
 unsafe fn tiles<const C: usize>(
     level: Level,
     ty: QType,
     wr: &[u8],
-    a: &Q8Rows,
+    a: &[ActRow],
     j: &mut usize,
-    j1: usize,
     put: &mut impl FnMut(usize, f32),
 ) {
-    while *j + C <= j1 {
-        let s = unsafe { dot_unchecked::<C>(level, ty, wr, &std::array::from_fn(|d| a.row(*j + d))) };
+    while *j + C <= a.len() {
+        let s = unsafe { dot_unchecked::<C>(level, ty, wr, tile_at(a, *j)) };
         for (d, v) in s.into_iter().enumerate() {
             put(*j + d, v);
         }

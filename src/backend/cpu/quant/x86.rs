@@ -1,7 +1,9 @@
 //! AVX2 (with FMA and F16C) and AVX-512 VNNI vec_dots: one weight row against C activation rows at once
-//! (C = 1 for decode, 4 for prefill), so a weight block is loaded and unpacked once
-//! per C tokens. Every (row, token) pair runs the same instructions whatever C is,
-//! so a token's result does not depend on its batch.
+//! (C = 1 for decode, 4 or 8 for prefill), so a weight block is loaded and unpacked
+//! once per C tokens; for the 32-weight types also R rows x C tokens, so an
+//! activation block serves R rows. Every (row, token) pair runs the same
+//! instructions whatever R and C are, so a token's result does not depend on its
+//! batch.
 //!
 //! Each block's integer dot product lands in eight i32 lanes (lane i sums bytes
 //! 4i..4i + 4 of the 32-byte group), is converted to f32 and accumulated with one
@@ -30,6 +32,46 @@ pub unsafe fn dot_avx2<const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub unsafe fn dot_vnni<const C: usize>(ty: QType, w: &[u8], a: &[ActRow; C]) -> [f32; C] {
     dispatch::<true, C>(ty, w, a)
+}
+
+/// R weight rows of one 32-weight type against C activation rows: `dot_avx2::<C>`
+/// per row, bit for bit, with each activation block loaded once for the R rows.
+///
+/// # Safety
+/// As `dot_avx2` for each row of `w`, and `ty` is one of the 32-weight types.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows_avx2<const R: usize, const C: usize>(
+    ty: QType,
+    w: [&[u8]; R],
+    a: &[ActRow; C],
+) -> [[f32; C]; R] {
+    rows_dispatch::<false, R, C>(ty, w, a)
+}
+
+/// # Safety
+/// As `dot_rows_avx2`, and the CPU has AVX-512 F, VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn dot_rows_vnni<const R: usize, const C: usize>(
+    ty: QType,
+    w: [&[u8]; R],
+    a: &[ActRow; C],
+) -> [[f32; C]; R] {
+    rows_dispatch::<true, R, C>(ty, w, a)
+}
+
+#[inline(always)]
+unsafe fn rows_dispatch<const V: bool, const R: usize, const C: usize>(
+    ty: QType,
+    w: [&[u8]; R],
+    a: &[ActRow; C],
+) -> [[f32; C]; R] {
+    match ty {
+        QType::Q4_0 => rows32::<V, R, C, T4_0>(w, a),
+        QType::Q4_1 => rows32::<V, R, C, T4_1>(w, a),
+        QType::Q5_0 => rows32::<V, R, C, T5_0>(w, a),
+        QType::Q8_0 => rows32::<V, R, C, T8_0>(w, a),
+        _ => unreachable!("{ty} has no row tile"),
+    }
 }
 
 #[inline(always)]
@@ -143,9 +185,50 @@ unsafe fn blocks32<const V: bool, const C: usize, const T: u8>(w: &[u8], a: &[Ac
     out
 }
 
-/// Block `b` (at `p`) against the C activation rows. Q4_0 (q - 8) and Q5_0 (q - 16)
-/// take the offset as -off * sum(y) in lane 0's start value; Q8_0 is signed, so
-/// |w| is the unsigned operand and y takes w's sign; Q4_1's m meets Q8_1's s.
+/// `blocks32`'s two chains, each in a pass of its own (even blocks, then odd), so a
+/// pass keeps one accumulator per (row, token) and R x C of them fit the registers.
+/// Each weight block is unpacked once per C tokens and each activation block loaded
+/// once per R rows; per pair the instructions are `block32`'s.
+#[inline(always)]
+unsafe fn rows32<const V: bool, const R: usize, const C: usize, const T: u8>(
+    w: [&[u8]; R],
+    a: &[ActRow; C],
+) -> [[f32; C]; R] {
+    let bb = [18, 20, 22, 34][T as usize];
+    let nb = w[0].len() / bb;
+    let wp = w.map(|r| r.as_ptr());
+    let mut chains = [[[_mm256_setzero_ps(); C]; R]; 2];
+    let mut mins = [[[0f32; C]; R]; 2];
+    for chain in 0..2 {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut b = chain;
+        while b < nb {
+            let wb: [_; R] = std::array::from_fn(|r| unpack32::<T>(wp[r].add(b * bb)));
+            for c in 0..C {
+                for r in 0..R {
+                    pair32::<V, T>(wb[r], &a[c], b, &mut acc[r][c]);
+                    if T == T4_1 {
+                        mins[chain][r][c] += f16_at(wp[r].add(b * bb + 2)) * *a[c].s.get_unchecked(b);
+                    }
+                }
+            }
+            b += 2;
+        }
+        chains[chain] = acc;
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = hsum(_mm256_add_ps(chains[0][r][c], chains[1][r][c]));
+            if T == T4_1 {
+                out[r][c] += mins[0][r][c] + mins[1][r][c];
+            }
+        }
+    }
+    out
+}
+
+/// Block `b` (at `p`) against the C activation rows.
 #[inline(always)]
 unsafe fn block32<const V: bool, const C: usize, const T: u8>(
     p: *const u8,
@@ -154,6 +237,19 @@ unsafe fn block32<const V: bool, const C: usize, const T: u8>(
     acc: &mut [__m256; C],
     mins: &mut [f32; C],
 ) {
+    let wb = unpack32::<T>(p);
+    for c in 0..C {
+        pair32::<V, T>(wb, &a[c], b, &mut acc[c]);
+        if T == T4_1 {
+            mins[c] += f16_at(p.add(2)) * *a[c].s.get_unchecked(b);
+        }
+    }
+}
+
+/// A 32-weight block (at `p`): its scale broadcast, its weights q (for Q4_0 and Q5_0
+/// before the offset) and the unsigned operand (|q| for the signed Q8_0, else q).
+#[inline(always)]
+unsafe fn unpack32<const T: u8>(p: *const u8) -> (__m256, __m256i, __m256i) {
     let dwv = _mm256_set1_ps(f16_at(p));
     let q = match T {
         T4_0 => nibbles16(p.add(2)),
@@ -164,26 +260,34 @@ unsafe fn block32<const V: bool, const C: usize, const T: u8>(
         }
         _ => load(p.add(2) as *const i8),
     };
-    let u = if T == T8_0 { _mm256_sign_epi8(q, q) } else { q };
-    for c in 0..C {
-        let mut y = load(a[c].qs.as_ptr().add(32 * b));
-        let start = match T {
-            T4_0 | T5_0 => {
-                let off = if T == T4_0 { 8 } else { 16 };
-                _mm256_zextsi128_si256(_mm_cvtsi32_si128(-off * *a[c].sums.get_unchecked(b) as i32))
-            }
-            _ => _mm256_setzero_si256(),
-        };
-        if T == T8_0 {
-            y = _mm256_sign_epi8(y, q);
+    (dwv, q, if T == T8_0 { _mm256_sign_epi8(q, q) } else { q })
+}
+
+/// acc + d_w * d_y * (w . y) for an unpacked weight block and activation block `b` of
+/// `a`. Q4_0 (q - 8) and Q5_0 (q - 16) take the offset as -off * sum(y) in lane 0's
+/// start value; Q8_0's y takes w's sign (w's magnitude is the unsigned operand);
+/// Q4_1's m * s is the caller's.
+#[inline(always)]
+unsafe fn pair32<const V: bool, const T: u8>(
+    (dwv, q, u): (__m256, __m256i, __m256i),
+    a: &ActRow,
+    b: usize,
+    acc: &mut __m256,
+) {
+    let mut y = load(a.qs.as_ptr().add(32 * b));
+    let start = match T {
+        T4_0 | T5_0 => {
+            let off = if T == T4_0 { 8 } else { 16 };
+            _mm256_zextsi128_si256(_mm_cvtsi32_si128(-off * *a.sums.get_unchecked(b) as i32))
         }
-        let s = dpbusd::<V>(start, u, y);
-        let d = _mm256_mul_ps(dwv, _mm256_broadcast_ss(a[c].d.get_unchecked(b)));
-        acc[c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[c]);
-        if T == T4_1 {
-            mins[c] += f16_at(p.add(2)) * *a[c].s.get_unchecked(b);
-        }
+        _ => _mm256_setzero_si256(),
+    };
+    if T == T8_0 {
+        y = _mm256_sign_epi8(y, q);
     }
+    let s = dpbusd::<V>(start, u, y);
+    let d = _mm256_mul_ps(dwv, _mm256_broadcast_ss(a.d.get_unchecked(b)));
+    *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), *acc);
 }
 
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K block (see `scale_min_k4`), from
