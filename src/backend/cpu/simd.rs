@@ -201,6 +201,24 @@ fn add_scaled_rows<const T: usize>(acc: [&mut [f32]; T], p: [&[f32]; T], v: &[&[
         // a weight for every row of v.
         return unsafe { x86::add_scaled_rows::<T>(acc.map(|a| a.as_mut_ptr()), p.map(|r| r.as_ptr()), v) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() && acc.iter().all(|a| a.len() == 64) && v.iter().all(|r| r.len() == 64) {
+        let (acc, p) = (acc.map(|a| a.as_mut_ptr()), p.map(|r| r.as_ptr()));
+        for t in (0..T).step_by(2) {
+            for half in [0, 32] {
+                // SAFETY: AVX2 is present (checked above); every row is 64 long and p
+                // has a weight for every row of v.
+                unsafe {
+                    if t + 1 < T {
+                        x86::add_scaled_half_rows::<2>([acc[t], acc[t + 1]], [p[t], p[t + 1]], v, half)
+                    } else {
+                        x86::add_scaled_half_rows::<1>([acc[t]], [p[t]], v, half)
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (j, vj) in v.iter().enumerate() {
         for t in 0..T {
             add_scaled(acc[t], p[t][j], vj);
@@ -482,6 +500,38 @@ mod x86 {
         while i < n {
             *a.add(i) += p * *x.add(i);
             i += 1;
+        }
+    }
+
+    /// `add_scaled_rows` for AVX2's 16 registers: U rows, 32 of their 64 values from
+    /// `off`, summed in registers over every row of v.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn add_scaled_half_rows<const U: usize>(
+        acc: [*mut f32; U],
+        p: [*const f32; U],
+        v: &[&[f32]],
+        off: usize,
+    ) {
+        let mut a = [[_mm256_setzero_ps(); 4]; U];
+        for t in 0..U {
+            for c in 0..4 {
+                a[t][c] = _mm256_loadu_ps(acc[t].add(off + 8 * c));
+            }
+        }
+        for (j, vj) in v.iter().enumerate() {
+            let vp = vj.as_ptr().add(off);
+            let vv = [0, 1, 2, 3].map(|c| _mm256_loadu_ps(vp.add(8 * c)));
+            for t in 0..U {
+                let pv = _mm256_set1_ps(*p[t].add(j));
+                for c in 0..4 {
+                    a[t][c] = _mm256_add_ps(a[t][c], _mm256_mul_ps(pv, vv[c]));
+                }
+            }
+        }
+        for t in 0..U {
+            for c in 0..4 {
+                _mm256_storeu_ps(acc[t].add(off + 8 * c), a[t][c]);
+            }
         }
     }
 
