@@ -197,12 +197,16 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
     let bias_of = |r: usize| bias.map_or(0.0, |b| b[r]);
     // SAFETY for every dot below: rows are whole blocks and activation rows have
     // the matching block counts (checked just above), the level is available.
+    let rows = Rows::new(w);
+    // every token's activation rows, made once for all tasks
+    let (all32, allk) = (act_rows(&a32, m), act_rows(&ak, m));
     if m == 1 {
         out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, o)| {
             for (i, oi) in o.iter_mut().enumerate() {
                 let r = c * ROWS_PER_TASK + i;
-                let (ty, wr) = w.row(r);
-                *oi = unsafe { dot_unchecked::<1>(level, ty, wr, &[acts(ty).row(0)]) }[0] + bias_of(r);
+                let (ty, wr) = rows.get(r);
+                let a = if is_k(ty) { &allk } else { &all32 };
+                *oi = unsafe { dot_unchecked::<1>(level, ty, wr, tile_at(a, 0)) }[0] + bias_of(r);
             }
         });
         return;
@@ -217,16 +221,14 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
         // owns row r writes element (j, r).
         unsafe { o.write(j * n + r, &[v + bias_of(r)]) };
     };
-    // every token's activation rows, made once for all tasks
-    let (all32, allk) = (act_rows(&a32, m), act_rows(&ak, m));
     (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|c| {
         let rows_here = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n);
         // (first row, whether the next row of the same 32-weight type goes with it)
         let mut groups = Vec::with_capacity(ROWS_PER_TASK);
         let mut r = rows_here.start;
         while r < rows_here.end {
-            let ty = w.row(r).0;
-            let pair = r + 1 < rows_here.end && !is_k(ty) && w.row(r + 1).0 == ty;
+            let ty = rows.get(r).0;
+            let pair = r + 1 < rows_here.end && !is_k(ty) && rows.get(r + 1).0 == ty;
             groups.push((r, pair));
             r += 1 + pair as usize;
         }
@@ -235,12 +237,12 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
         for j0 in (0..m).step_by(TILE) {
             let j1 = (j0 + TILE).min(m);
             for &(r, pair) in &groups {
-                let (ty, wr) = w.row(r);
+                let (ty, wr) = rows.get(r);
                 let a = &(if is_k(ty) { &allk } else { &all32 })[..j1];
                 let mut j = j0;
                 // SAFETY (all): as for every dot here (above).
                 if pair {
-                    let wr2 = w.row(r + 1).1;
+                    let wr2 = rows.get(r + 1).1;
                     while j + PAIR_TILE <= j1 {
                         let s = unsafe {
                             dot_rows_unchecked::<2, PAIR_TILE>(level, ty, [wr, wr2], tile_at(a, j))
@@ -253,7 +255,7 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
                         j += PAIR_TILE;
                     }
                 }
-                for (i, wr) in [wr].into_iter().chain(pair.then(|| w.row(r + 1).1)).enumerate() {
+                for (i, wr) in [wr].into_iter().chain(pair.then(|| rows.get(r + 1).1)).enumerate() {
                     let mut put_r = |jj: usize, v: f32| put(jj, r + i, v);
                     let mut jr = j;
                     unsafe {
@@ -266,6 +268,32 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
             }
         }
     });
+}
+
+/// A matrix's parts as (first row, type, bytes per row, data): finding a row's bytes
+/// takes a comparison or two and a multiply (`QuantMatrix::row` divides, per call).
+struct Rows<'a>(Vec<(usize, QType, usize, &'a [u8])>);
+
+impl<'a> Rows<'a> {
+    fn new(w: &'a QuantMatrix) -> Self {
+        let mut first = 0;
+        Rows(
+            w.parts
+                .iter()
+                .map(|p| {
+                    let part = (first, p.ty, p.data.len() / p.rows.max(1), &p.data[..]);
+                    first += p.rows;
+                    part
+                })
+                .collect(),
+        )
+    }
+
+    #[inline]
+    fn get(&self, r: usize) -> (QType, &'a [u8]) {
+        let &(first, ty, rb, data) = self.0.iter().rev().find(|p| p.0 <= r).expect("a row inside the matrix");
+        (ty, &data[(r - first) * rb..(r - first + 1) * rb])
+    }
 }
 
 /// The first m rows of `q` (none when `q` was not made).
