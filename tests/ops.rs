@@ -108,6 +108,78 @@ fn matmul_sums_every_token_as_decode_does() {
     }
 }
 
+/// Every register-tile path this CPU runs (not only the one `matmul` picks) gives
+/// `dot`'s bits for every pair, at lengths with and without 16-, 8- and 1-element tails.
+#[test]
+fn every_tile_path_gives_dot_bits() {
+    let paths: Vec<simd::Path> = simd::Path::ALL.into_iter().filter(|p| p.available()).collect();
+    println!("tile paths on this CPU: {paths:?}");
+    assert!(paths.contains(&simd::Path::best()));
+    for &k in &[1, 7, 8, 16, 24, 64, 583] {
+        let (w, x) = (rand_vec(4 * k, 21), rand_vec(6 * k, 22));
+        let wb = bf16_bits(&w);
+        for &path in &paths {
+            tile_matches_dot::<f32, 4, 6>(path, &w, &x, k);
+            tile_matches_dot::<f32, 2, 6>(path, &w, &x, k);
+            tile_matches_dot::<f32, 2, 3>(path, &w, &x, k);
+            tile_matches_dot::<f32, 1, 1>(path, &w, &x, k);
+            tile_matches_dot::<u16, 4, 5>(path, &wb, &x, k);
+            tile_matches_dot::<u16, 2, 6>(path, &wb, &x, k);
+            tile_matches_dot::<u16, 1, 2>(path, &wb, &x, k);
+        }
+    }
+}
+
+fn tile_matches_dot<W: simd::WeightElem, const R: usize, const T: usize>(
+    path: simd::Path,
+    w: &[W],
+    x: &[f32],
+    k: usize,
+) {
+    let got = simd::tile_on::<W, R, T>(
+        path,
+        std::array::from_fn(|r| &w[r * k..][..k]),
+        std::array::from_fn(|t| &x[t * k..][..k]),
+    );
+    for t in 0..T {
+        for r in 0..R {
+            let want = simd::dot(&w[r * k..][..k], &x[t * k..][..k]);
+            assert_eq!(got[t][r].to_bits(), want.to_bits(), "{path:?} {R}x{T} k={k}: pair ({t}, {r})");
+        }
+    }
+}
+
+/// Attention's p * v on every path this CPU runs: the scalar loop's bits (a product
+/// then a sum per element, positions in order), for rows of 64 (the register paths)
+/// and of 31, tiles of 6 rows and a remainder, and rows of different lengths.
+#[test]
+fn every_p_times_v_path_gives_the_scalar_loops_bits() {
+    let span = 40;
+    for &d in &[64, 31] {
+        for rows in [1, 3, 7] {
+            let v = rand_vec(span * d, 31);
+            let p = rand_vec(rows * span, 32);
+            let lens: Vec<usize> = (0..rows).map(|r| span - 5 * (r % 3)).collect();
+            let init = rand_vec(rows * d, 33);
+            let mut want = init.clone();
+            for r in 0..rows {
+                for j in 0..lens[r] {
+                    for i in 0..d {
+                        want[r * d + i] += p[r * span + j] * v[j * d + i];
+                    }
+                }
+            }
+            let (pr, vr): (Vec<&[f32]>, Vec<&[f32]>) = (p.chunks(span).collect(), v.chunks(d).collect());
+            for path in simd::Path::ALL.into_iter().filter(|p| p.available()) {
+                let mut acc = init.clone();
+                simd::add_scaled_prefixes_on(path, &mut acc, &pr, &lens, &vr);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&acc), bits(&want), "{path:?}: {rows} rows of {d}");
+            }
+        }
+    }
+}
+
 #[test]
 fn upload_keeps_bf16_matrices_and_widens_vectors() {
     let b = CpuBackend;

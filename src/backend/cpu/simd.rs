@@ -47,30 +47,75 @@ pub fn dot4<W: WeightElem>(w: &[W], x: [&[f32]; 4]) -> [f32; 4] {
     x.map(|r| portable_dot(w, r))
 }
 
+/// Which code `tile` and `add_scaled_prefixes` run: the best this CPU has, or (for
+/// tests, which compare every path the CPU runs) another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// `dot` per pair, scalar multiply-adds.
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Portable, Path::Avx2, Path::Avx512];
+
+    pub fn best() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            return Path::Avx512;
+        } else if has_avx2_fma() {
+            return Path::Avx2;
+        }
+        Path::Portable
+    }
+
+    pub fn available(self) -> bool {
+        match self {
+            Path::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => has_avx2_fma(),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => has_avx512(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
 /// out[t][r] = dot(w[r], x[t]) for R weight rows and T activation rows of one length;
 /// bit for bit what `dot` returns for each pair.
 pub fn tile<W: WeightElem, const R: usize, const T: usize>(w: [&[W]; R], x: [&[f32]; T]) -> [[f32; R]; T] {
+    tile_on(Path::best(), w, x)
+}
+
+/// `tile` on the given path; panics if this CPU cannot run it.
+pub fn tile_on<W: WeightElem, const R: usize, const T: usize>(
+    path: Path,
+    w: [&[W]; R],
+    x: [&[f32]; T],
+) -> [[f32; R]; T] {
     let k = x.first().map_or(0, |r| r.len());
     assert!(w.iter().all(|r| r.len() == k) && x.iter().all(|r| r.len() == k), "tile: rows of unequal length");
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked above); every row is k long.
-        return unsafe { x86::tile::<W, R, T>(w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()), k) };
-    } else if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above); every row is k long.
-        return unsafe { x86::tile8::<W, R, T>(w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()), k) };
+    assert!(path.available(), "tile: this CPU cannot run the {path:?} path");
+    match path {
+        // SAFETY (both): the CPU runs the path (checked above); every row is k long.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { x86::tile::<W, R, T>(w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()), k) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::tile8::<W, R, T>(w.map(|r| r.as_ptr()), x.map(|r| r.as_ptr()), k) },
+        _ => x.map(|xr| w.map(|wr| dot(wr, xr))),
     }
-    x.map(|xr| w.map(|wr| dot(wr, xr)))
 }
 
 /// Weight rows per register tile in `dots`: 4 x 6 pairs fill AVX-512's 32 registers,
 /// 2 x 6 AVX2's 16 (one 8-lane sum per pair, see `x86::tile8`).
 fn tile_rows() -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        return 4;
+    if Path::best() == Path::Avx512 {
+        4
+    } else {
+        2
     }
-    2
 }
 
 /// `put(t, r, dot(w[r], x[t]))` for every pair, in register tiles of 4 (AVX-512) or 2
@@ -128,26 +173,25 @@ fn emit<const R: usize, const T: usize>(s: &[[f32; R]; T], put: &mut impl FnMut(
 
 /// Whether `tile` has a register-blocked path on this CPU (else it is `dot` per pair).
 pub fn tile_is_blocked() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return has_avx2_fma();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Path::best() != Path::Portable
 }
 
 /// acc[i] += p * v[i], a product then a sum, each rounded (no fused multiply-add), so
 /// every path gives the scalar loop's bits.
-fn add_scaled(acc: &mut [f32], p: f32, v: &[f32]) {
+fn add_scaled(path: Path, acc: &mut [f32], p: f32, v: &[f32]) {
     assert_eq!(acc.len(), v.len(), "add_scaled: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU supports AVX-512F (checked above); lengths are equal.
-        return unsafe { x86::add_scaled(acc, p, v) };
-    } else if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 (checked above); lengths are equal.
-        return unsafe { x86::add_scaled8(acc, p, v) };
-    }
-    for (a, x) in acc.iter_mut().zip(v) {
-        *a += p * x;
+    match path {
+        // SAFETY (both): the CPU runs the path (`add_scaled_prefixes_on` checked it);
+        // lengths are equal.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { x86::add_scaled(acc, p, v) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::add_scaled8(acc, p, v) },
+        _ => {
+            for (a, x) in acc.iter_mut().zip(v) {
+                *a += p * x;
+            }
+        }
     }
 }
 
@@ -156,6 +200,12 @@ fn add_scaled(acc: &mut [f32], p: f32, v: &[f32]) {
 /// through `add_scaled_rows` over the positions every row of the tile takes, then each
 /// row alone over the rest (attention's p * v, rows being a kv group's query heads).
 pub fn add_scaled_prefixes(acc: &mut [f32], p: &[&[f32]], lens: &[usize], v: &[&[f32]]) {
+    add_scaled_prefixes_on(Path::best(), acc, p, lens, v)
+}
+
+/// `add_scaled_prefixes` on the given path; panics if this CPU cannot run it.
+pub fn add_scaled_prefixes_on(path: Path, acc: &mut [f32], p: &[&[f32]], lens: &[usize], v: &[&[f32]]) {
+    assert!(path.available(), "add_scaled_prefixes: this CPU cannot run the {path:?} path");
     let rows = p.len();
     assert_eq!(lens.len(), rows, "add_scaled_prefixes: {} lengths for {rows} rows", lens.len());
     if rows == 0 {
@@ -170,7 +220,7 @@ pub fn add_scaled_prefixes(acc: &mut [f32], p: &[&[f32]], lens: &[usize], v: &[&
         macro_rules! go {
             ($t:literal) => {{
                 let a: [&mut [f32]; $t] = std::array::from_fn(|i| std::mem::take(&mut a[i]));
-                add_scaled_rows::<$t>(a, std::array::from_fn(|i| ps[i]), &v[..common]);
+                add_scaled_rows::<$t>(path, a, std::array::from_fn(|i| ps[i]), &v[..common]);
             }};
         }
         match ps.len() {
@@ -183,7 +233,7 @@ pub fn add_scaled_prefixes(acc: &mut [f32], p: &[&[f32]], lens: &[usize], v: &[&
         }
         for ((row, pr), &len) in tile.chunks_mut(d).zip(ps).zip(ls) {
             for (j, vj) in v.iter().enumerate().take(len).skip(common) {
-                add_scaled(row, pr[j], vj);
+                add_scaled(path, row, pr[j], vj);
             }
         }
     }
@@ -192,22 +242,23 @@ pub fn add_scaled_prefixes(acc: &mut [f32], p: &[&[f32]], lens: &[usize], v: &[&
 /// acc[t] += p[t][j] * v[j] for j in order, for T rows of 64 (four 16-lane vectors):
 /// `add_scaled` per (t, j), bit for bit, with each v[j] loaded once for all T rows and
 /// the rows' sums kept in registers. Rows of another length go through `add_scaled`.
-fn add_scaled_rows<const T: usize>(acc: [&mut [f32]; T], p: [&[f32]; T], v: &[&[f32]]) {
+fn add_scaled_rows<const T: usize>(path: Path, acc: [&mut [f32]; T], p: [&[f32]; T], v: &[&[f32]]) {
     let n = v.len();
     assert!(p.iter().all(|r| r.len() >= n), "add_scaled_rows: fewer weights than rows of v");
+    let rows64 = acc.iter().all(|a| a.len() == 64) && v.iter().all(|r| r.len() == 64);
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() && acc.iter().all(|a| a.len() == 64) && v.iter().all(|r| r.len() == 64) {
-        // SAFETY: AVX-512F is present (checked above); every row is 64 long and p has
-        // a weight for every row of v.
+    if path == Path::Avx512 && rows64 {
+        // SAFETY: the CPU runs AVX-512F (the caller checked the path); every row is 64
+        // long and p has a weight for every row of v.
         return unsafe { x86::add_scaled_rows::<T>(acc.map(|a| a.as_mut_ptr()), p.map(|r| r.as_ptr()), v) };
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() && acc.iter().all(|a| a.len() == 64) && v.iter().all(|r| r.len() == 64) {
+    if path == Path::Avx2 && rows64 {
         let (acc, p) = (acc.map(|a| a.as_mut_ptr()), p.map(|r| r.as_ptr()));
         for t in (0..T).step_by(2) {
             for half in [0, 32] {
-                // SAFETY: AVX2 is present (checked above); every row is 64 long and p
-                // has a weight for every row of v.
+                // SAFETY: the CPU runs AVX2 (the caller checked the path); every row
+                // is 64 long and p has a weight for every row of v.
                 unsafe {
                     if t + 1 < T {
                         x86::add_scaled_half_rows::<2>([acc[t], acc[t + 1]], [p[t], p[t + 1]], v, half)
@@ -221,7 +272,7 @@ fn add_scaled_rows<const T: usize>(acc: [&mut [f32]; T], p: [&[f32]; T], v: &[&[
     }
     for (j, vj) in v.iter().enumerate() {
         for t in 0..T {
-            add_scaled(acc[t], p[t][j], vj);
+            add_scaled(path, acc[t], p[t][j], vj);
         }
     }
 }
