@@ -51,7 +51,7 @@ pub fn dot4<W: WeightElem>(w: &[W], x: [&[f32]; 4]) -> [f32; 4] {
 /// tests, which compare every path the CPU runs) another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// `dot` per pair, scalar multiply-adds.
+    /// `dot` per pair (itself AVX2 where the CPU has it), no register tile.
     Portable,
     Avx2,
     Avx512,
