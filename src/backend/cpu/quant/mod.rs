@@ -223,26 +223,26 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
     };
     (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|c| {
         let rows_here = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n);
-        // (first row, whether the next row of the same 32-weight type goes with it)
+        // (first row, its type and bytes, the next row's bytes where that row is of
+        // the same 32-weight type and goes with it), found once per task
         let mut groups = Vec::with_capacity(ROWS_PER_TASK);
         let mut r = rows_here.start;
         while r < rows_here.end {
-            let ty = rows.get(r).0;
-            let pair = r + 1 < rows_here.end && !is_k(ty) && rows.get(r + 1).0 == ty;
-            groups.push((r, pair));
-            r += 1 + pair as usize;
+            let (ty, wr) = rows.get(r);
+            let next = (r + 1 < rows_here.end && !is_k(ty)).then(|| rows.get(r + 1));
+            let wr2 = next.filter(|&(t, _)| t == ty).map(|(_, b)| b);
+            groups.push((r, ty, wr, wr2));
+            r += 1 + wr2.is_some() as usize;
         }
         // Token blocks outer: a block's activations stay in L1 while all the task's
         // rows pass over them, and the rows (16 x k bytes or so) stay there too.
         for j0 in (0..m).step_by(TILE) {
             let j1 = (j0 + TILE).min(m);
-            for &(r, pair) in &groups {
-                let (ty, wr) = rows.get(r);
+            for &(r, ty, wr, wr2) in &groups {
                 let a = &(if is_k(ty) { &allk } else { &all32 })[..j1];
                 let mut j = j0;
                 // SAFETY (all): as for every dot here (above).
-                if pair {
-                    let wr2 = rows.get(r + 1).1;
+                if let Some(wr2) = wr2 {
                     while j + PAIR_TILE <= j1 {
                         let s = unsafe {
                             dot_rows_unchecked::<2, PAIR_TILE>(level, ty, [wr, wr2], tile_at(a, j))
@@ -255,7 +255,7 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
                         j += PAIR_TILE;
                     }
                 }
-                for (i, wr) in [wr].into_iter().chain(pair.then(|| rows.get(r + 1).1)).enumerate() {
+                for (i, wr) in [wr].into_iter().chain(wr2).enumerate() {
                     let mut put_r = |jj: usize, v: f32| put(jj, r + i, v);
                     let mut jr = j;
                     unsafe {
