@@ -272,7 +272,17 @@ pub(crate) fn check_finite(
     len: usize,
     value: impl Fn(usize) -> f64 + Sync,
 ) -> Result<()> {
-    let Some(i) = (0..len).into_par_iter().position_first(|i| !value(i).is_finite()) else { return Ok(()) };
+    // Whole chunks per task: a parallel search per element spends ~10 ns of rayon
+    // bookkeeping on each one (1.7 s of a 134 M-parameter F32 load on two cores).
+    const CHUNK: usize = 1 << 16;
+    let bad = |i: usize| !value(i).is_finite();
+    let Some(chunk) = (0..len.div_ceil(CHUNK))
+        .into_par_iter()
+        .position_first(|c| (c * CHUNK..len.min((c + 1) * CHUNK)).any(bad))
+    else {
+        return Ok(());
+    };
+    let Some(i) = (chunk * CHUNK..len).find(|&i| bad(i)) else { return Ok(()) };
     let mut at = vec![0; shape.len()];
     let mut rest = i;
     for (a, &d) in at.iter_mut().zip(shape).rev() {
@@ -399,4 +409,30 @@ fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_finite;
+
+    #[test]
+    fn check_finite_names_the_first_bad_value_across_chunks() {
+        let mut v = vec![1f32; 3 * (1 << 16) + 7];
+        assert!(check_finite("w", &[v.len()], v.len(), |i| v[i] as f64).is_ok());
+        // Bad values in the last (partial) chunk and in a middle chunk, before and
+        // after a chunk boundary: the earliest is reported, whichever task finds it.
+        let last = v.len() - 1;
+        v[last] = f32::INFINITY;
+        v[(1 << 16) + 1] = f32::NAN;
+        v[2 << 16] = f32::NEG_INFINITY;
+        let shape = [v.len() / 5, 5];
+        let e = check_finite("w", &shape, v.len(), |i| v[i] as f64).unwrap_err().to_string();
+        assert!(e.contains("element 65537 (index [13107, 2] of shape [39323, 5]) is NaN"), "{e}");
+        v[(1 << 16) + 1] = 0.0;
+        let e = check_finite("w", &shape, v.len(), |i| v[i] as f64).unwrap_err().to_string();
+        assert!(e.contains("element 131072 ") && e.contains("is -inf"), "{e}");
+        v[2 << 16] = 0.0;
+        let e = check_finite("w", &shape, v.len(), |i| v[i] as f64).unwrap_err().to_string();
+        assert!(e.contains(&format!("element {last} ")) && e.contains("is inf"), "{e}");
+    }
 }
