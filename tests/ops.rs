@@ -115,7 +115,7 @@ fn every_tile_path_gives_dot_bits() {
     let paths: Vec<simd::Path> = simd::Path::ALL.into_iter().filter(|p| p.available()).collect();
     println!("tile paths on this CPU: {paths:?}");
     assert!(paths.contains(&simd::Path::best()));
-    for &k in &[1, 7, 8, 16, 24, 64, 583] {
+    for &k in &[1, 7, 8, 16, 24, 64, 583, 1553] {
         let (w, x) = (rand_vec(4 * k, 21), rand_vec(6 * k, 22));
         let wb = bf16_bits(&w);
         for &path in &paths {
@@ -126,6 +126,40 @@ fn every_tile_path_gives_dot_bits() {
             tile_matches_dot::<u16, 4, 5>(path, &wb, &x, k);
             tile_matches_dot::<u16, 2, 6>(path, &wb, &x, k);
             tile_matches_dot::<u16, 1, 2>(path, &wb, &x, k);
+        }
+    }
+}
+
+/// `dots` on every path this CPU runs: each (token, row) pair put once, with `dot`'s
+/// bits, for odd and even row counts, token counts across the groups of six, and rows
+/// longer than one span of AVX2's k loop (768) with and without 8- and 1-element tails.
+#[test]
+fn every_dots_path_gives_dot_bits() {
+    let paths: Vec<simd::Path> = simd::Path::ALL.into_iter().filter(|p| p.available()).collect();
+    for &k in &[7, 583, 1536, 1553] {
+        let (w, x) = (rand_vec(9 * k, 23), rand_vec(13 * k, 24));
+        let wb = bf16_bits(&w);
+        for &path in &paths {
+            for &(n, m) in &[(1, 1), (2, 6), (3, 5), (5, 7), (9, 13)] {
+                dots_match_dot(path, &w, &x, k, n, m);
+                dots_match_dot(path, &wb, &x, k, n, m);
+            }
+        }
+    }
+}
+
+fn dots_match_dot<W: simd::WeightElem>(path: simd::Path, w: &[W], x: &[f32], k: usize, n: usize, m: usize) {
+    let ws: Vec<&[W]> = w.chunks_exact(k).take(n).collect();
+    let xs: Vec<&[f32]> = x.chunks_exact(k).take(m).collect();
+    let mut got = vec![None; m * n];
+    simd::dots_on(path, &ws, &xs, |t, r, v| {
+        assert!(got[t * n + r].replace(v).is_none(), "{path:?} k={k}: pair ({t}, {r}) put twice");
+    });
+    for t in 0..m {
+        for r in 0..n {
+            let want = simd::dot(ws[r], xs[t]);
+            let v = got[t * n + r].unwrap_or_else(|| panic!("{path:?} k={k}: pair ({t}, {r}) never put"));
+            assert_eq!(v.to_bits(), want.to_bits(), "{path:?} {n}x{m} k={k}: pair ({t}, {r})");
         }
     }
 }

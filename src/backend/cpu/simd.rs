@@ -83,6 +83,21 @@ impl Path {
     }
 }
 
+/// `$go!(n)` with the count n (1 to 6, a tile's activation rows) as a literal, for
+/// const-generic tile shapes.
+macro_rules! up_to_six {
+    ($n:expr, $go:ident) => {
+        match $n {
+            6 => $go!(6),
+            5 => $go!(5),
+            4 => $go!(4),
+            3 => $go!(3),
+            2 => $go!(2),
+            _ => $go!(1),
+        }
+    };
+}
+
 /// out[t][r] = dot(w[r], x[t]) for R weight rows and T activation rows of one length;
 /// bit for bit what `dot` returns for each pair.
 pub fn tile<W: WeightElem, const R: usize, const T: usize>(w: [&[W]; R], x: [&[f32]; T]) -> [[f32; R]; T] {
@@ -108,23 +123,32 @@ pub fn tile_on<W: WeightElem, const R: usize, const T: usize>(
     }
 }
 
-/// Weight rows per register tile in `dots`: 4 x 6 pairs fill AVX-512's 32 registers,
-/// 2 x 6 AVX2's 16 (one 8-lane sum per pair, see `x86::tile8`).
-fn tile_rows() -> usize {
-    if Path::best() == Path::Avx512 {
-        4
-    } else {
-        2
-    }
-}
-
 /// `put(t, r, dot(w[r], x[t]))` for every pair, in register tiles of 4 (AVX-512) or 2
 /// weight rows x 6 activation rows: activation tiles outer, so 6 rows stay in L1 while
-/// the weight rows stream past them.
-pub fn dots<W: WeightElem>(w: &[&[W]], x: &[&[f32]], mut put: impl FnMut(usize, usize, f32)) {
-    let tr = tile_rows();
+/// the weight rows stream past them. With AVX2, rows longer than `x86::SPAN_VALUES`
+/// go along k in spans over all the weight rows, so that a span of the 6 rows is what
+/// stays in L1 (`x86::tiles8`).
+pub fn dots<W: WeightElem>(w: &[&[W]], x: &[&[f32]], put: impl FnMut(usize, usize, f32)) {
+    dots_on(Path::best(), w, x, put)
+}
+
+/// `dots` on the given path; panics if this CPU cannot run it.
+pub fn dots_on<W: WeightElem>(path: Path, w: &[&[W]], x: &[&[f32]], mut put: impl FnMut(usize, usize, f32)) {
+    assert!(path.available(), "dots: this CPU cannot run the {path:?} path");
+    let k = x.first().map_or(0, |r| r.len());
+    assert!(w.iter().all(|r| r.len() == k) && x.iter().all(|r| r.len() == k), "dots: rows of unequal length");
+    let tr = match path {
+        Path::Avx512 => 4,
+        Path::Avx2 => 2,
+        Path::Portable => 1,
+    };
     for t0 in (0..x.len()).step_by(6) {
         let xs = &x[t0..(t0 + 6).min(x.len())];
+        #[cfg(target_arch = "x86_64")]
+        if path == Path::Avx2 && k > x86::SPAN_VALUES {
+            long_rows8(w, xs, k, &mut |t, r, v| put(t0 + t, r, v));
+            continue;
+        }
         let mut r0 = 0;
         while r0 < w.len() {
             let rows = if w.len() - r0 >= tr { tr } else { 1 };
@@ -133,7 +157,11 @@ pub fn dots<W: WeightElem>(w: &[&[W]], x: &[&[f32]], mut put: impl FnMut(usize, 
             macro_rules! go {
                 ($r:literal, $t:literal) => {
                     emit(
-                        &tile::<W, $r, $t>(std::array::from_fn(|i| ws[i]), std::array::from_fn(|i| xs[i])),
+                        &tile_on::<W, $r, $t>(
+                            path,
+                            std::array::from_fn(|i| ws[i]),
+                            std::array::from_fn(|i| xs[i]),
+                        ),
                         &mut out,
                     )
                 };
@@ -161,6 +189,31 @@ pub fn dots<W: WeightElem>(w: &[&[W]], x: &[&[f32]], mut put: impl FnMut(usize, 
             r0 += rows;
         }
     }
+}
+
+/// AVX2's `dots` for rows longer than a span, up to 6 activation rows: every pair of
+/// weight rows (and a last odd one) in one `x86::tiles8` call, which goes along k span
+/// by span over all of them, so the activation rows' span stays in L1.
+#[cfg(target_arch = "x86_64")]
+fn long_rows8<W: WeightElem>(w: &[&[W]], xs: &[&[f32]], k: usize, out: &mut impl FnMut(usize, usize, f32)) {
+    let pairs: Vec<[*const W; 2]> = w.chunks_exact(2).map(|p| [p[0].as_ptr(), p[1].as_ptr()]).collect();
+    let last = (w.len() % 2 == 1).then(|| w.len() - 1);
+    macro_rules! go {
+        ($t:literal) => {{
+            let xp: [*const f32; $t] = std::array::from_fn(|i| xs[i].as_ptr());
+            // SAFETY (both): `dots_on` checked that the CPU runs AVX2 and that every row
+            // is k long.
+            let sums = unsafe { x86::tiles8::<W, 2, $t>(&pairs, xp, k) };
+            for (g, s) in sums.iter().enumerate() {
+                emit(s, &mut |t, r, v| out(t, 2 * g + r, v));
+            }
+            if let Some(r) = last {
+                let sums = unsafe { x86::tiles8::<W, 1, $t>(&[[w[r].as_ptr()]], xp, k) };
+                emit(&sums[0], &mut |t, _, v| out(t, r, v));
+            }
+        }};
+    }
+    up_to_six!(xs.len(), go);
 }
 
 fn emit<const R: usize, const T: usize>(s: &[[f32; R]; T], put: &mut impl FnMut(usize, usize, f32)) {
@@ -223,14 +276,7 @@ pub fn add_scaled_prefixes_on(path: Path, acc: &mut [f32], p: &[&[f32]], lens: &
                 add_scaled_rows::<$t>(path, a, std::array::from_fn(|i| ps[i]), &v[..common]);
             }};
         }
-        match ps.len() {
-            6 => go!(6),
-            5 => go!(5),
-            4 => go!(4),
-            3 => go!(3),
-            2 => go!(2),
-            _ => go!(1),
-        }
+        up_to_six!(ps.len(), go);
         for ((row, pr), &len) in tile.chunks_mut(d).zip(ps).zip(ls) {
             for (j, vj) in v.iter().enumerate().take(len).skip(common) {
                 add_scaled(path, row, pr[j], vj);
@@ -466,6 +512,55 @@ mod x86 {
         s
     }
 
+    /// Values per span of `tiles8`: 96 8-lane chunks (even, so a span starts on an even
+    /// chunk, and the activation rows' span, 6 x 3 KiB, sits in L1 with the weights').
+    pub const SPAN_VALUES: usize = 768;
+
+    /// `tile8` for several groups of R weight rows against the same T activation rows,
+    /// for rows longer than a span: both chains go span by span over every group, each
+    /// group's accumulators waiting in memory between spans. Tile by tile, at k = 1536
+    /// (the down projection) a row pair and six tokens are 48 KiB, more than Zen 3's
+    /// 32 KiB L1, and the odd pass and the next pair's tokens came from L2 (28 GMAC/s on
+    /// two cores against 53 at k = 576). Each chain still adds its chunks in order, so
+    /// every sum is `tile8`'s, bit for bit.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tiles8<W: WeightElem, const R: usize, const T: usize>(
+        w: &[[*const W; R]],
+        x: [*const f32; T],
+        k: usize,
+    ) -> Vec<[[f32; R]; T]> {
+        let chunks = k / 8;
+        let mut acc = vec![[[[_mm256_setzero_ps(); R]; T]; 2]; w.len()];
+        let mut c0 = 0;
+        while c0 < chunks {
+            let c1 = (c0 + SPAN_VALUES / 8).min(chunks);
+            for (&g, a) in w.iter().zip(acc.iter_mut()) {
+                a[0] = chain::<W, R, T>(g, x, a[0], c0, c1);
+                a[1] = chain::<W, R, T>(g, x, a[1], c0 + 1, c1);
+            }
+            c0 = c1;
+        }
+        w.iter()
+            .zip(&acc)
+            .map(|(&g, [even, odd])| {
+                let mut s = [[0f32; R]; T];
+                for t in 0..T {
+                    for r in 0..R {
+                        s[t][r] = hsum(_mm256_add_ps(even[t][r], odd[t][r]));
+                    }
+                }
+                for j in chunks * 8..k {
+                    for t in 0..T {
+                        for r in 0..R {
+                            s[t][r] += (*g[r].add(j)).to_f32() * *x[t].add(j);
+                        }
+                    }
+                }
+                s
+            })
+            .collect()
+    }
+
     /// `dot`'s chains for AVX2's 16 registers: 8-lane chunk q of a row belongs to chain
     /// q % 2, and each chain is summed in a pass of its own (the even chunks over the
     /// whole row, then the odd ones), so a tile keeps one accumulator per pair, not two.
@@ -476,8 +571,9 @@ mod x86 {
         x: [*const f32; T],
         k: usize,
     ) -> [[f32; R]; T] {
-        let even = chain::<W, R, T>(w, x, 0, k / 8);
-        let odd = chain::<W, R, T>(w, x, 1, k / 8);
+        let zero = [[_mm256_setzero_ps(); R]; T];
+        let even = chain::<W, R, T>(w, x, zero, 0, k / 8);
+        let odd = chain::<W, R, T>(w, x, zero, 1, k / 8);
         let mut s = [[0f32; R]; T];
         for t in 0..T {
             for r in 0..R {
@@ -494,18 +590,18 @@ mod x86 {
         s
     }
 
-    /// The sums over 8-lane chunks first, first + 2, ... below `chunks`, per pair.
+    /// `a` plus the 8-lane chunks first, first + 2, ... below `end`, per pair.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn chain<W: WeightElem, const R: usize, const T: usize>(
         w: [*const W; R],
         x: [*const f32; T],
+        mut a: [[__m256; R]; T],
         first: usize,
-        chunks: usize,
+        end: usize,
     ) -> [[__m256; R]; T] {
-        let mut a = [[_mm256_setzero_ps(); R]; T];
         let mut q = first;
-        while q < chunks {
+        while q < end {
             let i = 8 * q;
             let mut wv = [_mm256_setzero_ps(); R];
             for r in 0..R {
