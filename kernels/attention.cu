@@ -43,13 +43,18 @@
 //       softmax state (max, sum, 8 accumulators per head) for its rows, and these
 //       are merged across lanes (shuffles), then across warps (shared memory).
 //       With one split the CTA writes the output; otherwise it writes its partial
-//       (max, sum, unnormalised acc) to scratch and attn_decode_reduce_f32 merges
-//       the splits. The grid and every scalar depend only on (n, hq, hk, D,
-//       max_blocks): positions are read on the device, and splits that start past a
-//       sequence's last block exit at once (the reduce counts the same splits), so
-//       a decode step can be captured once as a CUDA graph and replayed.
-//   attn_decode_reduce_f32
-//       grid (hq, n), block D: one thread per output element of (token, head).
+//       (max, sum, unnormalised acc) to scratch, and the last split of its (token,
+//       head group) to finish merges them all into the output: each CTA counts
+//       itself in `count` (one u32 per (token, CTA column), zero at launch) after
+//       a fence, and the one that completes the count fences, reads the partials
+//       through L2 (.cg: they were written by other SMs during this kernel) and
+//       sets the counter back to zero for the next launch. That saves a reduce
+//       launch per layer (24 of a batch-1 decode step's nodes at Qwen2.5-0.5B)
+//       for one atomic per CTA. The grid and every scalar depend only on (n, hq,
+//       hk, D, max_blocks): positions are read on the device, and splits that
+//       start past a sequence's last block exit at once (the count expects only
+//       the others), so a decode step can be captured once as a CUDA graph and
+//       replayed.
 //
 // Speed (unmeasured: no GPU was available when this was written). Prefill should be
 // tensor-core bound for long prompts, roughly FlashAttention-2 without Hopper's
@@ -57,7 +62,7 @@
 // A 1-token span inside a mixed step walks its whole context in one CTA per head
 // (no split), which is slow for long contexts but correct. Decode is meant to
 // stream K/V at a large fraction of HBM bandwidth when the grid has a few hundred
-// CTAs (batch 64); at batch 1 it is latency-bound (two small launches).
+// CTAs (batch 64); at batch 1 it is latency-bound (one small launch).
 // Resources (ptxas, sm_90): prefill d64 130 registers, 46,080 B dynamic smem;
 // d128 168 registers, 87,040 B (opt-in above 48 KB). Decode g8 ~185 registers, two
 // CTAs per SM (forcing three spills); g4 128-146, g1/g2 70-121. With q in
@@ -371,10 +376,27 @@ __device__ __forceinline__ void merge_weights(float& m, float m2, float& w1, flo
     m = mn;
 }
 
+// Output element i of (token, head) from the `used` splits' partials at p0 (the
+// (token, head)'s first), merged in split order. Loaded through L2: other CTAs of
+// this kernel wrote them.
+__device__ __forceinline__ float merge_splits(const float* part_o, const float* part_ml, size_t p0, u32 used,
+                                              u32 d, u32 i) {
+    float mx = NEG_INF;
+    for (u32 s = 0; s < used; s++) mx = fmaxf(mx, __ldcg(part_ml + 2 * (p0 + s)));
+    float sum = 0.f, a = 0.f;
+    for (u32 s = 0; s < used; s++) {
+        const float wt = exp2f(__ldcg(part_ml + 2 * (p0 + s)) - mx);
+        sum = fmaf(wt, __ldcg(part_ml + 2 * (p0 + s) + 1), sum);
+        a = fmaf(wt, __ldcg(part_o + (p0 + s) * d + i), a);
+    }
+    return a / sum;
+}
+
 template <int D, int GMAX>
 __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (n, hq * D)
                                             float* __restrict__ part_o,     // (n, hq, splits, D)
                                             float* __restrict__ part_ml,    // (n, hq, splits, 2)
+                                            u32* __restrict__ count,        // (n, gridDim.x), splits > 1
                                             const float* __restrict__ qkv,  // (n, (hq + 2 hk) * D)
                                             const bf16* __restrict__ kc,    // (slots, hk * D)
                                             const bf16* __restrict__ vc,    // (slots, hk * D)
@@ -556,16 +578,36 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (
             }
         }
     }
+    if (splits == 1) return;
+
+    // The last of the (token, head group)'s splits to arrive merges them.
+    __shared__ u32 s_last;
+    const u32 used = min_u((nblk + bps - 1) / bps, splits);
+    __threadfence();  // this thread's partials, before the CTA is counted
+    __syncthreads();
+    if (tid == 0) {
+        u32* c = count + (size_t)t * gridDim.x + blockIdx.x;
+        s_last = atomicAdd(c, 1) + 1 == used;
+        if (s_last) *c = 0;  // every split has counted: zero for the next launch
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();  // the other splits' partials, after their counts
+    for (int idx = tid; idx < nh * D; idx += DC_THREADS) {
+        const int j = idx / D, i = idx % D;
+        const size_t p0 = ((size_t)t * hq + h0 + j) * splits;
+        out[(size_t)t * hq * D + (size_t)(h0 + j) * D + i] = merge_splits(part_o, part_ml, p0, used, D, i);
+    }
 }
 
-#define DECODE_ENTRY(D, G)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(DC_THREADS) attn_decode_d##D##_g##G##_bf16(                 \
-        float* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,                    \
-        const float* __restrict__ qkv, const bf16* __restrict__ kc, const bf16* __restrict__ vc,             \
-        const u32* __restrict__ positions, const u32* __restrict__ token_seq, const u32* __restrict__ tables, \
-        u32 hq, u32 hk, u32 max_blocks, u32 bps, float scale_log2) {                                         \
-        attn_decode<D, G>(out, part_o, part_ml, qkv, kc, vc, positions, token_seq, tables, hq, hk, max_blocks, \
-                          bps, scale_log2);                                                                  \
+#define DECODE_ENTRY(D, G)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(DC_THREADS) attn_decode_d##D##_g##G##_bf16(                       \
+        float* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml, u32* __restrict__ count, \
+        const float* __restrict__ qkv, const bf16* __restrict__ kc, const bf16* __restrict__ vc,                   \
+        const u32* __restrict__ positions, const u32* __restrict__ token_seq, const u32* __restrict__ tables,      \
+        u32 hq, u32 hk, u32 max_blocks, u32 bps, float scale_log2) {                                               \
+        attn_decode<D, G>(out, part_o, part_ml, count, qkv, kc, vc, positions, token_seq, tables, hq, hk,          \
+                          max_blocks, bps, scale_log2);                                                            \
     }
 DECODE_ENTRY(64, 1)
 DECODE_ENTRY(64, 2)
@@ -575,27 +617,3 @@ DECODE_ENTRY(128, 1)
 DECODE_ENTRY(128, 2)
 DECODE_ENTRY(128, 4)
 DECODE_ENTRY(128, 8)
-
-// grid (hq, n), block d. Merges the splits that attn_decode wrote for (token, head):
-// the same count of non-empty splits it computed from the position.
-extern "C" __global__ void attn_decode_reduce_f32(float* __restrict__ out,            // (n, hq * d)
-                                                  const float* __restrict__ part_o,   // (n, hq, splits, d)
-                                                  const float* __restrict__ part_ml,  // (n, hq, splits, 2)
-                                                  const u32* __restrict__ positions,  // (n)
-                                                  u32 hq, u32 d, u32 splits, u32 bps, u32 max_blocks) {
-    const u32 h = blockIdx.x, t = blockIdx.y, i = threadIdx.x;
-    if (i >= d) return;
-    const u32 nblk = min_u(positions[t] / ATTN_BLOCK + 1, max_blocks);
-    const u32 used = min_u((nblk + bps - 1) / bps, splits);
-    const size_t p0 = ((size_t)t * hq + h) * splits;
-    const float* ml = part_ml + 2 * p0;
-    float mx = NEG_INF;
-    for (u32 s = 0; s < used; s++) mx = fmaxf(mx, ml[2 * s]);
-    float sum = 0.f, a = 0.f;
-    for (u32 s = 0; s < used; s++) {
-        const float wt = exp2f(ml[2 * s] - mx);
-        sum = fmaf(wt, ml[2 * s + 1], sum);
-        a = fmaf(wt, part_o[(p0 + s) * d + i], a);
-    }
-    out[(size_t)t * hq * d + (size_t)h * d + i] = a / sum;
-}

@@ -12,6 +12,10 @@
 //                                   would not fill the GPU with 128-row tiles
 //   gemm_unaligned_{f32,bf16}_bf16  64x128, any k: scalar, predicated loads
 //   gemv_m{1,2,4,8,16}_{f32,bf16}_bf16  small m (decode), k % 8 == 0
+//   gemv_m{1,2,4,8,16}_swiglu_f32_bf16  the same with x = silu(gate) * up computed
+//                                   on load from a (m, 2k) gate_up, gate first (the
+//                                   decode step's MLP activation and down projection
+//                                   in one launch; x's values are swiglu_f32's bits)
 // The launcher takes the gemv for m <= 16, a GEMM otherwise, and the unaligned GEMM
 // for k % 8 != 0 at any m (no real model has such k; one slow variant covers it).
 //
@@ -85,13 +89,18 @@
 //    per SM), up to ~250 at m = 16 (one block); MB >= 8 is bounded for one block per
 //    SM so that ptxas never spills the accumulators. A tensor-core gemv (x as the
 //    m16 operand) would lift the m = 8..16 limits; not done here.
+//    The swiglu variant loads gate and up (two 16-byte loads per x group) and
+//    computes silu per element in every warp that uses it: one expf and one
+//    division per R = 4 weight elements per x row, which at m = 1 the SFU and FMA
+//    rates cover at HBM bandwidth (by count; unmeasured). It saves the swiglu launch
+//    and the act round trip through L2 of each decode step's MLP.
 //
 // Precision: products and sums in f32 on both paths; on the tensor-core path A is
 // rounded to bf16 (the gemv keeps f32 x). Speed: everything here is unmeasured; the
 // design targets are >= 40% of the bf16 GEMM rate for a 2048-token prefill, >= 60% of
 // cuBLAS at 4096^3, and near copy bandwidth for the gemv.
 
-#include "common.cuh"
+#include "mlp.cuh"  // and common.cuh through it
 
 typedef unsigned short u16;  // bf16 bits; common.cuh avoids <stdint.h> for NVRTC
 
@@ -472,10 +481,24 @@ __device__ __forceinline__ void load4_x(const bf16* __restrict__ row, int g, int
     v[0] = bf16_lo(u.x), v[1] = bf16_hi(u.x), v[2] = bf16_lo(u.y), v[3] = bf16_hi(u.y);
 }
 
-template <typename TA, int MB>
+// Four-column group g of silu(gate) * up from a gate_up row (the ng groups of gate,
+// then up's), zero past ng.
+__device__ __forceinline__ void load4_swiglu(const float* __restrict__ row, int g, int ng, float* v) {
+    v[0] = v[1] = v[2] = v[3] = 0.f;
+    if (g < ng) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(row) + g);
+        const float4 u = __ldg(reinterpret_cast<const float4*>(row) + ng + g);
+        v[0] = silu_mul(a.x, u.x), v[1] = silu_mul(a.y, u.y);
+        v[2] = silu_mul(a.z, u.z), v[3] = silu_mul(a.w, u.w);
+    }
+}
+
+// SWIGLU: x is a gate_up (m, 2k) and the product's x is silu(gate) * up.
+template <typename TA, int MB, bool SWIGLU>
 __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __restrict__ x,
                                           const u16* __restrict__ w, const float* __restrict__ bias, int m,
                                           int n, int k, int ks) {
+    static_assert(!SWIGLU || sizeof(TA) == 4, "gate_up is f32");
     constexpr int V = MB * R;  // partial sums per lane, index j * R + r
     __shared__ float red[WARPS * V];
 
@@ -492,7 +515,7 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __r
     for (int r = 0; r < R; ++r) wr[r] = w + static_cast<size_t>(min(row0 + r, n - 1)) * k;
     const TA* xr[MB];
 #pragma unroll
-    for (int j = 0; j < MB; ++j) xr[j] = x + static_cast<size_t>(min(j, m - 1)) * k;
+    for (int j = 0; j < MB; ++j) xr[j] = x + static_cast<size_t>(min(j, m - 1)) * (SWIGLU ? 2 * k : k);
 
     float acc[V];
 #pragma unroll
@@ -529,8 +552,13 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __r
 #pragma unroll
         for (int j = 0; j < MB; ++j) {
             float xv[8];
-            load4_x(xr[j], sp * 64 + lane, ng, xv);
-            load4_x(xr[j], sp * 64 + 32 + lane, ng, xv + 4);
+            if constexpr (SWIGLU) {
+                load4_swiglu(xr[j], sp * 64 + lane, ng, xv);
+                load4_swiglu(xr[j], sp * 64 + 32 + lane, ng, xv + 4);
+            } else {
+                load4_x(xr[j], sp * 64 + lane, ng, xv);
+                load4_x(xr[j], sp * 64 + 32 + lane, ng, xv + 4);
+            }
 #pragma unroll
             for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -568,19 +596,20 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __r
 
 // grid (ceil(n / (32 / ks))), block (256), ks in {1, 2, 4, 8}. m >= 8 keeps up to
 // ~250 registers (one block per SM) rather than spill; smaller m fits two blocks.
-#define GEMV_ENTRY(NAME, TA, MB)                                                                        \
+#define GEMV_ENTRY(NAME, TA, MB, SWIGLU)                                                                \
     extern "C" __global__ void __launch_bounds__(gv::THREADS, (MB) >= 8 ? 1 : 2)                        \
         NAME(float* __restrict__ out,          /* (m, n) */                                             \
-             const TA* __restrict__ x,         /* (m, k) */                                             \
+             const TA* __restrict__ x,         /* (m, k), or (m, 2k) gate_up with SWIGLU */             \
              const u16* __restrict__ w,        /* (n, k) bf16 bits */                                   \
              const float* __restrict__ bias,   /* (n) or null */                                        \
              int m, int n, int k, int ks) {                                                             \
-        gv::gemv_body<TA, MB>(out, x, w, bias, m, n, k, ks);                                            \
+        gv::gemv_body<TA, MB, SWIGLU>(out, x, w, bias, m, n, k, ks);                                    \
     }
 
 #define GEMV_ENTRIES(MB)                                                   \
-    GEMV_ENTRY(gemv_m##MB##_f32_bf16, float, MB)                           \
-    GEMV_ENTRY(gemv_m##MB##_bf16_bf16, bf16, MB)
+    GEMV_ENTRY(gemv_m##MB##_f32_bf16, float, MB, false)                    \
+    GEMV_ENTRY(gemv_m##MB##_bf16_bf16, bf16, MB, false)                    \
+    GEMV_ENTRY(gemv_m##MB##_swiglu_f32_bf16, float, MB, true)
 
 GEMV_ENTRIES(1)
 GEMV_ENTRIES(2)

@@ -20,11 +20,7 @@
 //
 // Speed (unmeasured): memory-bound, 12 bytes per output element.
 
-#include "common.cuh"
-
-__device__ __forceinline__ float silu_mul(float g, float u) {
-    return g / (1.f + expf(-g)) * u;
-}
+#include "mlp.cuh"
 
 __device__ __forceinline__ bool aligned16(const void* p) {
     return reinterpret_cast<unsigned long long>(p) % 16 == 0;

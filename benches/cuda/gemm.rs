@@ -1,4 +1,5 @@
-//! kernels/gemm.cu: decode (m = 1, 8: the gemv; m = 64: the tensor-core GEMM) and
+//! kernels/gemm.cu: decode (m = 1, 8: the gemv, also with swiglu fused into the down
+//! projection; m = 64: the tensor-core GEMM) and
 //! 2048-token prefill at Qwen2.5-0.5B's projection shapes, and square bf16 x bf16
 //! GEMMs at 4096^3 and 8192^3 with cuBLAS at 4096^3 as the baseline (bench only: the
 //! runtime never calls cuBLAS).
@@ -64,6 +65,19 @@ pub fn bench(c: &mut Criterion, b: &CudaBackend) {
                 bch.iter_custom(|iters| time(b, iters, || gemm::matmul(b, &mut out, &x, &w, None, m)))
             });
         }
+    }
+
+    // The decode MLP's down projection with swiglu applied on load (one launch for
+    // both): against qwen_down at the same m, it should cost the gate_up read more.
+    let (n, k) = (896, 4864);
+    let w = bf16_matrix(b, n, k, 4);
+    for &m in &[1usize, 8] {
+        let gate_up = b.tensor_from(&values(m * 2 * k, 200 + m as u64).collect::<Vec<_>>());
+        let mut out = b.tensor(m * n);
+        g.throughput(Throughput::Bytes((n * k * 2) as u64));
+        g.bench_function(BenchmarkId::new(format!("qwen_swiglu_down_{n}x{k}"), format!("m{m}")), |bch| {
+            bch.iter_custom(|iters| time(b, iters, || gemm::swiglu_matmul(b, &mut out, &gate_up, &w, m)))
+        });
     }
 
     for &s in &[4096usize, 8192] {

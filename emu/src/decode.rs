@@ -840,6 +840,24 @@ impl Builder<'_> {
                 inst.class = Class::Control;
             }
             "call" => self.call(&mut inst, &mut mods, ops, line)?,
+            // membar.level is fence.sc at the matching scope (PTX ISA, membar/fence,
+            // sm_70 and later); fence without .sem is fence.acq_rel. The proxy and
+            // sync_restrict forms are not implemented.
+            "membar" | "fence" => {
+                want(0)?;
+                if base == "membar" {
+                    mods.one_of(&["cta", "gl", "sys"])?;
+                } else {
+                    for sem in ["sc", "acq_rel"] {
+                        if mods.take(sem) {
+                            break;
+                        }
+                    }
+                    mods.one_of(&["cta", "cluster", "gpu", "sys"])?;
+                }
+                inst.exec = memops::fence_op();
+                inst.class = Class::Sync;
+            }
             _ => return Err(unsup(line, format!("instruction {}", i.op.join(".")))),
         }
         mods.done()?;

@@ -397,3 +397,61 @@ $Ldone:
     assert_eq!(w[1], 3);
     assert_eq!(dwords(&out[0][8..16])[0], (0..96).sum::<u64>());
 }
+
+/// membar / fence (PTX ISA §9.7.12.4): the last-block pattern across many blocks,
+/// which the emulator runs on several host threads. Each block stores its value,
+/// fences, and counts itself with atom.add; the block that sees count 63 fences and
+/// adds the 64 stored values (loaded .cg, past L1) into out[1], and resets the count.
+/// Every form of the instruction is accepted; the proxy form is refused.
+#[test]
+fn fences_order_a_last_block_reduction() {
+    for fence in ["membar.gl", "fence.sc.gpu", "fence.acq_rel.gpu", "membar.sys", "fence.sc.sys"] {
+        let ptx = format!(
+            "{HEADER}
+.visible .entry k(.param .u64 k_vals, .param .u64 k_out)
+{{
+    .reg .b64 %rd<8>;
+    .reg .b32 %r<8>;
+    .reg .pred %p<2>;
+    ld.param.u64 %rd0, [k_vals];
+    ld.param.u64 %rd1, [k_out];
+    mov.u32 %r0, %ctaid.x;
+    mul.wide.u32 %rd2, %r0, 4;
+    add.s64 %rd3, %rd0, %rd2;
+    add.u32 %r1, %r0, 1000;
+    st.global.u32 [%rd3], %r1;
+    {fence};
+    atom.global.add.u32 %r2, [%rd1], 1;
+    setp.ne.u32 %p0, %r2, 63;
+    @%p0 bra DONE;
+    {fence};
+    mov.u32 %r3, 0;
+    mov.u32 %r4, 0;
+LOOP:
+    mul.wide.u32 %rd4, %r3, 4;
+    add.s64 %rd5, %rd0, %rd4;
+    ld.global.cg.u32 %r5, [%rd5];
+    add.u32 %r4, %r4, %r5;
+    add.u32 %r3, %r3, 1;
+    setp.lt.u32 %p1, %r3, 64;
+    @%p1 bra LOOP;
+    st.global.u32 [%rd1+4], %r4;
+    st.global.u32 [%rd1], 0;
+DONE:
+    ret;
+}}"
+        );
+        for _ in 0..20 {
+            let out = launch(&ptx, 64, 1, &[vec![0u8; 256], vec![0u8; 8]], &[]);
+            let want: u32 = (1000..1064).sum();
+            assert_eq!(
+                words(&out[1]),
+                [0, want],
+                "{fence}: count reset, then the sum of every block's value"
+            );
+        }
+    }
+    let proxy = format!("{HEADER}\n.visible .entry k()\n{{\n    fence.proxy.alias;\n    ret;\n}}");
+    let err = refusal(&proxy).to_string();
+    assert!(err.contains("fence.proxy.alias"), "the proxy fence is refused by name: {err}");
+}

@@ -157,6 +157,12 @@ pub trait Backend: Send + Sync {
     fn upload(&self, t: &HostTensor) -> Result<Self::Weight>;
     /// A zero-filled f32 tensor of `len` elements.
     fn tensor(&self, len: usize) -> Self::Tensor;
+    /// An f32 tensor of `len` elements with unspecified contents, for a buffer that
+    /// ops fill before anything reads it. A GPU skips `tensor`'s zero fill, which in
+    /// a captured decode step is a graph node of its own.
+    fn scratch(&self, len: usize) -> Self::Tensor {
+        self.tensor(len)
+    }
     fn tensor_from(&self, data: &[f32]) -> Self::Tensor;
     fn index(&self, data: &[u32]) -> Self::Index;
     /// A zero-filled KV cache tensor of `len` elements.
@@ -237,6 +243,22 @@ pub trait Backend: Send + Sync {
 
     /// out (n, inter) = silu(gate) * up ; gate_up (n, 2 * inter), gate first.
     fn swiglu(&self, out: &mut Self::Tensor, gate_up: &Self::Tensor, inter: usize);
+
+    /// `swiglu` into act (m, inter), then out (m, n) = act @ w (n, inter)^T: the MLP's
+    /// activation and down projection, one launch on the GPU for decode (where act
+    /// is left unwritten).
+    fn swiglu_matmul(
+        &self,
+        out: &mut Self::Tensor,
+        act: &mut Self::Tensor,
+        gate_up: &Self::Tensor,
+        w: &Self::Weight,
+        inter: usize,
+        m: usize,
+    ) {
+        self.swiglu(act, gate_up, inter);
+        self.matmul(out, act, w, None, m);
+    }
 
     /// out (rows.len(), dim) = x[rows] ; x (n, dim)
     fn gather_rows(&self, out: &mut Self::Tensor, x: &Self::Tensor, rows: &Self::Index, dim: usize);

@@ -167,6 +167,9 @@ pub struct KernelProfile {
     pub run: RunInfo,
     pub kernel_launches: usize,
     pub graph_launches: usize,
+    /// Graph operations that are not kernels (memsets, copies): each a node of the
+    /// graph, charged like a kernel's in the estimate.
+    pub other_graph_nodes: usize,
     /// Kernels launched from the host, outside any graph.
     pub eager_launches: usize,
     pub weight_bytes: f64,
@@ -394,7 +397,10 @@ fn analyse(
             }
         })
         .collect();
-    let graph_launches = records.iter().filter(|r| r["kind"] == "graph").count();
+    let graphs: Vec<&Value> = records.iter().filter(|r| r["kind"] == "graph").collect();
+    let graph_launches = graphs.len();
+    let graph_ops: usize = graphs.iter().map(|r| r["operations"].as_u64().unwrap_or(0) as usize).sum();
+    let other_graph_nodes = graph_ops.saturating_sub(launches.iter().filter(|l| l.in_graph).count());
     let h100 = roofline::h100();
 
     let mut names: Vec<&str> = launches.iter().map(|l| l.kernel.as_str()).collect();
@@ -485,7 +491,7 @@ fn analyse(
                 d.roofline_s(bytes, l.n("mma") * MMA_FLOP) + d.per_kernel_s
             })
             .sum();
-        kernels + (graph_launches + eager) as f64 * d.per_launch_s
+        kernels + other_graph_nodes as f64 * d.per_kernel_s + (graph_launches + eager) as f64 * d.per_launch_s
     };
     let h100_total = estimate(&h100);
     for r in rows.iter_mut() {
@@ -551,6 +557,7 @@ fn analyse(
         ),
         kernel_launches: launches.len(),
         graph_launches,
+        other_graph_nodes,
         eager_launches: eager,
         weight_bytes,
         kv_bytes_read,
@@ -620,7 +627,7 @@ impl KernelProfile {
         let mut s = String::new();
         let cfg = &self.run.config;
         s += &format!(
-            "{} step, batch {}, ctx {}, {}: {} kernel launches ({} graph launches, {} eager)\n",
+            "{} step, batch {}, ctx {}, {}: {} kernel launches ({} graph launches, {} eager), {} other graph nodes (memsets, copies)\n",
             match cfg.step {
                 StepKind::Decode => "decode",
                 StepKind::Prefill => "prefill",
@@ -630,7 +637,8 @@ impl KernelProfile {
             self.run.model,
             self.kernel_launches,
             self.graph_launches,
-            self.eager_launches
+            self.eager_launches,
+            self.other_graph_nodes
         );
         s += &format!(
             "{:<28} {:>5} {:>7} {:>10} {:>10} {:>6} {:>7} {:>8} {:>6} {:>6} {:>5}\n",

@@ -14,16 +14,17 @@ pub struct DeviceModel {
     /// Dense bf16 tensor-core FLOP/s the estimate uses.
     pub mma_flop_per_s: f64,
     pub mma_source: &'static str,
-    /// Cost of each kernel inside a graph beyond its roofline time: the dependent
-    /// launch, the ramp-up and the tail of its grid.
+    /// Cost of each node inside a graph beyond its roofline time: for a kernel the
+    /// dependent launch, the ramp-up and the tail of its grid; a memset or copy node
+    /// is charged the same.
     pub per_kernel_s: f64,
     /// Cost of launching the graph (or an eager kernel) from the host.
     pub per_launch_s: f64,
     pub overhead_source: &'static str,
 }
 
-const OVERHEAD: &str = "assumed, not measured: 1 us per kernel node in a CUDA graph (dependent launch, \
-                        ramp-up and tail), 4 us per host launch; the first GPU run calibrates both \
+const OVERHEAD: &str = "assumed, not measured: 1 us per node in a CUDA graph (a kernel's dependent \
+                        launch, ramp-up and tail; a memset or copy node alike), 4 us per host launch; the first GPU run calibrates both \
                         (bench/gpu/run.sh ncu)";
 
 pub fn h100() -> DeviceModel {

@@ -358,13 +358,13 @@ impl<B: Backend> Llm<B> {
         let q_dim = c.num_heads * c.head_dim;
 
         let ids = b.index(&plan.ids);
-        let mut x = b.tensor(n * h); // (n, h) residual stream
-        let mut xn = b.tensor(n * h); // (n, h) normed input of a sublayer
-        let mut qkv = b.tensor(n * qkv_dim);
-        let mut att = b.tensor(n * q_dim);
-        let mut proj = b.tensor(n * h); // (n, h) output of o_proj / down_proj
-        let mut gate_up = b.tensor(n * 2 * inter);
-        let mut act = b.tensor(n * inter);
+        let mut x = b.scratch(n * h); // (n, h) residual stream
+        let mut xn = b.scratch(n * h); // (n, h) normed input of a sublayer
+        let mut qkv = b.scratch(n * qkv_dim);
+        let mut att = b.scratch(n * q_dim);
+        let mut proj = b.scratch(n * h); // (n, h) output of o_proj / down_proj
+        let mut gate_up = b.scratch(n * 2 * inter);
+        let mut act = b.scratch(n * inter);
 
         b.embed(&mut x, &self.embed, &ids, h);
         for (l, layer) in self.layers.iter().enumerate() {
@@ -384,14 +384,13 @@ impl<B: Backend> Llm<B> {
             b.push_range("mlp");
             b.add_rmsnorm(&mut xn, &mut x, &proj, &layer.post_norm, h, c.rms_norm_eps);
             b.matmul(&mut gate_up, &xn, &layer.gate_up, None, n);
-            b.swiglu(&mut act, &gate_up, inter);
-            b.matmul(&mut proj, &act, &layer.down, None, n);
+            b.swiglu_matmul(&mut proj, &mut act, &gate_up, &layer.down, inter, n);
             b.pop_range();
         }
 
         let rows = plan.logit_rows.len();
         let hidden = want_hidden.then(|| {
-            let mut all = b.tensor(n * h);
+            let mut all = b.scratch(n * h);
             b.add_rmsnorm(&mut all, &mut x, &proj, &self.norm, h, c.rms_norm_eps);
             all
         });
@@ -400,22 +399,25 @@ impl<B: Backend> Llm<B> {
         }
         b.push_range("lm_head");
         // Only the rows whose logits are wanted go through the final norm and lm_head.
-        let mut last_n = b.tensor(rows * h);
+        let mut last_n = b.scratch(rows * h);
         if let Some(all) = &hidden {
             b.gather_rows(&mut last_n, all, &b.index(&plan.logit_rows), h);
+        } else if rows == n && plan.logit_rows.iter().enumerate().all(|(i, &r)| r as usize == i) {
+            // Every token's logits (a decode step): nothing to gather.
+            b.add_rmsnorm(&mut last_n, &mut x, &proj, &self.norm, h, c.rms_norm_eps);
         } else {
-            let mut last = b.tensor(rows * h);
-            let mut sel = b.tensor(rows * h);
+            let mut last = b.scratch(rows * h);
+            let mut sel = b.scratch(rows * h);
             b.gather_rows(&mut sel, &proj, &b.index(&plan.logit_rows), h);
             b.gather_rows(&mut last, &x, &b.index(&plan.logit_rows), h);
             b.add_rmsnorm(&mut last_n, &mut last, &sel, &self.norm, h, c.rms_norm_eps);
         }
-        let mut logits = b.tensor(rows * c.vocab_size);
+        let mut logits = b.scratch(rows * c.vocab_size);
         b.matmul(&mut logits, &last_n, self.lm_head.as_ref().unwrap_or(&self.embed), None, rows);
         b.pop_range();
         let gate = gate.map(|g| {
             b.push_range("router gate");
-            let mut probs = b.tensor(rows * g.outputs);
+            let mut probs = b.scratch(rows * g.outputs);
             b.gate(&mut probs, &last_n, &g.layers(), g.softmax);
             b.pop_range();
             probs

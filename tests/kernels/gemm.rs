@@ -113,6 +113,41 @@ fn matmul_bf16_matches_cpu() {
     }
 }
 
+/// The fused swiglu + down projection (gemv_m*_swiglu_f32_bf16, m <= 16) gives the
+/// bits of swiglu_f32 then the gemv, for every m bucket and k split, with gates in
+/// [-12, 12) (silu's tail, bend and linear part); m = 17 and k % 8 != 0 take the two
+/// kernels. Both against the CPU's two ops as matmul is.
+#[test]
+fn swiglu_matmul_is_swiglu_then_matmul() {
+    let Some(g) = gpu("swiglu_matmul_is_swiglu_then_matmul") else { return };
+    let cpu = CpuBackend;
+    for (si, &(n, k)) in [(896, 4864), (576, 1536), (4095, 64), (33, 72), (40, 31)].iter().enumerate() {
+        let wt = bf16_matrix("w", n, k, 300 + si as u64);
+        let (wc, wg) = (cpu.upload(&wt).unwrap(), g.upload(&wt).unwrap());
+        for &m in &[1, 2, 3, 5, 16, 17] {
+            let mut gate_up = rand_vec(m * 2 * k, 400 + (si * 100 + m) as u64);
+            for row in gate_up.chunks_mut(2 * k) {
+                row[..k].iter_mut().for_each(|v| *v *= 12.0);
+            }
+            let gu = g.tensor_from(&gate_up);
+            let (mut act, mut two) = (poisoned(&g, m * k), poisoned(&g, m * n));
+            g.swiglu(&mut act, &gu, k);
+            g.matmul(&mut two, &act, &wg, None, m);
+            let (mut fused, mut scratch) = (poisoned(&g, m * n), poisoned(&g, m * k));
+            g.swiglu_matmul(&mut fused, &mut scratch, &gu, &wg, k, m);
+            let what = format!("swiglu_matmul m {m} n {n} k {k}");
+            g.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+            let (fused, two) = (g.to_host(&fused), g.to_host(&two));
+            if let Some(i) = (0..m * n).find(|&i| fused[i].to_bits() != two[i].to_bits()) {
+                panic!("{what}: element {i} is {} fused, {} in two kernels", fused[i], two[i]);
+            }
+            let (mut want, mut act_c) = (cpu.tensor(m * n), cpu.tensor(m * k));
+            cpu.swiglu_matmul(&mut want, &mut act_c, &cpu.tensor_from(&gate_up), &wc, k, m);
+            assert_close(&what, &fused, &want, BF16_TOL);
+        }
+    }
+}
+
 fn expect_error(b: &CudaBackend, what: &str, needle: &str) {
     let err = b.check().expect_err(what).to_string();
     assert!(err.contains(needle), "{what}: unexpected message: {err}");

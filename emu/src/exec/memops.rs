@@ -534,6 +534,21 @@ pub const A_XOR: u8 = 7;
 pub const A_INC: u8 = 8;
 pub const A_DEC: u8 = 9;
 
+/// membar / fence at any scope. Blocks run on several host threads and write
+/// global memory with plain stores, so the host's sequentially consistent fence
+/// gives what the strongest scope asks: this thread's earlier accesses are seen
+/// before its later ones by every block, which with an atomic on both sides is the
+/// release/acquire pattern the memory model defines. (At .cta scope a block's warps
+/// share one thread and the fence only costs time.)
+fn fence(_: &mut Core<'_>, _: &Inst, _: u32) -> R {
+    std::sync::atomic::fence(Ordering::SeqCst);
+    Ok(())
+}
+
+pub fn fence_op() -> Exec {
+    fence
+}
+
 /// The new value of an atomic on `old` (K: 0 unsigned, 1 signed, 2 float).
 #[inline(always)]
 fn atom_new<const OP: u8, const W: u8, const K: u8>(old: u64, b: u64, cmp: u64) -> u64 {

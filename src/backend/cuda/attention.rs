@@ -2,7 +2,8 @@
 //! bf16 KV cache. CPU twin: `attention` in backend/cpu/attention.rs.
 //!
 //! A step where every sequence has one token goes to the decode kernels (one query
-//! per sequence, the context split across CTAs, flash-decoding, then a reduce);
+//! per sequence, the context split across CTAs, flash-decoding, merged by the last
+//! split of each to finish);
 //! any other step goes whole to the prefill kernel (tensor-core tiles of up to 64
 //! query rows of one sequence; a 1-token span is just a short tile).
 
@@ -222,19 +223,27 @@ fn decode(
     // One scratch buffer: the partial accumulators (n, hq, splits, d), then the
     // partial (max, sum) pairs (n, hq, splits, 2). Not needed with one split.
     let parts = n * hq * splits;
-    let scratch = (splits > 1).then(|| b.tensor(parts * (d + 2)));
+    let scratch = (splits > 1).then(|| b.scratch(parts * (d + 2)));
     let (part_o, part_ml) = match &scratch {
         Some(s) => (s.buf.ptr(), s.buf.ptr() + (parts * d * 4) as u64),
         None => (0, 0),
     };
-    // SAFETY: attn_decode_d{d}_g{gmax}_bf16(out, part_o, part_ml, qkv, k, v, positions,
-    // token_seq, tables, hq, hk, max_blocks, bps, scale_log2), grid (ctas_x, n,
-    // splits), block 128: CTA (x, t, z) reads positions[t], token_seq[t] (both hold
+    // The splits of a (token, CTA column) count their arrivals here; the last merges.
+    let count = if splits > 1 { b.counters(n * ctas_x) } else { 0 };
+    if splits > 1 && count == 0 {
+        return; // the step was spoiled or the backend failed; it is not run from here
+    }
+    // SAFETY: attn_decode_d{d}_g{gmax}_bf16(out, part_o, part_ml, count, qkv, k, v,
+    // positions, token_seq, tables, hq, hk, max_blocks, bps, scale_log2), grid (ctas_x,
+    // n, splits), block 128: CTA (x, t, z) reads positions[t], token_seq[t] (both hold
     // n), q row t (qkv holds n rows), entries below min(pos / 16 + 1, max_blocks) of
     // its sequence's block-table row (token_seq < seqs.len(), the plan's contract;
     // tables hold seqs.len() * max_blocks, checked), the cache rows they name (the
-    // plan's contract); it writes out row t (splits == 1) or its (t, head, z) entries
-    // of the scratch, which holds n * hq * splits of each.
+    // plan's contract); it writes out row t (splits == 1), or its (t, head, z) entries
+    // of the scratch (which holds n * hq * splits of each) and counts itself in
+    // count[t * ctas_x + x] (counters holds n * ctas_x), the last of them reading
+    // the (t, head) partials of the splits that counted and writing out row t's
+    // heads.
     b.launch(
         MODULE,
         &format!("attn_decode_d{d}_g{gmax}_bf16"),
@@ -243,6 +252,7 @@ fn decode(
             Arg::from(&*out),
             Arg::from(part_o),
             Arg::from(part_ml),
+            Arg::from(count),
             Arg::from(qkv),
             Arg::from(k_cache),
             Arg::from(v_cache),
@@ -256,28 +266,6 @@ fn decode(
             Arg::from(scale_log2),
         ],
     );
-    if splits > 1 {
-        // SAFETY: attn_decode_reduce_f32(out, part_o, part_ml, positions, hq, d, splits,
-        // bps, max_blocks), grid (hq, n), block d: reads positions[t] and, of the
-        // scratch written above (same stream, so after it), the first
-        // ceil(blocks / bps) <= splits partials of (t, h); writes out (t, h).
-        b.launch(
-            MODULE,
-            "attn_decode_reduce_f32",
-            Grid::new((hq as u32, n as u32), d as u32, 0),
-            &[
-                Arg::from(&*out),
-                Arg::from(part_o),
-                Arg::from(part_ml),
-                Arg::from(&plan.positions),
-                Arg::from(hq as u32),
-                Arg::from(d as u32),
-                Arg::from(splits as u32),
-                Arg::from(bps as u32),
-                Arg::from(plan.max_blocks as u32),
-            ],
-        );
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //!   when 128-row ones would pad more rows (m = 64: a whole 64-row tile, not half a
 //!   128-row one) or give fewer than two blocks per SM.
 //! - k % 8 != 0 (rows of W not 16-byte aligned): `gemm_unaligned_*`, any m.
+//! - `swiglu_matmul`: `gemv_m*_swiglu_f32_bf16` where the gemv applies (`fuses_swiglu`);
+//!   the backend runs swiglu and `matmul` elsewhere.
 
 use super::{Arg, CudaBackend, CudaTensor, CudaWeight, Grid};
 
@@ -54,6 +56,35 @@ pub fn matmul(
         ));
     }
     run(b, "matmul", out, Arg::from(x), x.buf.ptr(), "f32", w, bias, m);
+}
+
+/// Whether `swiglu_matmul` has a kernel for m rows of k: the gemv's shapes.
+pub fn fuses_swiglu(m: usize, k: usize) -> bool {
+    (1..=GEMV_MAX_M).contains(&m) && k % 8 == 0
+}
+
+/// out (m, n) = (silu(gate) * up) (m, k) @ w (n, k)^T, gate_up (m, 2k) with gate
+/// first in each row: swiglu and the down projection in one launch, with swiglu_f32's
+/// values as x, so the result is the two kernels' bit for bit.
+///
+/// Preconditions (checked, besides `matmul`'s): `fuses_swiglu(m, k)` and gate_up
+/// holds exactly m * 2k elements.
+pub fn swiglu_matmul(b: &CudaBackend, out: &mut CudaTensor, gate_up: &CudaTensor, w: &CudaWeight, m: usize) {
+    let k = w.cols;
+    if !fuses_swiglu(m, k) {
+        return b.fail(format!(
+            "swiglu_matmul: no fused kernel for m {m}, k {k} (m <= {GEMV_MAX_M}, k % 8 == 0)"
+        ));
+    }
+    if gate_up.len != m * 2 * k {
+        return b.fail(format!(
+            "swiglu_matmul: gate_up holds {} elements, expected m {m} x 2k {} (w is ({}, {k}))",
+            gate_up.len,
+            2 * k,
+            w.rows
+        ));
+    }
+    run(b, "swiglu_matmul", out, Arg::from(gate_up), gate_up.buf.ptr(), "swiglu_f32", w, None, m);
 }
 
 /// out (m, n) = a (m, k) @ w (n, k)^T with both operands bf16 matrices: the GEMM of
@@ -192,7 +223,8 @@ fn run(
     // SAFETY: the kernel's parameters are (out, a, w, bias, m, n, k[, ks]) as built
     // above: 8-byte pointers and 4-byte ints. For this grid it writes out[0..m * n]
     // (out holds at least that), reads a[0..m * k] (x.len == m * k was checked; a
-    // bf16 `a` is (m, k) by the check in matmul_bf16), w[0..n * k] (the (n, k) bf16
+    // bf16 `a` is (m, k) by the check in matmul_bf16; the swiglu gemv's a is (m, 2k),
+    // checked in swiglu_matmul, which only plans a gemv), w[0..n * k] (the (n, k) bf16
     // matrix), bias[0..n] when non-null (checked to hold n f32). The vector paths
     // (k % 8 == 0) read 16 bytes at (row * k + 8 c) elements, aligned since every base
     // is 16-byte aligned (checked). The GEMM's dynamic shared memory is `grid.smem`,
@@ -210,6 +242,8 @@ mod tests {
         let (k1, g1, ks1) = plan("f32", 1, 896, 4864, true);
         assert_eq!((k1.as_str(), ks1), ("gemv_m1_f32_bf16", Some(8)));
         assert_eq!(g1.grid.0, 896u32.div_ceil(4));
+        assert_eq!(plan("swiglu_f32", 1, 896, 4864, true).0, "gemv_m1_swiglu_f32_bf16");
+        assert!(fuses_swiglu(16, 4864) && !fuses_swiglu(17, 4864) && !fuses_swiglu(1, 4860));
         let (k5, _, ks5) = plan("f32", 5, 151936, 896, true);
         assert_eq!((k5.as_str(), ks5), ("gemv_m8_f32_bf16", Some(1)));
         // Every lane gets a chunk: k = 64 is 8 chunks, no split. The test shapes

@@ -371,6 +371,9 @@ pub struct CudaBackend {
     pool: Arc<Pool>,
     mode: Mutex<Mode>,
     graphs: Mutex<HashMap<(usize, usize), GraphState>>,
+    /// Arrival counters (`counters`): the current buffer last; outgrown ones are
+    /// kept, since a captured graph may still name them.
+    counters: Mutex<Vec<DevBuf>>,
     error: Mutex<Option<String>>,
     /// Decode steps as CUDA graphs (default on; PIMOE_CUDA_GRAPHS=0 turns them off).
     graphs_on: AtomicBool,
@@ -438,6 +441,7 @@ impl CudaBackend {
             pool: Arc::default(),
             mode: Mutex::new(Mode::Eager),
             graphs: Mutex::default(),
+            counters: Mutex::default(),
             error: Mutex::default(),
             graphs_on: AtomicBool::new(std::env::var("PIMOE_CUDA_GRAPHS").map_or(true, |v| v != "0")),
             nvtx,
@@ -662,6 +666,34 @@ impl CudaBackend {
             Mode::Eager => {}
         }
         DevBuf { ptr, bytes, pool: (ptr != 0).then(|| self.pool.clone()) }
+    }
+
+    /// `len` u32 counters, zero when a kernel starts, for kernels whose CTAs count
+    /// their arrivals (the last to arrive resets its counter before exiting). One
+    /// buffer for the backend's life, zeroed once; it grows (to a power of two)
+    /// only outside a captured or replayed step, which a growth spoils (the step
+    /// then runs eagerly and grows it). 0 when it could not be had.
+    pub(crate) fn counters(&self, len: usize) -> u64 {
+        let mut bufs = lock(&self.counters);
+        if let Some(b) = bufs.last().filter(|b| b.bytes >= len * 4) {
+            return b.ptr;
+        }
+        if let Mode::Capture { ok, .. } | Mode::Replay { ok, .. } = &mut *lock(&self.mode) {
+            *ok = false;
+            return 0;
+        }
+        match self.owned((len * 4).next_power_of_two().max(4096)) {
+            Ok(b) => {
+                self.zero(&b);
+                let ptr = b.ptr;
+                bufs.push(b);
+                ptr
+            }
+            Err(e) => {
+                self.fail(e.to_string());
+                0
+            }
+        }
     }
 
     /// A long-lived allocation (weights, caches), not pooled.
@@ -983,6 +1015,10 @@ impl Backend for CudaBackend {
         CudaTensor { buf, len }
     }
 
+    fn scratch(&self, len: usize) -> CudaTensor {
+        CudaTensor { buf: self.pooled(len * 4), len }
+    }
+
     fn tensor_from(&self, data: &[f32]) -> CudaTensor {
         let buf = self.pooled(data.len() * 4);
         self.write(&buf, bytemuck::cast_slice(data));
@@ -1097,6 +1133,22 @@ impl Backend for CudaBackend {
 
     fn swiglu(&self, out: &mut CudaTensor, gate_up: &CudaTensor, inter: usize) {
         mlp::swiglu(self, out, gate_up, inter)
+    }
+
+    fn swiglu_matmul(
+        &self,
+        out: &mut CudaTensor,
+        act: &mut CudaTensor,
+        gate_up: &CudaTensor,
+        w: &CudaWeight,
+        inter: usize,
+        m: usize,
+    ) {
+        if w.is_quant() || w.cols != inter || !gemm::fuses_swiglu(m, inter) {
+            self.swiglu(act, gate_up, inter);
+            return self.matmul(out, act, w, None, m);
+        }
+        gemm::swiglu_matmul(self, out, gate_up, w, m)
     }
 
     fn gather_rows(&self, out: &mut CudaTensor, x: &CudaTensor, rows: &CudaIndex, dim: usize) {
