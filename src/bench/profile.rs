@@ -627,7 +627,8 @@ impl KernelProfile {
         let mut s = String::new();
         let cfg = &self.run.config;
         s += &format!(
-            "{} step, batch {}, ctx {}, {}: {} kernel launches ({} graph launches, {} eager), {} other graph nodes (memsets, copies)\n",
+            "{} step, batch {}, ctx {}, {}: {} kernel launches ({} graph launches, {} eager), \
+             {} other graph nodes (memsets, copies)\n",
             match cfg.step {
                 StepKind::Decode => "decode",
                 StepKind::Prefill => "prefill",

@@ -24,8 +24,8 @@ pub struct DeviceModel {
 }
 
 const OVERHEAD: &str = "assumed, not measured: 1 us per node in a CUDA graph (a kernel's dependent \
-                        launch, ramp-up and tail; a memset or copy node alike), 4 us per host launch; the first GPU run calibrates both \
-                        (bench/gpu/run.sh ncu)";
+                        launch, ramp-up and tail; a memset or copy node alike), 4 us per host \
+                        launch; the first GPU run calibrates both (bench/gpu/run.sh ncu)";
 
 pub fn h100() -> DeviceModel {
     DeviceModel {
