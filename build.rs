@@ -119,20 +119,29 @@ fn pinned_root() -> PathBuf {
     Path::new(&env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join(target).join("cuda-toolchain")
 }
 
-/// The source with each `#include "x"` of a file in kernels/ replaced by its text.
+/// The source with each `#include "x"` of a file in kernels/ replaced by its text,
+/// each header once (they all say `#pragma once`, which means nothing once inlined;
+/// gemm.cu reaches common.cuh through two headers).
 fn expand_includes(src: &Path) -> String {
+    expand_once(src, &mut Vec::new())
+}
+
+fn expand_once(src: &Path, seen: &mut Vec<PathBuf>) -> String {
     let text = std::fs::read_to_string(src).expect("kernel source is UTF-8");
     let dir = src.parent().expect("kernels/ dir");
-    text.lines()
-        .map(|line| {
-            let local = line.trim().strip_prefix("#include \"").and_then(|r| r.strip_suffix('"'));
-            match local.map(|name| dir.join(name)).filter(|p| p.is_file()) {
-                Some(header) => expand_includes(&header),
-                None => line.to_string(),
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let local = line.trim().strip_prefix("#include \"").and_then(|r| r.strip_suffix('"'));
+        match local.map(|name| dir.join(name)).filter(|p| p.is_file()) {
+            Some(header) if seen.contains(&header) => {}
+            Some(header) => {
+                seen.push(header.clone());
+                out.push(expand_once(&header, seen));
             }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+            None => out.push(line.to_string()),
+        }
+    }
+    out.join("\n")
 }
 
 /// Assembles `ptx` with ptxas -v (beside nvcc) and returns a `Resources { .. }`

@@ -8,7 +8,8 @@
 //   out      (n, hq * D) f32
 //   k, v     (num_blocks * 16, hk * D) bf16; row = cache slot = block * 16 + offset,
 //            kv head g in columns g * D .. (g + 1) * D. The cache already holds this
-//            step's k/v (kv_write runs first), so every query reads keys 0..=pos.
+//            step's k/v (kv_write runs first), so every query reads keys 0..=pos;
+//            except in attn_decode_rope_*, which writes them itself.
 //   tables   (n_seqs, max_blocks) u32 block tables
 // q head h reads kv head h / (hq / hk); scores are scaled by 1 / sqrt(D). Softmax is
 // done in the base-2 domain: the launcher passes scale * log2(e), so that exp2f of
@@ -55,6 +56,16 @@
 //       start past a sequence's last block exit at once (the count expects only
 //       the others), so a decode step can be captured once as a CUDA graph and
 //       replayed.
+//   attn_decode_rope_d{64,128}_g{1,2,4,8}_bf16
+//       the same, plus RopeFreqs, for qkv whose q and k are not rotated yet and a
+//       cache without this step's row: q is rotated on load (rope.cuh, rope_f32's
+//       values), and the CTA whose split holds the token's position writes its
+//       rotated k and its v (bf16, as rope_kv_f32 writes them) at that position's
+//       cache row, then a barrier; its K/V loads go through L1 (ld.global.ca), not
+//       the read-only path, since the kernel writes the cache. Only that CTA reads
+//       the row when one CTA holds all of a kv head's q heads (G <= GMAX), the
+//       launcher's condition. The decode step's rope, cache write and attention in
+//       one launch: 24 of a batch-1 Qwen2.5-0.5B step's nodes fewer.
 //
 // Speed (unmeasured: no GPU was available when this was written). Prefill should be
 // tensor-core bound for long prompts, roughly FlashAttention-2 without Hopper's
@@ -68,7 +79,7 @@
 // CTAs per SM (forcing three spills); g4 128-146, g1/g2 70-121. With q in
 // registers instead of shared memory g8 took ~240 and g4 168. No spills.
 
-#include "common.cuh"
+#include "rope.cuh"  // and common.cuh through it
 
 // Rows per cache block: the launcher checks plan.block_size against it.
 #define ATTN_BLOCK 16
@@ -392,18 +403,33 @@ __device__ __forceinline__ float merge_splits(const float* part_o, const float* 
     return a / sum;
 }
 
-template <int D, int GMAX>
+// A cache row's 16 bytes: through the read-only path, or, when this kernel writes
+// the cache (ROPE), through L1 like any load, so a row written before a barrier is
+// seen.
+template <bool ROPE>
+__device__ __forceinline__ uint4 load_kv(const bf16* p) {
+    if constexpr (ROPE) return __ldca(reinterpret_cast<const uint4*>(p));
+    return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+// ROPE: qkv's q and k are not yet rotated, and this step's k and v are not yet in
+// the cache: q is rotated on load, and the CTA whose split holds the position writes
+// the token's rotated k and its v into the cache row (as rope_kv_f32 would) before
+// any of its warps reads it. Only that CTA reads the row, given one head chunk per kv
+// head (the launcher's condition), so no other CTA waits on the write.
+template <int D, int GMAX, bool ROPE>
 __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (n, hq * D)
                                             float* __restrict__ part_o,     // (n, hq, splits, D)
                                             float* __restrict__ part_ml,    // (n, hq, splits, 2)
                                             u32* __restrict__ count,        // (n, gridDim.x), splits > 1
                                             const float* __restrict__ qkv,  // (n, (hq + 2 hk) * D)
-                                            const bf16* __restrict__ kc,    // (slots, hk * D)
-                                            const bf16* __restrict__ vc,    // (slots, hk * D)
+                                            const bf16* kc,                 // (slots, hk * D)
+                                            const bf16* vc,                 // (slots, hk * D)
                                             const u32* __restrict__ positions,  // (n)
                                             const u32* __restrict__ token_seq,  // (n)
                                             const u32* __restrict__ tables,     // (n_seqs, max_blocks)
-                                            u32 hq, u32 hk, u32 max_blocks, u32 bps, float scale_log2) {
+                                            u32 hq, u32 hk, u32 max_blocks, u32 bps, float scale_log2,
+                                            const RopeFreqs* freqs) {
     constexpr int LPR = D / 8;          // lanes per K/V row, 16 bytes each
     constexpr int RPW = WARP / LPR;     // rows per warp-wide load
     constexpr int CHUNK = RPW * DC_STEPS;  // rows per warp per inner step
@@ -432,10 +458,33 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (
     const int tid = threadIdx.x, warp = tid / WARP, lane = tid % WARP;
     const int sub = lane / LPR, c = lane % LPR;  // row within a warp-wide load, 8-wide chunk
 
+    const u32* table = tables + (size_t)token_seq[t] * max_blocks;
+    const size_t kvrow = (size_t)hk * D;
+
     // q, pre-scaled, lives in shared memory: registers go to the accumulators and the
     // loads in flight (with q in registers the GMAX = 8 variants needed ~240).
-    const float* qsrc = qkv + (size_t)t * (hq + 2 * hk) * D + (size_t)h0 * D;
-    for (int idx = tid; idx < nh * D; idx += DC_THREADS) s_q[idx / D][dc_swz(idx % D)] = qsrc[idx] * scale_log2;
+    const float* row = qkv + (size_t)t * (hq + 2 * hk) * D;
+    const float* qsrc = row + (size_t)h0 * D;
+    if constexpr (ROPE) {
+        __shared__ float s_cos[D / 2], s_sin[D / 2];
+        rope_table(pos, D / 2, *freqs, s_cos, s_sin);
+        __syncthreads();
+        for (int idx = tid; idx < nh * D; idx += DC_THREADS)
+            s_q[idx / D][dc_swz(idx % D)] = rope_at(qsrc + (idx / D) * D, idx % D, D / 2, s_cos, s_sin) * scale_log2;
+        const u32 blk = pos / ATTN_BLOCK;
+        if (hc == 0 && blk >= b_begin && blk < b_end) {
+            const size_t at = ((size_t)table[blk] * ATTN_BLOCK + pos % ATTN_BLOCK) * kvrow + (size_t)g * D;
+            const float* k = row + (size_t)(hq + g) * D;
+            const float* v = row + (size_t)(hq + hk + g) * D;
+            for (int i = tid; i < D; i += DC_THREADS) {
+                const_cast<bf16*>(kc)[at + i] = __float2bfloat16_rn(rope_at(k, i, D / 2, s_cos, s_sin));
+                const_cast<bf16*>(vc)[at + i] = __float2bfloat16_rn(v[i]);
+            }
+        }
+    } else {
+        for (int idx = tid; idx < nh * D; idx += DC_THREADS)
+            s_q[idx / D][dc_swz(idx % D)] = qsrc[idx] * scale_log2;
+    }
     __syncthreads();
 
     float m[GMAX], l[GMAX], acc[GMAX][8];
@@ -447,8 +496,6 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (
         for (int i = 0; i < 8; i++) acc[j][i] = 0.f;
     }
 
-    const u32* table = tables + (size_t)token_seq[t] * max_blocks;
-    const size_t kvrow = (size_t)hk * D;
     const bf16* kbase = kc + (size_t)g * D + c * 8;
     const bf16* vbase = vc + (size_t)g * D + c * 8;
 
@@ -464,8 +511,8 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (
                 kv[st] = vv[st] = make_uint4(0, 0, 0, 0);
                 if (r < nvalid) {
                     const size_t off = (slot0 + r) * kvrow;
-                    kv[st] = __ldg(reinterpret_cast<const uint4*>(kbase + off));
-                    vv[st] = __ldg(reinterpret_cast<const uint4*>(vbase + off));
+                    kv[st] = load_kv<ROPE>(kbase + off);
+                    vv[st] = load_kv<ROPE>(vbase + off);
                 }
             }
 #pragma unroll
@@ -606,8 +653,16 @@ __device__ __forceinline__ void attn_decode(float* __restrict__ out,        // (
         const float* __restrict__ qkv, const bf16* __restrict__ kc, const bf16* __restrict__ vc,                   \
         const u32* __restrict__ positions, const u32* __restrict__ token_seq, const u32* __restrict__ tables,      \
         u32 hq, u32 hk, u32 max_blocks, u32 bps, float scale_log2) {                                               \
-        attn_decode<D, G>(out, part_o, part_ml, count, qkv, kc, vc, positions, token_seq, tables, hq, hk,          \
-                          max_blocks, bps, scale_log2);                                                            \
+        attn_decode<D, G, false>(out, part_o, part_ml, count, qkv, kc, vc, positions, token_seq, tables, hq, hk,   \
+                                 max_blocks, bps, scale_log2, nullptr);                                            \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(DC_THREADS) attn_decode_rope_d##D##_g##G##_bf16(                  \
+        float* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml, u32* __restrict__ count, \
+        const float* __restrict__ qkv, bf16* kc, bf16* vc, const u32* __restrict__ positions,                      \
+        const u32* __restrict__ token_seq, const u32* __restrict__ tables, u32 hq, u32 hk, u32 max_blocks,         \
+        u32 bps, float scale_log2, RopeFreqs f) {                                                                  \
+        attn_decode<D, G, true>(out, part_o, part_ml, count, qkv, kc, vc, positions, token_seq, tables, hq, hk,    \
+                                max_blocks, bps, scale_log2, &f);                                                  \
     }
 DECODE_ENTRY(64, 1)
 DECODE_ENTRY(64, 2)

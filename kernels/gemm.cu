@@ -5,8 +5,11 @@
 // src/backend/cuda/gemm.rs (the only place that picks a variant and a grid).
 //
 // Entry points (TA = f32 | bf16 is the type of A; every one has the argument list
-//   (float* out, const TA* a, const u16* w, const float* bias, int m, int n, int k)
-// plus `int ks` for the gemv ones; bias may be null)
+//   (float* out, const TA* a, const u16* w, const float* bias, int m, int n, int k,
+//    [int ks,] int accumulate [, const float* g, float eps])
+// with ks for the gemv ones and g, eps for the rmsnorm ones; bias may be null;
+// accumulate != 0 adds the product to out, which each element's one writer reads
+// first: a residual branch's end, with no separate add kernel)
 //   gemm_{f32,bf16}_bf16            tensor cores, 128x128x32 tile, k % 8 == 0
 //   gemm_bm64_{f32,bf16}_bf16       the same with a 64x128 tile, for grids that
 //                                   would not fill the GPU with 128-row tiles
@@ -16,6 +19,9 @@
 //                                   on load from a (m, 2k) gate_up, gate first (the
 //                                   decode step's MLP activation and down projection
 //                                   in one launch; x's values are swiglu_f32's bits)
+//   gemv_m{1,2,4,8,16}_rmsnorm_f32_bf16 the same with x = rmsnorm(x) * g computed
+//                                   on load (a decode sublayer's norm and first
+//                                   projection; x's values are rmsnorm_f32's bits)
 // The launcher takes the gemv for m <= 16, a GEMM otherwise, and the unaligned GEMM
 // for k % 8 != 0 at any m (no real model has such k; one slow variant covers it).
 //
@@ -94,13 +100,19 @@
 //    division per R = 4 weight elements per x row, which at m = 1 the SFU and FMA
 //    rates cover at HBM bandwidth (by count; unmeasured). It saves the swiglu launch
 //    and the act round trip through L2 of each decode step's MLP.
+//    The rmsnorm variant first sums the squares of its m rows of x as rmsnorm_f32
+//    does (rmsnorm.cuh: the same threads, order and scale), while the first weight
+//    loads are in flight, one barrier for all m rows; then scales each x group by
+//    inv[row] and g on load. Every block rereads its x rows for this (L2-resident:
+//    3.5 KB a row at k = 896), which replaces a norm launch and the xn round trip.
 //
 // Precision: products and sums in f32 on both paths; on the tensor-core path A is
 // rounded to bf16 (the gemv keeps f32 x). Speed: everything here is unmeasured; the
 // design targets are >= 40% of the bf16 GEMM rate for a 2048-token prefill, >= 60% of
 // cuBLAS at 4096^3, and near copy bandwidth for the gemv.
 
-#include "mlp.cuh"  // and common.cuh through it
+#include "mlp.cuh"      // and common.cuh through it
+#include "rmsnorm.cuh"
 
 typedef unsigned short u16;  // bf16 bits; common.cuh avoids <stdint.h> for NVRTC
 
@@ -216,7 +228,7 @@ __device__ __forceinline__ int swz(int row, int ch) { return row * BK + ((ch ^ (
 template <typename TA, int BM, bool VEC>
 __device__ __forceinline__ void gemm_body(float* __restrict__ out, const TA* __restrict__ a,
                                           const u16* __restrict__ w, const float* __restrict__ bias, int m,
-                                          int n, int k) {
+                                          int n, int k, int accumulate) {
     constexpr int WM = BM / 2;             // warp tile rows
     constexpr int MI = WM / 16;            // m16 tiles per warp
     constexpr int NI = 4;                  // n8 tiles per warp (32 columns)
@@ -383,6 +395,7 @@ st_shared16(sa(st), swz(ld_row + j * (THREADS / 4), ld_ch),
     // 2t, 2t+1 with g = lane / 4, t = lane % 4.
     const int g4 = lane / 4, t4 = lane % 4;
     const bool pairs = (n % 2) == 0;  // (row * n + even col) is then 8-byte aligned
+    const bool add = accumulate != 0;  // out += the product (a residual branch's end)
 #pragma unroll
     for (int j = 0; j < NI; ++j) {
         const int col = row_w0 + wn * 32 + j * 8 + 2 * t4;
@@ -395,12 +408,16 @@ st_shared16(sa(st), swz(ld_row + j * (THREADS / 4), ld_ch),
                 const int row = row_a0 + wm * WM + i * 16 + g4 + h * 8;
                 if (row >= m) continue;
                 float* o = out + static_cast<size_t>(row) * n + col;
-                const float v0 = acc[i][j][2 * h] + b0, v1 = acc[i][j][2 * h + 1] + b1;
+                float v0 = acc[i][j][2 * h] + b0, v1 = acc[i][j][2 * h + 1] + b1;
                 if (pairs && col + 1 < n) {
+                    if (add) {
+                        const float2 r = *reinterpret_cast<const float2*>(o);
+                        v0 = r.x + v0, v1 = r.y + v1;
+                    }
                     *reinterpret_cast<float2*>(o) = make_float2(v0, v1);
                 } else {
-                    if (col < n) o[0] = v0;
-                    if (col + 1 < n) o[1] = v1;
+                    if (col < n) o[0] = add ? o[0] + v0 : v0;
+                    if (col + 1 < n) o[1] = add ? o[1] + v1 : v1;
                 }
             }
         }
@@ -416,8 +433,8 @@ st_shared16(sa(st), swz(ld_row + j * (THREADS / 4), ld_ch),
              const TA* __restrict__ a,         /* (m, k) */                                             \
              const u16* __restrict__ w,        /* (n, k) bf16 bits */                                   \
              const float* __restrict__ bias,   /* (n) or null */                                        \
-             int m, int n, int k) {                                                                     \
-        tc::gemm_body<TA, BM, VEC>(out, a, w, bias, m, n, k);                                           \
+             int m, int n, int k, int accumulate) {                                                     \
+        tc::gemm_body<TA, BM, VEC>(out, a, w, bias, m, n, k, accumulate);                                      \
     }
 
 GEMM_ENTRY(gemm_f32_bf16, float, 128, true)
@@ -493,12 +510,42 @@ __device__ __forceinline__ void load4_swiglu(const float* __restrict__ row, int 
     }
 }
 
-// SWIGLU: x is a gate_up (m, 2k) and the product's x is silu(gate) * up.
-template <typename TA, int MB, bool SWIGLU>
+// What the product's x is: x itself; silu(gate) * up of a gate_up (m, 2k); or
+// rmsnorm(x) * g, rmsnorm_f32's values.
+enum XForm { X_PLAIN, X_SWIGLU, X_NORM };
+
+// inv[j] = rms_scale of x row j (rows past m clamped), summed as rmsnorm_f32 sums
+// with rms_threads(k / 4) threads: threads past that count, and whole warps, add
+// zeros, and every warp's sum is added in warp order, so the scales are bit-equal.
+template <int MB>
+__device__ __forceinline__ void norm_scales(const float* const* xr, int k, float eps, float (&inv)[MB]) {
+    __shared__ float part[MB * WARPS];
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const u32 d4 = k / 4, used = rms_threads(d4);
+#pragma unroll
+    for (int j = 0; j < MB; ++j) {
+        const float ss = threadIdx.x < used ? row_sq_part(xr[j], d4, threadIdx.x, used) : 0.f;
+        const float sw = warp_sum(ss);
+        if (lane == 0) part[j * WARPS + warp] = sw;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < MB; ++j) {
+        float s = 0.f;
+        for (int i = 0; i < WARPS; ++i) s += part[j * WARPS + i];
+        inv[j] = rms_scale(s, k, eps);
+    }
+}
+
+// ACCUMULATE (a runtime flag): out += the product, one thread per output element, so
+// out may be a residual stream the product is added to.
+template <typename TA, int MB, XForm XF>
 __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __restrict__ x,
                                           const u16* __restrict__ w, const float* __restrict__ bias, int m,
-                                          int n, int k, int ks) {
-    static_assert(!SWIGLU || sizeof(TA) == 4, "gate_up is f32");
+                                          int n, int k, int ks, int accumulate, const float* __restrict__ g,
+                                          float eps) {
+    constexpr bool SWIGLU = XF == X_SWIGLU, NORM = XF == X_NORM;
+    static_assert(XF == X_PLAIN || sizeof(TA) == 4, "gate_up and a normed x are f32");
     constexpr int V = MB * R;  // partial sums per lane, index j * R + r
     __shared__ float red[WARPS * V];
 
@@ -532,6 +579,10 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __r
 #pragma unroll
         for (int h = 0; h < 2; ++h) cur[r][h] = load4_w(wr[r], sp * 64 + h * 32 + lane, ng);
 
+    // The norm's reduction runs while the first weights are in flight.
+    float inv[MB];
+    if constexpr (NORM) norm_scales<MB>(xr, k, eps, inv);
+
     for (; sp < nsp; sp += ks) {
         // Next step's weights first: 2R 8-byte loads in flight per lane.
         uint2 nxt[R][2];
@@ -549,6 +600,11 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __r
                 wf[r][4 * h] = bf16_lo(u.x), wf[r][4 * h + 1] = bf16_hi(u.x);
                 wf[r][4 * h + 2] = bf16_lo(u.y), wf[r][4 * h + 3] = bf16_hi(u.y);
             }
+        float gv[8];
+        if constexpr (NORM) {
+            load4_x(g, sp * 64 + lane, ng, gv);
+            load4_x(g, sp * 64 + 32 + lane, ng, gv + 4);
+        }
 #pragma unroll
         for (int j = 0; j < MB; ++j) {
             float xv[8];
@@ -558,6 +614,10 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __r
             } else {
                 load4_x(xr[j], sp * 64 + lane, ng, xv);
                 load4_x(xr[j], sp * 64 + 32 + lane, ng, xv + 4);
+            }
+            if constexpr (NORM) {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) xv[e] = xv[e] * inv[j] * gv[e];
             }
 #pragma unroll
             for (int r = 0; r < R; ++r)
@@ -588,7 +648,8 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __r
         float sum = 0.f;
         for (int p = 0; p < ks; ++p) sum += red[(g * ks + p) * V + idx];
         if (bias != nullptr) sum += bias[row];
-        out[static_cast<size_t>(j) * n + row] = sum;
+        float* o = out + static_cast<size_t>(j) * n + row;
+        *o = accumulate ? *o + sum : sum;
     }
 }
 
@@ -596,20 +657,28 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const TA* __r
 
 // grid (ceil(n / (32 / ks))), block (256), ks in {1, 2, 4, 8}. m >= 8 keeps up to
 // ~250 registers (one block per SM) rather than spill; smaller m fits two blocks.
-#define GEMV_ENTRY(NAME, TA, MB, SWIGLU)                                                                \
+// The rmsnorm entries take the norm's weight g (k) and eps after `accumulate`.
+#define GEMV_ENTRY(NAME, TA, MB, XF)                                                                    \
     extern "C" __global__ void __launch_bounds__(gv::THREADS, (MB) >= 8 ? 1 : 2)                        \
         NAME(float* __restrict__ out,          /* (m, n) */                                             \
-             const TA* __restrict__ x,         /* (m, k), or (m, 2k) gate_up with SWIGLU */             \
+             const TA* __restrict__ x,         /* (m, k), or (m, 2k) gate_up with X_SWIGLU */           \
              const u16* __restrict__ w,        /* (n, k) bf16 bits */                                   \
              const float* __restrict__ bias,   /* (n) or null */                                        \
-             int m, int n, int k, int ks) {                                                             \
-        gv::gemv_body<TA, MB, SWIGLU>(out, x, w, bias, m, n, k, ks);                                    \
+             int m, int n, int k, int ks, int accumulate GEMV_PARAMS_##XF) {                            \
+        gv::gemv_body<TA, MB, gv::XF>(out, x, w, bias, m, n, k, ks, accumulate, GEMV_ARGS_##XF);       \
     }
+#define GEMV_PARAMS_X_PLAIN
+#define GEMV_PARAMS_X_SWIGLU
+#define GEMV_PARAMS_X_NORM , const float *__restrict__ g, float eps
+#define GEMV_ARGS_X_PLAIN nullptr, 0.f
+#define GEMV_ARGS_X_SWIGLU nullptr, 0.f
+#define GEMV_ARGS_X_NORM g, eps
 
 #define GEMV_ENTRIES(MB)                                                   \
-    GEMV_ENTRY(gemv_m##MB##_f32_bf16, float, MB, false)                    \
-    GEMV_ENTRY(gemv_m##MB##_bf16_bf16, bf16, MB, false)                    \
-    GEMV_ENTRY(gemv_m##MB##_swiglu_f32_bf16, float, MB, true)
+    GEMV_ENTRY(gemv_m##MB##_f32_bf16, float, MB, X_PLAIN)                  \
+    GEMV_ENTRY(gemv_m##MB##_bf16_bf16, bf16, MB, X_PLAIN)                  \
+    GEMV_ENTRY(gemv_m##MB##_swiglu_f32_bf16, float, MB, X_SWIGLU)          \
+    GEMV_ENTRY(gemv_m##MB##_rmsnorm_f32_bf16, float, MB, X_NORM)
 
 GEMV_ENTRIES(1)
 GEMV_ENTRIES(2)

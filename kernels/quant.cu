@@ -8,10 +8,12 @@
 // matrix's n.
 //
 // Entry points (T = q4_0 | q4_1 | q5_0 | q8_0 | q4_k | q5_k | q6_k)
-//   quant_gemv_m{1,2,4,8}_T(out, x, w, bias, m, n, k, ldo)   decode, m <= 8
-//   quant_gemm_T(out, x, w, bias, m, n, k, ldo)              prefill, any m
+//   quant_gemv_m{1,2,4,8}_T(out, x, w, bias, m, n, k, ldo, accumulate)   decode, m <= 8
+//   quant_gemm_T(out, x, w, bias, m, n, k, ldo, accumulate)              prefill, any m
 //   quant_embed_T(out, table, ids, dim, vocab, lo, rows)     out (n_ids, dim)
-// bias may be null; k (= dim) is a whole number of blocks (the launcher checks).
+// bias may be null; k (= dim) is a whole number of blocks (the launcher checks);
+// accumulate != 0 adds the product to out (a residual branch's end) rather than
+// storing it.
 //
 // Semantics: activations stay f32 and every product and sum is f32 (fmaf). Each
 // weight is computed exactly as `dequantize` computes it, operation by operation
@@ -190,7 +192,7 @@ constexpr int GV_THREADS = 256;
 template <int T, int MB>
 __device__ __forceinline__ void gemv_body(float* __restrict__ out, const float* __restrict__ x,
                                           const u8* __restrict__ w, const float* __restrict__ bias, int m,
-                                          int n, int k, int ldo) {
+                                          int n, int k, int ldo, int accumulate) {
     const int lane = threadIdx.x % WARP;
     const int row = blockIdx.x * (GV_THREADS / WARP) + threadIdx.x / WARP;
     if (row >= n) return;  // a whole warp; no barrier below
@@ -222,7 +224,10 @@ __device__ __forceinline__ void gemv_body(float* __restrict__ out, const float* 
         const float bv = bias != nullptr ? bias[row] : 0.f;
 #pragma unroll
         for (int j = 0; j < MB; ++j)
-            if (j < m) out[static_cast<size_t>(j) * ldo + row] = acc[j] + bv;
+            if (j < m) {
+                float* o = out + static_cast<size_t>(j) * ldo + row;
+                *o = accumulate ? *o + (acc[j] + bv) : acc[j] + bv;
+            }
     }
 }
 
@@ -235,7 +240,7 @@ constexpr int GM_THREADS = 256, BM = 64, BN = 64, BK = 64, PAD = 4;
 template <int T>
 __device__ __forceinline__ void gemm_body(float* __restrict__ out, const float* __restrict__ x,
                                           const u8* __restrict__ w, const float* __restrict__ bias, int m,
-                                          int n, int k, int ldo) {
+                                          int n, int k, int ldo, int accumulate) {
     __shared__ __align__(16) float xs[BK][BM + PAD];
     __shared__ __align__(16) float ws[BK][BN + PAD];
     const int tid = threadIdx.x;
@@ -298,7 +303,10 @@ __device__ __forceinline__ void gemm_body(float* __restrict__ out, const float* 
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int c = n0 + 4 * tn + j;
-            if (c < n) out[static_cast<size_t>(r) * ldo + c] = acc[i][j] + (bias != nullptr ? bias[c] : 0.f);
+            if (c >= n) continue;
+            float* o = out + static_cast<size_t>(r) * ldo + c;
+            const float v = acc[i][j] + (bias != nullptr ? bias[c] : 0.f);
+            *o = accumulate ? *o + v : v;
         }
     }
 }
@@ -334,21 +342,23 @@ __device__ __forceinline__ void embed_body(float* __restrict__ out, const u8* __
     extern "C" __global__ void __launch_bounds__(qk::GV_THREADS)                                              \
         quant_gemv_m##MB##_##NAME(float* __restrict__ out, const float* __restrict__ x,                       \
                                   const u8* __restrict__ w, const float* __restrict__ bias, int m, int n,     \
-                                  int k, int ldo) {                                                           \
-        qk::gemv_body<qk::T, MB>(out, x, w, bias, m, n, k, ldo);                                              \
+                                  int k, int ldo, int accumulate) {                                           \
+        qk::gemv_body<qk::T, MB>(out, x, w, bias, m, n, k, ldo, accumulate);                                  \
     }
 
 // grid gemv (ceil(n / 8)), block 256; gemm (ceil(n / 64), ceil(m / 64)), block 256;
-// embed (n_ids), block any multiple of 32.
+// embed (n_ids), block any multiple of 32. The gemm's bound of four blocks per SM
+// (64 registers, what it used before `accumulate`): unbounded, ptxas took 48 for
+// q6_k with the flag and spilled.
 #define QUANT_ENTRIES(NAME, T)                                                                                \
     QUANT_GEMV(NAME, T, 1)                                                                                    \
     QUANT_GEMV(NAME, T, 2)                                                                                    \
     QUANT_GEMV(NAME, T, 4)                                                                                    \
     QUANT_GEMV(NAME, T, 8)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(qk::GM_THREADS)                                              \
+    extern "C" __global__ void __launch_bounds__(qk::GM_THREADS, 4)                                           \
         quant_gemm_##NAME(float* __restrict__ out, const float* __restrict__ x, const u8* __restrict__ w,     \
-                          const float* __restrict__ bias, int m, int n, int k, int ldo) {                     \
-        qk::gemm_body<qk::T>(out, x, w, bias, m, n, k, ldo);                                                  \
+                          const float* __restrict__ bias, int m, int n, int k, int ldo, int accumulate) {     \
+        qk::gemm_body<qk::T>(out, x, w, bias, m, n, k, ldo, accumulate);                                      \
     }                                                                                                         \
     extern "C" __global__ void quant_embed_##NAME(float* __restrict__ out, const u8* __restrict__ table,      \
                                                   const u32* __restrict__ ids, u32 dim, u32 vocab, u32 lo,     \

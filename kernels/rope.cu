@@ -8,7 +8,9 @@
 //                angle pos * inv_freq[i]; the v heads are not touched.
 //   rope_kv_f32  the same, then the rotated k and the v of each token written to its
 //                slot of the paged bf16 cache (kv.cuh, as kv_write_bf16): the step's
-//                two per-token ops in one launch, one kernel fewer per layer.
+//                two per-token ops in one launch, one kernel fewer per layer. A decode
+//                step does both inside attention instead (attn_decode_rope_*, which
+//                shares rope.cuh) where a kv head's q heads fit one CTA.
 //
 // Thread mapping: one block per token (blockIdx.x). Its threads first compute the
 // row's d/2 cos/sin values into shared memory (one per frequency, shared by all of
@@ -41,15 +43,7 @@
 // memory traffic even for a prefill of thousands of tokens.
 
 #include "kv.cuh"
-
-// The largest head_dim / 2 the parameter table holds (head_dim up to 256).
-#define ROPE_MAX_HALF 128
-
-// Passed by value (512 bytes of kernel parameters, well under the 4 KB limit).
-// The launcher writes head_dim / 2 entries; the rest are zeros and never read.
-struct RopeFreqs {
-    float inv_freq[ROPE_MAX_HALF];
-};
+#include "rope.cuh"
 
 // Token blockIdx.x's q and k heads rotated in place. The whole block calls it.
 __device__ __forceinline__ void rope_row(float* __restrict__ qkv,            // (n, row)
@@ -59,15 +53,7 @@ __device__ __forceinline__ void rope_row(float* __restrict__ qkv,            // 
     __shared__ float sin_s[ROPE_MAX_HALF];
     const u32 half = d / 2;
     const size_t t = blockIdx.x;
-    // u32 -> f32 rounds to nearest, as Rust's `pos as f32`.
-    const float pos = __uint2float_rn(positions[t]);
-    for (u32 i = threadIdx.x; i < half; i += blockDim.x) {
-        const float angle = __fmul_rn(pos, f.inv_freq[i]);
-        double s, c;
-        sincos((double)angle, &s, &c);
-        cos_s[i] = __double2float_rn(c);
-        sin_s[i] = __double2float_rn(s);
-    }
+    rope_table(positions[t], half, f, cos_s, sin_s);
     __syncthreads();
 
     float* __restrict__ r = qkv + t * row;
@@ -78,8 +64,8 @@ __device__ __forceinline__ void rope_row(float* __restrict__ qkv,            // 
         float* x2 = x1 + half;
         const float a = *x1, b = *x2;
         const float c = cos_s[i], s = sin_s[i];
-        *x1 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-        *x2 = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+        *x1 = rope_first(a, b, c, s);
+        *x2 = rope_second(a, b, c, s);
     }
 }
 

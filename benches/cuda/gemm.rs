@@ -67,16 +67,38 @@ pub fn bench(c: &mut Criterion, b: &CudaBackend) {
         }
     }
 
-    // The decode MLP's down projection with swiglu applied on load (one launch for
-    // both): against qwen_down at the same m, it should cost the gate_up read more.
+    // The decode MLP's down projection with swiglu applied on load and the residual
+    // added in the epilogue (one launch for all three): against qwen_down at the same
+    // m, it should cost the gate_up read more. The residual grows by a bounded
+    // product each launch, so it stays finite over a bench's iterations.
     let (n, k) = (896, 4864);
     let w = bf16_matrix(b, n, k, 4);
     for &m in &[1usize, 8] {
         let gate_up = b.tensor_from(&values(m * 2 * k, 200 + m as u64).collect::<Vec<_>>());
-        let mut out = b.tensor(m * n);
+        let mut residual = b.tensor(m * n);
         g.throughput(Throughput::Bytes((n * k * 2) as u64));
         g.bench_function(BenchmarkId::new(format!("qwen_swiglu_down_{n}x{k}"), format!("m{m}")), |bch| {
-            bch.iter_custom(|iters| time(b, iters, || gemm::swiglu_matmul(b, &mut out, &gate_up, &w, m)))
+            bch.iter_custom(|iters| {
+                time(b, iters, || gemm::swiglu_matmul_add(b, &mut residual, &gate_up, &w, m))
+            })
+        });
+    }
+
+    // The decode qkv projection with its rmsnorm computed on load: against qwen_qkv
+    // at the same m, it should cost the norm's reduction (x and g rereads from L2).
+    let (n, k) = (1152, 896);
+    let w = bf16_matrix(b, n, k, 5);
+    let norm = b
+        .upload(&HostTensor { name: "norm".into(), shape: vec![k], data: HostData::F32(vec![1.0; k]) })
+        .expect("upload the norm");
+    for &m in &[1usize, 8] {
+        let x = b.tensor_from(&values(m * k, 300 + m as u64).collect::<Vec<_>>());
+        let mut out = b.tensor(m * n);
+        g.throughput(Throughput::Bytes((n * k * 2) as u64));
+        g.bench_function(BenchmarkId::new(format!("qwen_rmsnorm_qkv_{n}x{k}"), format!("m{m}")), |bch| {
+            bch.iter_custom(|iters| {
+                time(b, iters, || gemm::rmsnorm_matmul(b, &mut out, &x, &norm, 1e-6, &w, None, m))
+            })
         });
     }
 

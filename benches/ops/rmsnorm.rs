@@ -23,20 +23,11 @@ pub fn bench<B: Backend>(c: &mut Criterion, b: &B) {
         .expect("upload the weight");
     for &n in &TOKENS {
         let x = b.tensor_from(&vec![0.5; n * HIDDEN]);
-        let mut residual = b.tensor_from(&vec![0.25; n * HIDDEN]);
         let mut out = b.tensor(n * HIDDEN);
         // x read, out written (f32), plus the weight.
         g.throughput(Throughput::Bytes((n * HIDDEN * 8 + HIDDEN * 4) as u64));
         g.bench_function(BenchmarkId::new("rmsnorm_f32", format!("n{n}_dim{HIDDEN}")), |bch| {
             bch.iter_custom(|iters| time(b, iters, || b.rmsnorm(&mut out, &x, &w, HIDDEN, EPS)))
-        });
-        // residual and x read, residual and out written, plus the weight. The
-        // residual grows by x each launch; with these values it stays finite.
-        g.throughput(Throughput::Bytes((n * HIDDEN * 16 + HIDDEN * 4) as u64));
-        g.bench_function(BenchmarkId::new("add_rmsnorm_f32", format!("n{n}_dim{HIDDEN}")), |bch| {
-            bch.iter_custom(|iters| {
-                time(b, iters, || b.add_rmsnorm(&mut out, &mut residual, &x, &w, HIDDEN, EPS))
-            })
         });
     }
     g.finish();

@@ -178,17 +178,6 @@ pub trait Backend: Send + Sync {
     /// out (n, dim) = rmsnorm(x) * w ; x (n, dim), w (dim)
     fn rmsnorm(&self, out: &mut Self::Tensor, x: &Self::Tensor, w: &Self::Weight, dim: usize, eps: f32);
 
-    /// residual += x, then out = rmsnorm(residual) * w ; all (n, dim)
-    fn add_rmsnorm(
-        &self,
-        out: &mut Self::Tensor,
-        residual: &mut Self::Tensor,
-        x: &Self::Tensor,
-        w: &Self::Weight,
-        dim: usize,
-        eps: f32,
-    );
-
     /// out (m, n) = x (m, k) @ w (n, k)^T + bias (n)
     fn matmul(
         &self,
@@ -198,6 +187,39 @@ pub trait Backend: Send + Sync {
         bias: Option<&Self::Weight>,
         m: usize,
     );
+
+    /// residual (m, n) += x (m, k) @ w (n, k)^T: the end of a residual branch (the
+    /// attention output and down projections), the add done by the product's kernel
+    /// where it can be. `scratch` holds m * n elements a backend may use for the
+    /// product.
+    fn matmul_add(
+        &self,
+        residual: &mut Self::Tensor,
+        scratch: &mut Self::Tensor,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        m: usize,
+    );
+
+    /// `rmsnorm` of x (m, dim) by norm into xn, then out (m, n) = xn @ w (n, dim)^T +
+    /// bias: a sublayer's norm and first projection, one launch on the GPU for decode
+    /// (where xn is left unwritten).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_matmul(
+        &self,
+        out: &mut Self::Tensor,
+        xn: &mut Self::Tensor,
+        x: &Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        dim: usize,
+        m: usize,
+    ) {
+        self.rmsnorm(xn, x, norm, dim, eps);
+        self.matmul(out, xn, w, bias, m);
+    }
 
     /// Rotary embedding, Hugging Face rotate-half form, in place on the q and k parts
     /// of qkv (n, (hq + 2 hk) * head_dim); v is left alone.
@@ -241,15 +263,35 @@ pub trait Backend: Send + Sync {
         shape: AttnShape,
     );
 
+    /// `rope_kv_write`, then `attention`: a layer's whole attention after the qkv
+    /// projection, one launch on the GPU for a decode step (which leaves qkv's q and k
+    /// unrotated: nothing reads them after attention).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_attention(
+        &self,
+        out: &mut Self::Tensor,
+        qkv: &mut Self::Tensor,
+        k_cache: &mut Self::Cache,
+        v_cache: &mut Self::Cache,
+        plan: &AttnPlan<Self::Index>,
+        shape: AttnShape,
+        theta: f32,
+    ) {
+        self.rope_kv_write(qkv, k_cache, v_cache, plan, shape, theta);
+        self.attention(out, qkv, k_cache, v_cache, plan, shape);
+    }
+
     /// out (n, inter) = silu(gate) * up ; gate_up (n, 2 * inter), gate first.
     fn swiglu(&self, out: &mut Self::Tensor, gate_up: &Self::Tensor, inter: usize);
 
-    /// `swiglu` into act (m, inter), then out (m, n) = act @ w (n, inter)^T: the MLP's
-    /// activation and down projection, one launch on the GPU for decode (where act
-    /// is left unwritten).
-    fn swiglu_matmul(
+    /// `swiglu` into act (m, inter), then `matmul_add` of act @ w (n, inter)^T into
+    /// residual (m, n): the MLP's activation, down projection and residual add, one
+    /// launch on the GPU for decode (where act and scratch are left unwritten).
+    #[allow(clippy::too_many_arguments)]
+    fn swiglu_matmul_add(
         &self,
-        out: &mut Self::Tensor,
+        residual: &mut Self::Tensor,
+        scratch: &mut Self::Tensor,
         act: &mut Self::Tensor,
         gate_up: &Self::Tensor,
         w: &Self::Weight,
@@ -257,7 +299,7 @@ pub trait Backend: Send + Sync {
         m: usize,
     ) {
         self.swiglu(act, gate_up, inter);
-        self.matmul(out, act, w, None, m);
+        self.matmul_add(residual, scratch, act, w, m);
     }
 
     /// out (rows.len(), dim) = x[rows] ; x (n, dim)

@@ -362,36 +362,43 @@ impl<B: Backend> Llm<B> {
         let mut xn = b.scratch(n * h); // (n, h) normed input of a sublayer
         let mut qkv = b.scratch(n * qkv_dim);
         let mut att = b.scratch(n * q_dim);
-        let mut proj = b.scratch(n * h); // (n, h) output of o_proj / down_proj
+        let mut proj = b.scratch(n * h); // (n, h) o_proj / down_proj output, where not added in place
         let mut gate_up = b.scratch(n * 2 * inter);
         let mut act = b.scratch(n * inter);
 
+        // Each sublayer's norm goes with the projection after it, and its residual
+        // add with the projection that ends it (on the GPU, for decode, one kernel
+        // each; see Backend::rmsnorm_matmul and matmul_add).
+        let eps = c.rms_norm_eps;
         b.embed(&mut x, &self.embed, &ids, h);
         for (l, layer) in self.layers.iter().enumerate() {
             b.push_range("attention");
-            if l == 0 {
-                b.rmsnorm(&mut xn, &x, &layer.input_norm, h, c.rms_norm_eps);
-            } else {
-                b.add_rmsnorm(&mut xn, &mut x, &proj, &layer.input_norm, h, c.rms_norm_eps);
-            }
-            b.matmul(&mut qkv, &xn, &layer.qkv, layer.qkv_bias.as_ref(), n);
+            b.rmsnorm_matmul(
+                &mut qkv,
+                &mut xn,
+                &x,
+                &layer.input_norm,
+                eps,
+                &layer.qkv,
+                layer.qkv_bias.as_ref(),
+                h,
+                n,
+            );
             let (kc, vc) = &mut cache.layers[l];
-            b.rope_kv_write(&mut qkv, kc, vc, &plan.attn, shape, c.rope_theta);
-            b.attention(&mut att, &qkv, kc, vc, &plan.attn, shape);
-            b.matmul(&mut proj, &att, &layer.o, None, n);
+            b.rope_kv_attention(&mut att, &mut qkv, kc, vc, &plan.attn, shape, c.rope_theta);
+            b.matmul_add(&mut x, &mut proj, &att, &layer.o, n);
             b.pop_range();
 
             b.push_range("mlp");
-            b.add_rmsnorm(&mut xn, &mut x, &proj, &layer.post_norm, h, c.rms_norm_eps);
-            b.matmul(&mut gate_up, &xn, &layer.gate_up, None, n);
-            b.swiglu_matmul(&mut proj, &mut act, &gate_up, &layer.down, inter, n);
+            b.rmsnorm_matmul(&mut gate_up, &mut xn, &x, &layer.post_norm, eps, &layer.gate_up, None, h, n);
+            b.swiglu_matmul_add(&mut x, &mut proj, &mut act, &gate_up, &layer.down, inter, n);
             b.pop_range();
         }
 
         let rows = plan.logit_rows.len();
         let hidden = want_hidden.then(|| {
             let mut all = b.scratch(n * h);
-            b.add_rmsnorm(&mut all, &mut x, &proj, &self.norm, h, c.rms_norm_eps);
+            b.rmsnorm(&mut all, &x, &self.norm, h, eps);
             all
         });
         if rows == 0 {
@@ -404,13 +411,11 @@ impl<B: Backend> Llm<B> {
             b.gather_rows(&mut last_n, all, &b.index(&plan.logit_rows), h);
         } else if rows == n && plan.logit_rows.iter().enumerate().all(|(i, &r)| r as usize == i) {
             // Every token's logits (a decode step): nothing to gather.
-            b.add_rmsnorm(&mut last_n, &mut x, &proj, &self.norm, h, c.rms_norm_eps);
+            b.rmsnorm(&mut last_n, &x, &self.norm, h, eps);
         } else {
             let mut last = b.scratch(rows * h);
-            let mut sel = b.scratch(rows * h);
-            b.gather_rows(&mut sel, &proj, &b.index(&plan.logit_rows), h);
             b.gather_rows(&mut last, &x, &b.index(&plan.logit_rows), h);
-            b.add_rmsnorm(&mut last_n, &mut last, &sel, &self.norm, h, c.rms_norm_eps);
+            b.rmsnorm(&mut last_n, &last, &self.norm, h, eps);
         }
         let mut logits = b.scratch(rows * c.vocab_size);
         b.matmul(&mut logits, &last_n, self.lm_head.as_ref().unwrap_or(&self.embed), None, rows);

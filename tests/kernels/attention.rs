@@ -106,8 +106,9 @@ impl Case {
         }
     }
 
-    /// Fills the caches (history, then the step's own k/v) and runs attention into `out`.
-    fn run<B: Backend>(&self, b: &B, mut out: B::Tensor) -> B::Tensor {
+    /// The caches holding the history (positions 0..start of every sequence), and
+    /// the plan of the step's own tokens.
+    fn with_history<B: Backend>(&self, b: &B) -> (B::Cache, B::Cache, AttnPlan<B::Index>) {
         let kv = self.shape.num_kv_heads * self.shape.head_dim;
         let len = self.num_blocks * BLOCK_SIZE * kv;
         let (mut kc, mut vc) = (b.cache(len), b.cache(len));
@@ -115,13 +116,35 @@ impl Case {
             let hist = self.plan(b, |(start, _)| (0, start));
             b.kv_write(&mut kc, &mut vc, &b.tensor_from(&self.history), &hist, self.shape);
         }
-        let plan = self.plan(b, |(start, len)| (start, start + len));
+        (kc, vc, self.plan(b, |(start, len)| (start, start + len)))
+    }
+
+    /// Fills the caches (history, then the step's own k/v) and runs attention into `out`.
+    fn run<B: Backend>(&self, b: &B, mut out: B::Tensor) -> B::Tensor {
+        let (mut kc, mut vc, plan) = self.with_history(b);
         let qkv = b.tensor_from(&self.qkv);
         b.kv_write(&mut kc, &mut vc, &qkv, &plan, self.shape);
         b.attention(&mut out, &qkv, &kc, &vc, &plan, self.shape);
         out
     }
+
+    /// As `run`, but the step's own k/v rotated and written by rope_kv_attention
+    /// (`fused`) or by rope_kv_write then attention: the output and both caches.
+    fn run_rope<B: Backend>(&self, b: &B, mut out: B::Tensor, fused: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (mut kc, mut vc, plan) = self.with_history(b);
+        let mut qkv = b.tensor_from(&self.qkv);
+        if fused {
+            b.rope_kv_attention(&mut out, &mut qkv, &mut kc, &mut vc, &plan, self.shape, ROPE_THETA);
+        } else {
+            b.rope_kv_write(&mut qkv, &mut kc, &mut vc, &plan, self.shape, ROPE_THETA);
+            b.attention(&mut out, &qkv, &kc, &vc, &plan, self.shape);
+        }
+        (b.to_host(&out), b.cache_to_host(&kc), b.cache_to_host(&vc))
+    }
 }
+
+/// Qwen2.5's rope base: at position 4094 the fastest pair turns through ~650 turns.
+const ROPE_THETA: f32 = 1_000_000.0;
 
 /// (rows, (hq + 2 hk) d): q uniform in [-Q_GAIN, Q_GAIN), k and v bf16-exact in [-1, 1).
 fn qkv_rows(rows: usize, shape: AttnShape, seed: u64) -> Vec<f32> {
@@ -181,6 +204,42 @@ fn attention_decode_large_batch_matches_cpu() {
     };
     check_cases("attention_decode_large_batch_matches_cpu", &[ctx(100, 300)], &[(9, 3, 64)]);
     check_cases("attention_decode_large_batch_matches_cpu", &[ctx(64, 700)], &SHAPES);
+}
+
+/// rope_kv_attention of a decode step is one kernel on the GPU (q and the new k
+/// rotated on load, the cache row written by the CTA that reads it): its output and
+/// caches are the bits of rope_kv_write then attention, at batch 1 over the decode
+/// contexts (splits, block edges) and batch 7, for every shape; (16, 1, 64) (two
+/// head chunks per kv head) and a prefill step take the two launches. The CPU's
+/// default (the two ops) agrees within BF16_TOL.
+#[test]
+fn rope_kv_attention_is_rope_kv_write_then_attention() {
+    let test = "rope_kv_attention_is_rope_kv_write_then_attention";
+    let Some(g) = gpu(test) else { return };
+    let mut sets: Vec<Vec<(usize, usize)>> = CONTEXTS.iter().map(|&ctx| vec![(ctx - 1, 1)]).collect();
+    sets.push(CONTEXTS.iter().chain(&[200]).map(|&c| (c - 1, 1)).collect());
+    sets.push(vec![(3, 20)]);
+    let mut shapes = SHAPES.to_vec();
+    shapes.push((16, 1, 64));
+    for (i, spans) in sets.iter().enumerate() {
+        for &(hq, hk, d) in &shapes {
+            let case = Case::new(spans, (hq, hk, d), (5000 + i * 1000 + hq * 10 + d) as u64);
+            let len = case.n() * hq * d;
+            let what = format!("{test}: spans {spans:?}, hq {hq} hk {hk} d {d}");
+            let fused = case.run_rope(&g, poisoned(&g, len), true);
+            let two = case.run_rope(&g, poisoned(&g, len), false);
+            g.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+            for (name, a, b) in
+                [("out", &fused.0, &two.0), ("k cache", &fused.1, &two.1), ("v cache", &fused.2, &two.2)]
+            {
+                if let Some(j) = (0..a.len()).find(|&j| a[j].to_bits() != b[j].to_bits()) {
+                    panic!("{what}: {name}[{j}] is {} fused, {} in two launches", a[j], b[j]);
+                }
+            }
+            let cpu = case.run_rope(&CpuBackend, CpuBackend.tensor(len), true);
+            assert_close(&what, &fused.0, &cpu.0, BF16_TOL);
+        }
+    }
 }
 
 #[test]

@@ -113,13 +113,45 @@ fn matmul_bf16_matches_cpu() {
     }
 }
 
-/// The fused swiglu + down projection (gemv_m*_swiglu_f32_bf16, m <= 16) gives the
-/// bits of swiglu_f32 then the gemv, for every m bucket and k split, with gates in
-/// [-12, 12) (silu's tail, bend and linear part); m = 17 and k % 8 != 0 take the two
-/// kernels. Both against the CPU's two ops as matmul is.
+/// Bitwise equality of a device tensor with host values, the backend's error first.
+fn same_bits(what: &str, g: &CudaBackend, got: &pimoe::backend::cuda::CudaTensor, want: &[f32]) -> Vec<f32> {
+    let got = g.to_host(got);
+    g.check().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(got.len(), want.len(), "{what}: output length");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        panic!("{what}: element {i} is {} fused, {} from the separate ops", got[i], want[i]);
+    }
+    got
+}
+
+/// matmul_add adds in the epilogue of every variant: the gemv (m 1, 5, 16; k split 1
+/// to 4), the 64-row GEMM (m 33), the 128-row GEMM (m 256 over 133 column tiles), the
+/// unaligned GEMM (k 31), with odd n (scalar stores) and even n (float2 stores). Each
+/// result is the matmul's bits plus one f32 addition of the residual.
 #[test]
-fn swiglu_matmul_is_swiglu_then_matmul() {
-    let Some(g) = gpu("swiglu_matmul_is_swiglu_then_matmul") else { return };
+fn matmul_add_adds_in_the_epilogue() {
+    let Some(g) = gpu("matmul_add_adds_in_the_epilogue") else { return };
+    let cases = [(1, 896, 896), (5, 33, 72), (16, 576, 1536), (33, 4095, 64), (17, 33, 31), (256, 16900, 8)];
+    for (ci, &(m, n, k)) in cases.iter().enumerate() {
+        let wg = g.upload(&bf16_matrix("w", n, k, 700 + ci as u64)).unwrap();
+        let x = rand_vec(m * k, 710 + ci as u64);
+        let product = g.to_host(&matmul_on(&g, &x, &wg, None, m, n, 0));
+        let r0: Vec<f32> = rand_vec(m * n, 720 + ci as u64).iter().map(|v| 4.0 * v).collect();
+        let (mut residual, mut scratch) = (g.tensor_from(&r0), poisoned(&g, m * n));
+        g.matmul_add(&mut residual, &mut scratch, &g.tensor_from(&x), &wg, m);
+        let want: Vec<f32> = r0.iter().zip(&product).map(|(r, p)| r + p).collect();
+        same_bits(&format!("matmul_add m {m} n {n} k {k}"), &g, &residual, &want);
+    }
+}
+
+/// The fused swiglu + down projection + residual add (gemv_m*_swiglu_f32_bf16 with
+/// accumulate, m <= 16) gives the bits of swiglu_f32, the gemv and an f32 add, for
+/// every m bucket and k split, with gates in [-12, 12) (silu's tail, bend and linear
+/// part); m = 17 and k % 8 != 0 take the separate kernels. Both against the CPU's
+/// ops as matmul is.
+#[test]
+fn swiglu_matmul_add_is_swiglu_then_matmul_add() {
+    let Some(g) = gpu("swiglu_matmul_add_is_swiglu_then_matmul_add") else { return };
     let cpu = CpuBackend;
     for (si, &(n, k)) in [(896, 4864), (576, 1536), (4095, 64), (33, 72), (40, 31)].iter().enumerate() {
         let wt = bf16_matrix("w", n, k, 300 + si as u64);
@@ -129,21 +161,72 @@ fn swiglu_matmul_is_swiglu_then_matmul() {
             for row in gate_up.chunks_mut(2 * k) {
                 row[..k].iter_mut().for_each(|v| *v *= 12.0);
             }
+            let r0 = rand_vec(m * n, 500 + (si * 100 + m) as u64);
             let gu = g.tensor_from(&gate_up);
             let (mut act, mut two) = (poisoned(&g, m * k), poisoned(&g, m * n));
             g.swiglu(&mut act, &gu, k);
             g.matmul(&mut two, &act, &wg, None, m);
-            let (mut fused, mut scratch) = (poisoned(&g, m * n), poisoned(&g, m * k));
-            g.swiglu_matmul(&mut fused, &mut scratch, &gu, &wg, k, m);
-            let what = format!("swiglu_matmul m {m} n {n} k {k}");
-            g.check().unwrap_or_else(|e| panic!("{what}: {e}"));
-            let (fused, two) = (g.to_host(&fused), g.to_host(&two));
-            if let Some(i) = (0..m * n).find(|&i| fused[i].to_bits() != two[i].to_bits()) {
-                panic!("{what}: element {i} is {} fused, {} in two kernels", fused[i], two[i]);
+            let want: Vec<f32> = r0.iter().zip(g.to_host(&two)).map(|(r, p)| r + p).collect();
+            let mut fused = g.tensor_from(&r0);
+            let (mut scratch, mut act) = (poisoned(&g, m * n), poisoned(&g, m * k));
+            g.swiglu_matmul_add(&mut fused, &mut scratch, &mut act, &gu, &wg, k, m);
+            let what = format!("swiglu_matmul_add m {m} n {n} k {k}");
+            let fused = same_bits(&what, &g, &fused, &want);
+            let mut cpu_res = cpu.tensor_from(&r0);
+            let (mut scratch_c, mut act_c) = (cpu.tensor(m * n), cpu.tensor(m * k));
+            cpu.swiglu_matmul_add(
+                &mut cpu_res,
+                &mut scratch_c,
+                &mut act_c,
+                &cpu.tensor_from(&gate_up),
+                &wc,
+                k,
+                m,
+            );
+            assert_close(&what, &fused, &cpu_res, BF16_TOL);
+        }
+    }
+}
+
+/// The fused rmsnorm + projection (gemv_m*_rmsnorm_f32_bf16, m <= 16) gives the bits
+/// of rmsnorm_f32 then the gemv, for every m bucket, rows summed by one warp (k 72),
+/// by 224 threads one float4 each (k 896, Qwen2.5-0.5B's hidden size) and by 256
+/// threads with a strided remainder (k 1064) or four float4s each (k 4096), with and
+/// without bias, rows of different scales; m = 17 and k % 8 != 0 take the two kernels.
+/// Both against the CPU's ops.
+#[test]
+fn rmsnorm_matmul_is_rmsnorm_then_matmul() {
+    let Some(g) = gpu("rmsnorm_matmul_is_rmsnorm_then_matmul") else { return };
+    let cpu = CpuBackend;
+    let eps = 1e-6;
+    for (si, &(n, k)) in [(1152, 896), (33, 72), (40, 1064), (64, 4096), (36, 31)].iter().enumerate() {
+        let wt = bf16_matrix("w", n, k, 800 + si as u64);
+        let bt = f32_vector("bias", n, 810 + si as u64);
+        let nt = HostTensor {
+            name: "norm".into(),
+            shape: vec![k],
+            data: HostData::F32(rand_vec(k, 820 + si as u64).iter().map(|v| 1.0 + 0.5 * v).collect()),
+        };
+        let (wc, bc, nc) = (cpu.upload(&wt).unwrap(), cpu.upload(&bt).unwrap(), cpu.upload(&nt).unwrap());
+        let (wg, bg, ng) = (g.upload(&wt).unwrap(), g.upload(&bt).unwrap(), g.upload(&nt).unwrap());
+        for (mi, &m) in [1, 2, 3, 5, 16, 17].iter().enumerate() {
+            let mut x = rand_vec(m * k, 830 + (si * 100 + m) as u64);
+            for (r, row) in x.chunks_mut(k).enumerate() {
+                row.iter_mut().for_each(|v| *v *= 0.25 + r as f32);
             }
-            let (mut want, mut act_c) = (cpu.tensor(m * n), cpu.tensor(m * k));
-            cpu.swiglu_matmul(&mut want, &mut act_c, &cpu.tensor_from(&gate_up), &wc, k, m);
-            assert_close(&what, &fused, &want, BF16_TOL);
+            let (bias_g, bias_c) = if (si + mi) % 2 == 0 { (Some(&bg), Some(&bc)) } else { (None, None) };
+            let xg = g.tensor_from(&x);
+            let (mut xn, mut two) = (poisoned(&g, m * k), poisoned(&g, m * n));
+            g.rmsnorm(&mut xn, &xg, &ng, k, eps);
+            g.matmul(&mut two, &xn, &wg, bias_g, m);
+            let want = g.to_host(&two);
+            let (mut fused, mut xn) = (poisoned(&g, m * n), poisoned(&g, m * k));
+            g.rmsnorm_matmul(&mut fused, &mut xn, &xg, &ng, eps, &wg, bias_g, k, m);
+            let what = format!("rmsnorm_matmul m {m} n {n} k {k} bias {}", bias_g.is_some());
+            let fused = same_bits(&what, &g, &fused, &want);
+            let (mut out_c, mut xn_c) = (cpu.tensor(m * n), cpu.tensor(m * k));
+            cpu.rmsnorm_matmul(&mut out_c, &mut xn_c, &cpu.tensor_from(&x), &nc, eps, &wc, bias_c, k, m);
+            assert_close(&what, &fused, &out_c, BF16_TOL);
         }
     }
 }

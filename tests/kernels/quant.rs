@@ -101,6 +101,15 @@ fn check_matmul(g: &CudaBackend, what: &str, q: &QuantMatrix, ms: &[usize], seed
         let mut out = poisoned(g, m * n);
         g.matmul(&mut out, &g.tensor_from(&x), &w, with_bias.then_some(&bias), m);
         check(&format!("{what} m {m} n {n} k {k} bias {with_bias}"), g, &out, &want, F32_TOL);
+        if !with_bias {
+            // matmul_add (no bias): the same product added to a residual in the
+            // kernel, one f32 addition per element.
+            let r0 = rand_vec(m * n, seed + 20 + m as u64);
+            let (mut residual, mut scratch) = (g.tensor_from(&r0), poisoned(g, m * n));
+            g.matmul_add(&mut residual, &mut scratch, &g.tensor_from(&x), &w, m);
+            let sum: Vec<f32> = r0.iter().zip(g.to_host(&out)).map(|(r, p)| r + p).collect();
+            check_exact(&format!("{what} matmul_add m {m} n {n} k {k}"), g, &residual, &sum);
+        }
     }
 }
 

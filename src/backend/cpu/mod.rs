@@ -132,20 +132,20 @@ impl Backend for CpuBackend {
         rmsnorm::rmsnorm(out, x, w.as_f32(), dim, eps)
     }
 
-    fn add_rmsnorm(
-        &self,
-        out: &mut Vec<f32>,
-        residual: &mut Vec<f32>,
-        x: &Vec<f32>,
-        w: &CpuWeight,
-        dim: usize,
-        eps: f32,
-    ) {
-        rmsnorm::add_rmsnorm(out, residual, x, w.as_f32(), dim, eps)
-    }
-
     fn matmul(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &CpuWeight, bias: Option<&CpuWeight>, m: usize) {
         gemm::matmul(out, x, w, bias, m)
+    }
+
+    fn matmul_add(
+        &self,
+        residual: &mut Vec<f32>,
+        scratch: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &CpuWeight,
+        m: usize,
+    ) {
+        gemm::matmul(scratch, x, w, None, m);
+        rmsnorm::add(residual, scratch);
     }
 
     fn rope(&self, qkv: &mut Vec<f32>, positions: &Vec<u32>, shape: AttnShape, theta: f32) {

@@ -7,17 +7,12 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], dim: usize, eps: f32) {
     out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, xr)| norm_row(o, xr, w, eps));
 }
 
-/// residual += x ; out = rmsnorm(residual) * w. Fused so the residual stream is
-/// read once per layer half.
-pub fn add_rmsnorm(out: &mut [f32], residual: &mut [f32], x: &[f32], w: &[f32], dim: usize, eps: f32) {
-    out.par_chunks_mut(dim).zip(residual.par_chunks_mut(dim)).zip(x.par_chunks(dim)).for_each(
-        |((o, r), xr)| {
-            for (ri, xi) in r.iter_mut().zip(xr) {
-                *ri += xi;
-            }
-            norm_row(o, r, w, eps);
-        },
-    );
+/// residual += x: a residual branch's end, before the next norm.
+pub fn add(residual: &mut [f32], x: &[f32]) {
+    assert_eq!(residual.len(), x.len(), "add: residual has {} elements, x {}", residual.len(), x.len());
+    for (r, xi) in residual.iter_mut().zip(x) {
+        *r += xi;
+    }
 }
 
 fn norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {

@@ -6,6 +6,9 @@
 //! split of each to finish);
 //! any other step goes whole to the prefill kernel (tensor-core tiles of up to 64
 //! query rows of one sequence; a 1-token span is just a short tile).
+//! `rope_kv_attention` of a decode step takes the decode kernels' rope variant, which
+//! rotates q and the new k on load and writes the cache row itself, when every kv
+//! head's q heads fit one CTA (hq / hk <= 8); otherwise rope_kv_f32 runs first.
 
 use super::{Arg, CudaBackend, CudaCache, CudaIndex, CudaTensor, Grid};
 use crate::backend::{AttnPlan, AttnShape, Backend, SeqSpan};
@@ -47,6 +50,55 @@ pub fn attention(
     v_cache: &CudaCache,
     plan: &AttnPlan<CudaIndex>,
     shape: AttnShape,
+) {
+    run(b, out, qkv, k_cache, v_cache, plan, shape, None)
+}
+
+/// `rope::rope_kv_write` (rope of q and k, k and v into the cache at plan.slots),
+/// then `attention`. A decode step with hq / hk <= 8 runs as one launch that leaves
+/// qkv's q and k unrotated and writes each token's k and v at the slot its block
+/// table gives for its position, which the plan's contract makes plan.slots.
+///
+/// Preconditions: `attention`'s and `rope_kv_write`'s.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_attention(
+    b: &CudaBackend,
+    out: &mut CudaTensor,
+    qkv: &mut CudaTensor,
+    k_cache: &mut CudaCache,
+    v_cache: &mut CudaCache,
+    plan: &AttnPlan<CudaIndex>,
+    shape: AttnShape,
+    theta: f32,
+) {
+    let fused = is_decode(plan) && shape.num_kv_heads > 0 && shape.num_heads / shape.num_kv_heads <= 8;
+    match fused.then(|| super::rope::freq_bytes(b, "rope_kv_attention", shape.head_dim, theta)) {
+        Some(Some(freqs)) => run(b, out, qkv, k_cache, v_cache, plan, shape, Some(freqs)),
+        Some(None) => {} // the backend failed, naming the head_dim
+        None => {
+            super::rope::rope_kv_write(b, qkv, k_cache, v_cache, plan, shape, theta);
+            run(b, out, qkv, k_cache, v_cache, plan, shape, None)
+        }
+    }
+}
+
+/// Every sequence of the step has one token: the decode kernels' step.
+fn is_decode(plan: &AttnPlan<CudaIndex>) -> bool {
+    let n = plan.positions.len;
+    plan.seqs.iter().all(|s| s.len == 1) && plan.seqs.len() == n && plan.token_seq.len == n
+}
+
+/// `attention`, with `rope` the rope variant's frequency table (decode steps only).
+#[allow(clippy::too_many_arguments)]
+fn run(
+    b: &CudaBackend,
+    out: &mut CudaTensor,
+    qkv: &CudaTensor,
+    k_cache: &CudaCache,
+    v_cache: &CudaCache,
+    plan: &AttnPlan<CudaIndex>,
+    shape: AttnShape,
+    rope: Option<Vec<u8>>,
 ) {
     let AttnShape { num_heads: hq, num_kv_heads: hk, head_dim: d } = shape;
     let n = plan.positions.len;
@@ -97,8 +149,8 @@ pub fn attention(
     }
     // Softmax runs in base 2: exp2(s * scale * log2 e) = exp(s * scale).
     let scale_log2 = (1.0 / (d as f32).sqrt()) * std::f32::consts::LOG2_E;
-    if plan.seqs.iter().all(|s| s.len == 1) && plan.seqs.len() == n && plan.token_seq.len == n {
-        decode(b, out, qkv, k_cache, v_cache, plan, shape, scale_log2);
+    if is_decode(plan) {
+        decode(b, out, qkv, k_cache, v_cache, plan, shape, scale_log2, rope);
     } else {
         prefill(b, out, qkv, k_cache, v_cache, plan, shape, scale_log2);
     }
@@ -212,6 +264,7 @@ fn decode(
     plan: &AttnPlan<CudaIndex>,
     shape: AttnShape,
     scale_log2: f32,
+    rope: Option<Vec<u8>>,
 ) {
     let (hq, hk, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
     let n = plan.positions.len;
@@ -243,29 +296,36 @@ fn decode(
     // of the scratch (which holds n * hq * splits of each) and counts itself in
     // count[t * ctas_x + x] (counters holds n * ctas_x), the last of them reading
     // the (t, head) partials of the splits that counted and writing out row t's
-    // heads.
-    b.launch(
-        MODULE,
-        &format!("attn_decode_d{d}_g{gmax}_bf16"),
-        Grid::new((ctas_x as u32, n as u32, splits as u32), DC_THREADS, 0),
-        &[
-            Arg::from(&*out),
-            Arg::from(part_o),
-            Arg::from(part_ml),
-            Arg::from(count),
-            Arg::from(qkv),
-            Arg::from(k_cache),
-            Arg::from(v_cache),
-            Arg::from(&plan.positions),
-            Arg::from(&plan.token_seq),
-            Arg::from(&plan.block_tables),
-            Arg::from(hq as u32),
-            Arg::from(hk as u32),
-            Arg::from(plan.max_blocks as u32),
-            Arg::from(bps as u32),
-            Arg::from(scale_log2),
-        ],
-    );
+    // heads. The rope variant (ctas_x == hk: one head chunk per kv head, as
+    // rope_kv_attention chose it) also takes RopeFreqs (float[ROPE_MAX_HALF], passed
+    // as exactly that many bytes) and, in the CTA whose split holds token t's
+    // position, writes its kv head's d bf16 of k and of v in the cache row its block
+    // table names for that position (the plan's contract: a row of the cache,
+    // plan.slots[t]); that CTA alone reads the row, after a barrier.
+    let (kernel, freqs) = match rope {
+        Some(f) if ctas_x == hk => (format!("attn_decode_rope_d{d}_g{gmax}_bf16"), Some(f)),
+        Some(_) => return b.fail(format!("attention: the rope variant needs hq / hk <= 8, got {hq} / {hk}")),
+        None => (format!("attn_decode_d{d}_g{gmax}_bf16"), None),
+    };
+    let mut args = vec![
+        Arg::from(&*out),
+        Arg::from(part_o),
+        Arg::from(part_ml),
+        Arg::from(count),
+        Arg::from(qkv),
+        Arg::from(k_cache),
+        Arg::from(v_cache),
+        Arg::from(&plan.positions),
+        Arg::from(&plan.token_seq),
+        Arg::from(&plan.block_tables),
+        Arg::from(hq as u32),
+        Arg::from(hk as u32),
+        Arg::from(plan.max_blocks as u32),
+        Arg::from(bps as u32),
+        Arg::from(scale_log2),
+    ];
+    args.extend(freqs.map(Arg::Bytes));
+    b.launch(MODULE, &kernel, Grid::new((ctas_x as u32, n as u32, splits as u32), DC_THREADS, 0), &args);
 }
 
 #[cfg(test)]

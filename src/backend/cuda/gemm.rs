@@ -9,8 +9,9 @@
 //!   when 128-row ones would pad more rows (m = 64: a whole 64-row tile, not half a
 //!   128-row one) or give fewer than two blocks per SM.
 //! - k % 8 != 0 (rows of W not 16-byte aligned): `gemm_unaligned_*`, any m.
-//! - `swiglu_matmul`: `gemv_m*_swiglu_f32_bf16` where the gemv applies (`fuses_swiglu`);
-//!   the backend runs swiglu and `matmul` elsewhere.
+//! - `swiglu_matmul_add` and `rmsnorm_matmul`: `gemv_m*_{swiglu,rmsnorm}_f32_bf16`
+//!   where the gemv applies (`fuses_on_load`); the backend runs the two ops elsewhere.
+//! - `matmul_add` (out += product) is every variant with its `accumulate` flag set.
 
 use super::{Arg, CudaBackend, CudaTensor, CudaWeight, Grid};
 
@@ -55,36 +56,109 @@ pub fn matmul(
             x.len, w.cols, w.rows, w.cols
         ));
     }
-    run(b, "matmul", out, Arg::from(x), x.buf.ptr(), "f32", w, bias, m);
+    run(b, "matmul", out, Arg::from(x), x.buf.ptr(), "f32", w, bias, m, Epilogue::Store);
 }
 
-/// Whether `swiglu_matmul` has a kernel for m rows of k: the gemv's shapes.
-pub fn fuses_swiglu(m: usize, k: usize) -> bool {
+/// residual (m, n) += x (m, k) @ w (n, k)^T: the end of a residual branch, added in
+/// the kernel's epilogue (each element by one thread), so no separate add.
+///
+/// Preconditions: as `matmul` (residual in the place of out).
+pub fn matmul_add(b: &CudaBackend, residual: &mut CudaTensor, x: &CudaTensor, w: &CudaWeight, m: usize) {
+    if x.len != m * w.cols {
+        return b.fail(format!(
+            "matmul_add: x holds {} elements, expected m {m} x k {} (w is ({}, {}))",
+            x.len, w.cols, w.rows, w.cols
+        ));
+    }
+    run(b, "matmul_add", residual, Arg::from(x), x.buf.ptr(), "f32", w, None, m, Epilogue::Add);
+}
+
+/// Whether the gemv computes its x on load (`swiglu_matmul_add`, `rmsnorm_matmul`)
+/// for m rows of k: the gemv's shapes.
+pub fn fuses_on_load(m: usize, k: usize) -> bool {
     (1..=GEMV_MAX_M).contains(&m) && k % 8 == 0
 }
 
-/// out (m, n) = (silu(gate) * up) (m, k) @ w (n, k)^T, gate_up (m, 2k) with gate
-/// first in each row: swiglu and the down projection in one launch, with swiglu_f32's
-/// values as x, so the result is the two kernels' bit for bit.
-///
-/// Preconditions (checked, besides `matmul`'s): `fuses_swiglu(m, k)` and gate_up
-/// holds exactly m * 2k elements.
-pub fn swiglu_matmul(b: &CudaBackend, out: &mut CudaTensor, gate_up: &CudaTensor, w: &CudaWeight, m: usize) {
+/// The fused launchers' shared checks: a kernel exists for (m, k) and x holds
+/// exactly m * `per_row` elements. False after failing the backend.
+fn check_fused(
+    b: &CudaBackend,
+    what: &str,
+    x: &CudaTensor,
+    per_row: usize,
+    w: &CudaWeight,
+    m: usize,
+) -> bool {
     let k = w.cols;
-    if !fuses_swiglu(m, k) {
+    let err = if !fuses_on_load(m, k) {
+        format!("{what}: no fused kernel for m {m}, k {k} (m <= {GEMV_MAX_M}, k % 8 == 0)")
+    } else if x.len != m * per_row {
+        format!("{what}: x holds {} elements, expected m {m} x {per_row} (w is ({}, {k}))", x.len, w.rows)
+    } else {
+        return true;
+    };
+    b.fail(err);
+    false
+}
+
+/// residual (m, n) += (silu(gate) * up) (m, k) @ w (n, k)^T, gate_up (m, 2k) with
+/// gate first in each row: swiglu, the down projection and the residual add in one
+/// launch, with swiglu_f32's values as x, so the result is the separate kernels' bit
+/// for bit.
+///
+/// Preconditions (checked, besides `matmul`'s): `fuses_on_load(m, k)` and gate_up
+/// holds exactly m * 2k elements.
+pub fn swiglu_matmul_add(
+    b: &CudaBackend,
+    residual: &mut CudaTensor,
+    gate_up: &CudaTensor,
+    w: &CudaWeight,
+    m: usize,
+) {
+    if check_fused(b, "swiglu_matmul_add", gate_up, 2 * w.cols, w, m) {
+        let x = Arg::from(gate_up);
+        run(b, "swiglu_matmul_add", residual, x, gate_up.buf.ptr(), "swiglu_f32", w, None, m, Epilogue::Add);
+    }
+}
+
+/// out (m, n) = (rmsnorm(x) * g) (m, k) @ w (n, k)^T + bias: a decode step's norm
+/// and the projection after it in one launch, the normed x computed on load with
+/// rmsnorm_f32's arithmetic (rmsnorm.cuh), so the result is the two kernels' bit for
+/// bit.
+///
+/// Preconditions (checked, besides `matmul`'s): `fuses_on_load(m, k)`, x holds
+/// exactly m * k elements and g is an f32 vector of k.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_matmul(
+    b: &CudaBackend,
+    out: &mut CudaTensor,
+    x: &CudaTensor,
+    g: &CudaWeight,
+    eps: f32,
+    w: &CudaWeight,
+    bias: Option<&CudaWeight>,
+    m: usize,
+) {
+    if g.is_matrix() || g.cols != w.cols {
         return b.fail(format!(
-            "swiglu_matmul: no fused kernel for m {m}, k {k} (m <= {GEMV_MAX_M}, k % 8 == 0)"
+            "rmsnorm_matmul: the norm's weight is ({}, {}), expected an f32 vector of k {}",
+            g.rows, g.cols, w.cols
         ));
     }
-    if gate_up.len != m * 2 * k {
-        return b.fail(format!(
-            "swiglu_matmul: gate_up holds {} elements, expected m {m} x 2k {} (w is ({}, {k}))",
-            gate_up.len,
-            2 * k,
-            w.rows
-        ));
+    if check_fused(b, "rmsnorm_matmul", x, w.cols, w, m) {
+        run(
+            b,
+            "rmsnorm_matmul",
+            out,
+            Arg::from(x),
+            x.buf.ptr(),
+            "rmsnorm_f32",
+            w,
+            bias,
+            m,
+            Epilogue::Norm(g, eps),
+        );
     }
-    run(b, "swiglu_matmul", out, Arg::from(gate_up), gate_up.buf.ptr(), "swiglu_f32", w, None, m);
 }
 
 /// out (m, n) = a (m, k) @ w (n, k)^T with both operands bf16 matrices: the GEMM of
@@ -109,7 +183,7 @@ pub fn matmul_bf16(b: &CudaBackend, out: &mut CudaTensor, a: &CudaWeight, w: &Cu
             w.cols
         ));
     }
-    run(b, "matmul_bf16", out, Arg::from(a), a.buf.ptr(), "bf16", w, None, m);
+    run(b, "matmul_bf16", out, Arg::from(a), a.buf.ptr(), "bf16", w, None, m, Epilogue::Store);
 }
 
 /// The kernel launched for (m, n, k): its symbol and geometry, and the `ks` argument
@@ -173,6 +247,14 @@ pub(super) fn check_out_bias(
     false
 }
 
+/// What a launch does besides the product: store it, add it to out, or (with the
+/// rmsnorm gemv) normalise x by the norm's weight and eps first.
+enum Epilogue<'a> {
+    Store,
+    Add,
+    Norm(&'a CudaWeight, f32),
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     b: &CudaBackend,
@@ -184,6 +266,7 @@ fn run(
     w: &CudaWeight,            // (n, k) bf16
     bias: Option<&CudaWeight>, // (n) f32
     m: usize,
+    epilogue: Epilogue,
 ) {
     let (n, k) = (w.rows, w.cols);
     if !w.is_matrix() {
@@ -205,7 +288,11 @@ fn run(
     if !check_out_bias(b, what, out, bias, m, n, k) {
         return;
     }
-    let ptrs = [out.buf.ptr(), a_ptr, w.buf.ptr(), bias.map_or(0, |t| t.buf.ptr())];
+    let norm = match epilogue {
+        Epilogue::Norm(g, _) => g.buf.ptr(),
+        _ => 0,
+    };
+    let ptrs = [out.buf.ptr(), a_ptr, w.buf.ptr(), bias.map_or(0, |t| t.buf.ptr()), norm];
     if ptrs.iter().any(|p| p % 16 != 0) {
         return b.fail(format!("{what}: a buffer is not 16-byte aligned: {ptrs:x?}"));
     }
@@ -220,11 +307,17 @@ fn run(
         Arg::from(k as u32),
     ];
     args.extend(ks.map(Arg::from));
-    // SAFETY: the kernel's parameters are (out, a, w, bias, m, n, k[, ks]) as built
-    // above: 8-byte pointers and 4-byte ints. For this grid it writes out[0..m * n]
-    // (out holds at least that), reads a[0..m * k] (x.len == m * k was checked; a
-    // bf16 `a` is (m, k) by the check in matmul_bf16; the swiglu gemv's a is (m, 2k),
-    // checked in swiglu_matmul, which only plans a gemv), w[0..n * k] (the (n, k) bf16
+    args.push(Arg::from(matches!(epilogue, Epilogue::Add) as u32));
+    if let Epilogue::Norm(g, eps) = epilogue {
+        args.extend([Arg::from(g), Arg::from(eps)]);
+    }
+    // SAFETY: the kernel's parameters are (out, a, w, bias, m, n, k[, ks], accumulate
+    // [, g, eps]) as built above: 8-byte pointers, 4-byte ints and a float. For this
+    // grid it writes (and with accumulate reads) out[0..m * n] (out holds at least
+    // that), reads a[0..m * k] (x.len == m * k was checked; a bf16 `a` is (m, k) by
+    // the check in matmul_bf16; the swiglu gemv's a is (m, 2k), checked in
+    // swiglu_matmul_add, which only plans a gemv, as does rmsnorm_matmul, whose g is
+    // checked to hold k f32), w[0..n * k] (the (n, k) bf16
     // matrix), bias[0..n] when non-null (checked to hold n f32). The vector paths
     // (k % 8 == 0) read 16 bytes at (row * k + 8 c) elements, aligned since every base
     // is 16-byte aligned (checked). The GEMM's dynamic shared memory is `grid.smem`,
@@ -243,7 +336,8 @@ mod tests {
         assert_eq!((k1.as_str(), ks1), ("gemv_m1_f32_bf16", Some(8)));
         assert_eq!(g1.grid.0, 896u32.div_ceil(4));
         assert_eq!(plan("swiglu_f32", 1, 896, 4864, true).0, "gemv_m1_swiglu_f32_bf16");
-        assert!(fuses_swiglu(16, 4864) && !fuses_swiglu(17, 4864) && !fuses_swiglu(1, 4860));
+        assert_eq!(plan("rmsnorm_f32", 3, 1152, 896, true).0, "gemv_m4_rmsnorm_f32_bf16");
+        assert!(fuses_on_load(16, 4864) && !fuses_on_load(17, 4864) && !fuses_on_load(1, 4860));
         let (k5, _, ks5) = plan("f32", 5, 151936, 896, true);
         assert_eq!((k5.as_str(), ks5), ("gemv_m8_f32_bf16", Some(1)));
         // Every lane gets a chunk: k = 64 is 8 chunks, no split. The test shapes

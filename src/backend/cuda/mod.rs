@@ -1066,18 +1066,6 @@ impl Backend for CudaBackend {
         rmsnorm::rmsnorm(self, out, x, w, dim, eps)
     }
 
-    fn add_rmsnorm(
-        &self,
-        out: &mut CudaTensor,
-        residual: &mut CudaTensor,
-        x: &CudaTensor,
-        w: &CudaWeight,
-        dim: usize,
-        eps: f32,
-    ) {
-        rmsnorm::add_rmsnorm(self, out, residual, x, w, dim, eps)
-    }
-
     fn matmul(
         &self,
         out: &mut CudaTensor,
@@ -1087,9 +1075,42 @@ impl Backend for CudaBackend {
         m: usize,
     ) {
         if w.is_quant() {
-            return quant::matmul(self, out, x, w, bias, m);
+            return quant::matmul(self, out, x, w, bias, m, false);
         }
         gemm::matmul(self, out, x, w, bias, m)
+    }
+
+    fn matmul_add(
+        &self,
+        residual: &mut CudaTensor,
+        _: &mut CudaTensor,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        m: usize,
+    ) {
+        if w.is_quant() {
+            return quant::matmul(self, residual, x, w, None, m, true);
+        }
+        gemm::matmul_add(self, residual, x, w, m)
+    }
+
+    fn rmsnorm_matmul(
+        &self,
+        out: &mut CudaTensor,
+        xn: &mut CudaTensor,
+        x: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        dim: usize,
+        m: usize,
+    ) {
+        if w.is_quant() || w.cols != dim || !gemm::fuses_on_load(m, dim) {
+            self.rmsnorm(xn, x, norm, dim, eps);
+            return self.matmul(out, xn, w, bias, m);
+        }
+        gemm::rmsnorm_matmul(self, out, x, norm, eps, w, bias, m)
     }
 
     fn rope(&self, qkv: &mut CudaTensor, positions: &CudaIndex, shape: AttnShape, theta: f32) {
@@ -1131,24 +1152,38 @@ impl Backend for CudaBackend {
         attention::attention(self, out, qkv, k_cache, v_cache, plan, shape)
     }
 
+    fn rope_kv_attention(
+        &self,
+        out: &mut CudaTensor,
+        qkv: &mut CudaTensor,
+        k_cache: &mut CudaCache,
+        v_cache: &mut CudaCache,
+        plan: &AttnPlan<CudaIndex>,
+        shape: AttnShape,
+        theta: f32,
+    ) {
+        attention::rope_kv_attention(self, out, qkv, k_cache, v_cache, plan, shape, theta)
+    }
+
     fn swiglu(&self, out: &mut CudaTensor, gate_up: &CudaTensor, inter: usize) {
         mlp::swiglu(self, out, gate_up, inter)
     }
 
-    fn swiglu_matmul(
+    fn swiglu_matmul_add(
         &self,
-        out: &mut CudaTensor,
+        residual: &mut CudaTensor,
+        scratch: &mut CudaTensor,
         act: &mut CudaTensor,
         gate_up: &CudaTensor,
         w: &CudaWeight,
         inter: usize,
         m: usize,
     ) {
-        if w.is_quant() || w.cols != inter || !gemm::fuses_swiglu(m, inter) {
+        if w.is_quant() || w.cols != inter || !gemm::fuses_on_load(m, inter) {
             self.swiglu(act, gate_up, inter);
-            return self.matmul(out, act, w, None, m);
+            return self.matmul_add(residual, scratch, act, w, m);
         }
-        gemm::swiglu_matmul(self, out, gate_up, w, m)
+        gemm::swiglu_matmul_add(self, residual, gate_up, w, m)
     }
 
     fn gather_rows(&self, out: &mut CudaTensor, x: &CudaTensor, rows: &CudaIndex, dim: usize) {

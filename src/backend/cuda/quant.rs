@@ -90,6 +90,7 @@ fn plan(ty: QType, m: usize, rows: usize) -> (String, Grid) {
 }
 
 /// out (m, n) = x (m, k) @ w (n, k)^T + bias (n); x f32, w block-quantized, bias f32.
+/// With `accumulate` the product is added to out (`Backend::matmul_add`).
 ///
 /// Preconditions (checked; a violation fails the backend with a message and nothing
 /// is launched): w is quantized, x holds exactly m * k elements, out at least m * n
@@ -102,6 +103,7 @@ pub fn matmul(
     w: &CudaWeight,
     bias: Option<&CudaWeight>,
     m: usize,
+    accumulate: bool,
 ) {
     let (n, k) = (w.rows, w.cols);
     if !w.is_quant() {
@@ -134,9 +136,11 @@ pub fn matmul(
             Arg::from(p.rows as u32),
             Arg::from(k as u32),
             Arg::from(n as u32),
+            Arg::from(accumulate as u32),
         ];
-        // SAFETY: the kernel's parameters are (out, x, w, bias, m, n, k, ldo): 8-byte
-        // pointers and 4-byte ints. For this grid it writes out[lo + r * n + c] for
+        // SAFETY: the kernel's parameters are (out, x, w, bias, m, n, k, ldo,
+        // accumulate): 8-byte pointers and 4-byte ints. For this grid it writes (and
+        // with accumulate reads) out[lo + r * n + c] for
         // r < m, c < p.rows (inside out's m * n, checked), reads x[0..m * k]
         // (x.len == m * k, checked; 16-byte aligned, checked, and k is a multiple of
         // 32 so every float4 of a row is aligned), p.rows rows of k / block_len

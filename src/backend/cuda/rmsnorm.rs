@@ -1,4 +1,5 @@
-//! Launchers for kernels/rmsnorm.cu: RMSNorm and the fused residual add + RMSNorm.
+//! Launcher for kernels/rmsnorm.cu: RMSNorm (decode's norms are fused into the gemv:
+//! gemm::rmsnorm_matmul).
 //! CPU twin: backend/cpu/rmsnorm.rs.
 
 use super::{Arg, CudaBackend, CudaTensor, CudaWeight, Grid};
@@ -6,11 +7,12 @@ use super::{Arg, CudaBackend, CudaTensor, CudaWeight, Grid};
 const MODULE: &str = "rmsnorm";
 
 /// One block per row: one warp up to 128 elements (in float4s), growing with the row
-/// to 512 threads. Any multiple of 32 is correct; this only sets how many elements
-/// each thread streams.
+/// to 256 threads. Any multiple of 32 is correct, but for dim % 4 == 0 this must be
+/// rmsnorm.cuh's `rms_threads`, which the fused gemv sums with: that keeps its normed
+/// x rmsnorm_f32's bits.
 fn row_threads(dim: usize) -> u32 {
     let units = if dim % 4 == 0 { dim / 4 } else { dim };
-    (units.div_ceil(32) * 32).clamp(32, 512) as u32
+    (units.div_ceil(32) * 32).clamp(32, 256) as u32
 }
 
 /// The rows of x, after checking the shapes every variant shares; None after
@@ -62,44 +64,5 @@ pub fn rmsnorm(b: &CudaBackend, out: &mut CudaTensor, x: &CudaTensor, w: &CudaWe
         "rmsnorm_f32",
         Grid::new(n as u32, row_threads(dim), 0),
         &[Arg::from(&*out), Arg::from(x), Arg::from(w), Arg::from(dim as u32), Arg::from(eps)],
-    );
-}
-
-/// residual (n, dim) += x (n, dim), then out (n, dim) = rmsnorm(residual) * w (dim);
-/// n = x.len / dim.
-///
-/// Preconditions (checked): as `rmsnorm`, and residual as long as x. out, residual
-/// and x are distinct tensors (the borrows say so).
-pub fn add_rmsnorm(
-    b: &CudaBackend,
-    out: &mut CudaTensor,
-    residual: &mut CudaTensor,
-    x: &CudaTensor,
-    w: &CudaWeight,
-    dim: usize,
-    eps: f32,
-) {
-    let Some(n) = rows(b, "add_rmsnorm", out, x, w, dim) else { return };
-    if residual.len != x.len {
-        return b.fail(format!("add_rmsnorm: residual holds {} elements, x {}", residual.len, x.len));
-    }
-    if n == 0 {
-        return;
-    }
-    // SAFETY: add_rmsnorm_f32(out, residual, x, w, dim, eps): grid (n) reads and
-    // writes residual[0..n * dim], reads x[0..n * dim] and w[0..dim], and writes
-    // out[0..n * dim], all checked above.
-    b.launch(
-        MODULE,
-        "add_rmsnorm_f32",
-        Grid::new(n as u32, row_threads(dim), 0),
-        &[
-            Arg::from(&*out),
-            Arg::from(&*residual),
-            Arg::from(x),
-            Arg::from(w),
-            Arg::from(dim as u32),
-            Arg::from(eps),
-        ],
     );
 }

@@ -118,22 +118,26 @@ fn check(
         b.fail(format!("{op}: {msg}"));
         None
     };
-    if d == 0 || d % 2 != 0 || d / 2 > MAX_HALF {
-        return fail(format!("head_dim {d} must be even and at most {}", 2 * MAX_HALF));
-    }
+    let freqs = freq_bytes(b, op, d, theta)?;
     if row > u32::MAX as usize || n > i32::MAX as usize {
         return fail(format!("rows of {row} or {n} tokens exceed the kernel's 32-bit sizes"));
     }
     if qkv.len < n * row {
         return fail(format!("qkv holds {} elements, {n} tokens x {row} need {}", qkv.len, n * row));
     }
+    let pairs = heads * d / 2;
+    Some(RopeLaunch { heads, row, threads: (pairs.div_ceil(32) * 32).clamp(32, 256) as u32, freqs })
+}
+
+/// RopeFreqs's bytes (inv_freq for head_dim d, zero-padded to MAX_HALF f32), after
+/// checking d; None after failing the backend with `op` named. Attention's decode
+/// kernel that rotates on load takes the same table.
+pub(super) fn freq_bytes(b: &CudaBackend, op: &str, d: usize, theta: f32) -> Option<Vec<u8>> {
+    if d == 0 || d % 2 != 0 || d / 2 > MAX_HALF {
+        b.fail(format!("{op}: head_dim {d} must be even and at most {}", 2 * MAX_HALF));
+        return None;
+    }
     let mut freqs = inv_freq(theta, d);
     freqs.resize(MAX_HALF, 0.0);
-    let pairs = heads * d / 2;
-    Some(RopeLaunch {
-        heads,
-        row,
-        threads: (pairs.div_ceil(32) * 32).clamp(32, 256) as u32,
-        freqs: freqs.iter().flat_map(|f| f.to_le_bytes()).collect(),
-    })
+    Some(freqs.iter().flat_map(|f| f.to_le_bytes()).collect())
 }
