@@ -230,7 +230,7 @@ fn profile_kernels_counts_a_step_and_refuses_bad_shapes() {
     let table = text(&out.stdout);
     for needle in [
         "gemv_m1_f32_bf16",
-        "attn_decode_d64_g8_bf16",
+        "attn_decode_rope_d64_g8_bf16",
         "ESTIMATE H100",
         "target ",
         "first 1 of its 24 layers",
