@@ -50,13 +50,7 @@ pub fn matmul(
     bias: Option<&CudaWeight>,
     m: usize,
 ) {
-    if x.len != m * w.cols {
-        return b.fail(format!(
-            "matmul: x holds {} elements, expected m {m} x k {} (w is ({}, {}))",
-            x.len, w.cols, w.rows, w.cols
-        ));
-    }
-    run(b, "matmul", out, Arg::from(x), x.buf.ptr(), "f32", w, bias, m, Epilogue::Store);
+    f32_x(b, "matmul", out, x, w, bias, m, Epilogue::Store)
 }
 
 /// residual (m, n) += x (m, k) @ w (n, k)^T: the end of a residual branch, added in
@@ -64,13 +58,28 @@ pub fn matmul(
 ///
 /// Preconditions: as `matmul` (residual in the place of out).
 pub fn matmul_add(b: &CudaBackend, residual: &mut CudaTensor, x: &CudaTensor, w: &CudaWeight, m: usize) {
+    f32_x(b, "matmul_add", residual, x, w, None, m, Epilogue::Add)
+}
+
+/// `matmul` and `matmul_add`: an f32 x of exactly m * k elements, then `run`.
+#[allow(clippy::too_many_arguments)]
+fn f32_x(
+    b: &CudaBackend,
+    what: &str,
+    out: &mut CudaTensor,
+    x: &CudaTensor,
+    w: &CudaWeight,
+    bias: Option<&CudaWeight>,
+    m: usize,
+    epilogue: Epilogue,
+) {
     if x.len != m * w.cols {
         return b.fail(format!(
-            "matmul_add: x holds {} elements, expected m {m} x k {} (w is ({}, {}))",
+            "{what}: x holds {} elements, expected m {m} x k {} (w is ({}, {}))",
             x.len, w.cols, w.rows, w.cols
         ));
     }
-    run(b, "matmul_add", residual, Arg::from(x), x.buf.ptr(), "f32", w, None, m, Epilogue::Add);
+    run(b, what, out, Arg::from(x), x.buf.ptr(), "f32", w, bias, m, epilogue);
 }
 
 /// Whether the gemv computes its x on load (`swiglu_matmul_add`, `rmsnorm_matmul`)
