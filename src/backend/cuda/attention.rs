@@ -29,6 +29,9 @@ const DC_THREADS: u32 = 32 * DC_WARPS as u32;
 /// idle at small batch; a constant (not the live position values) keeps the grid a
 /// function of the step's shape, as graph replay needs.
 const TARGET_CTAS: usize = 264;
+/// The most q heads a decode CTA holds (the kernels' largest g). The rope variant
+/// needs a kv head's q heads in one CTA, so it is chosen up to this group size.
+const DC_MAX_GROUP: usize = 8;
 
 /// out (n, hq * d) = softmax(q k^T / sqrt(d)) v for each token's q heads of qkv
 /// (n, (hq + 2 hk) * d) over keys 0..=position of its sequence, read through the
@@ -71,7 +74,8 @@ pub fn rope_kv_attention(
     shape: AttnShape,
     theta: f32,
 ) {
-    let fused = is_decode(plan) && shape.num_kv_heads > 0 && shape.num_heads / shape.num_kv_heads <= 8;
+    let fused =
+        is_decode(plan) && shape.num_kv_heads > 0 && shape.num_heads / shape.num_kv_heads <= DC_MAX_GROUP;
     match fused.then(|| super::rope::freq_bytes(b, "rope_kv_attention", shape.head_dim, theta)) {
         Some(Some(freqs)) => run(b, out, qkv, k_cache, v_cache, plan, shape, Some(freqs)),
         Some(None) => {} // the backend failed, naming the head_dim
@@ -245,7 +249,7 @@ fn decode_split(n: usize, hq: usize, hk: usize, max_blocks: usize) -> (usize, us
         1 => 1,
         2 => 2,
         3..=4 => 4,
-        _ => 8,
+        _ => DC_MAX_GROUP,
     };
     let ctas = n * hk * group.div_ceil(gmax);
     let wanted = TARGET_CTAS.div_ceil(ctas).max(1);
@@ -304,7 +308,11 @@ fn decode(
     // plan.slots[t]); that CTA alone reads the row, after a barrier.
     let (kernel, freqs) = match rope {
         Some(f) if ctas_x == hk => (format!("attn_decode_rope_d{d}_g{gmax}_bf16"), Some(f)),
-        Some(_) => return b.fail(format!("attention: the rope variant needs hq / hk <= 8, got {hq} / {hk}")),
+        Some(_) => {
+            return b.fail(format!(
+                "attention: the rope variant needs hq / hk <= {DC_MAX_GROUP}, got {hq} / {hk}"
+            ))
+        }
         None => (format!("attn_decode_d{d}_g{gmax}_bf16"), None),
     };
     let mut args = vec![
