@@ -155,6 +155,11 @@ pub trait Backend: Send + Sync {
     }
 
     fn upload(&self, t: &HostTensor) -> Result<Self::Weight>;
+    /// `upload` of a tensor the caller is done with: a host backend keeps its data
+    /// instead of copying it, so loading holds one copy of each weight, not two.
+    fn upload_owned(&self, t: HostTensor) -> Result<Self::Weight> {
+        self.upload(&t)
+    }
     /// A zero-filled f32 tensor of `len` elements.
     fn tensor(&self, len: usize) -> Self::Tensor;
     /// An f32 tensor of `len` elements with unspecified contents, for a buffer that

@@ -147,10 +147,11 @@ impl<B: Backend> Llm<B> {
             bytes.set(bytes.get() + t.bytes());
             Ok(t)
         };
-        let up = |t: HostTensor| backend.upload(&t);
+        let up = |t: HostTensor| backend.upload_owned(t);
 
         let embed = load("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let embed_bytes = embed.bytes();
+        let embed = up(embed)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -185,7 +186,6 @@ impl<B: Backend> Llm<B> {
         let norm = up(load("model.norm.weight", &[h])?)?;
         let lm_head =
             if c.tie_word_embeddings { None } else { Some(up(load("lm_head.weight", &[c.vocab_size, h])?)?) };
-        let embed = up(embed)?;
         // Decode reads every matrix once per token; the embedding only one row,
         // unless it doubles as the lm_head.
         let weight_bytes = if c.tie_word_embeddings { bytes.get() } else { bytes.get() - embed_bytes };
@@ -610,18 +610,24 @@ fn stack<const N: usize>(parts: [HostTensor; N]) -> HostTensor {
             }
         }
         HostData::Quant(m)
-    } else if all_bf16 {
-        HostData::Bf16(
-            parts
-                .iter()
-                .flat_map(|p| match &p.data {
-                    HostData::Bf16(v) => v.iter().copied(),
-                    _ => unreachable!("checked all_bf16"),
-                })
-                .collect(),
-        )
     } else {
-        HostData::F32(parts.iter().flat_map(HostTensor::to_f32).collect())
+        // Sized exactly: the backend keeps this buffer as the weight (`upload_owned`).
+        let total = parts.iter().map(HostTensor::numel).sum();
+        if all_bf16 {
+            let mut v = Vec::with_capacity(total);
+            for p in &parts {
+                if let HostData::Bf16(b) = &p.data {
+                    v.extend_from_slice(b);
+                }
+            }
+            HostData::Bf16(v)
+        } else {
+            let mut v = Vec::with_capacity(total);
+            for p in &parts {
+                v.extend(p.to_f32());
+            }
+            HostData::F32(v)
+        }
     };
     HostTensor { name, shape, data }
 }

@@ -217,6 +217,9 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mmap = crate::model::map_file(path)?;
         let parsed = parse(&mmap, path)?;
+        // Metadata and tokenizer arrays are parsed into owned values now.
+        let data_start = parsed.tensors.iter().map(|t| t.offset as usize).min().unwrap_or(mmap.len());
+        crate::model::release_copied(&mmap, &mmap[..data_start]);
         let meta_index = parsed.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
         Ok(GgufFile {
             path: path.to_path_buf(),
@@ -244,6 +247,11 @@ impl GgufFile {
     /// The raw bytes of a tensor (bounds were checked when the file was opened).
     pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
         &self.mmap[t.offset as usize..(t.offset + t.n_bytes) as usize]
+    }
+
+    /// Says `t`'s bytes were copied out (`model::release_copied`).
+    pub fn copied(&self, t: &TensorInfo) {
+        crate::model::release_copied(&self.mmap, self.tensor_bytes(t));
     }
 
     /// The tensor dequantized to f32, in row-major order of [`TensorInfo::shape`].

@@ -114,6 +114,7 @@ impl GgufModel {
                 }
             }
         };
+        self.file.copied(info);
         let t = HostTensor { name: name.to_string(), shape: shape.to_vec(), data };
         if options.scan() {
             check_finite_tensor(&info.name, &t)?;

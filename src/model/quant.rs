@@ -109,6 +109,8 @@ impl QuantMatrix {
             match self.parts.last_mut() {
                 Some(last) if last.ty == p.ty => {
                     last.rows += p.rows;
+                    // exactly: a loaded weight keeps this buffer
+                    last.data.reserve_exact(p.data.len());
                     last.data.extend_from_slice(&p.data);
                 }
                 _ => self.parts.push(p),

@@ -176,7 +176,9 @@ impl SafetensorFiles {
         let st = deserialize(map, path)?;
         let view = st.tensor(name).map_err(|e| Error::tensor(name, e.to_string()))?;
         if let (Dtype::U8, Some(&ty)) = (view.dtype(), self.quant.get(name)) {
-            return self.load_quant(name, shape, ty, view.shape(), view.data());
+            let t = self.load_quant(name, shape, ty, view.shape(), view.data());
+            super::release_copied(map, view.data());
+            return t;
         }
         if view.shape() != shape {
             return Err(Error::tensor(
@@ -207,6 +209,7 @@ impl SafetensorFiles {
                 ))
             }
         };
+        super::release_copied(map, bytes);
         if self.options.scan() {
             match &data {
                 HostData::F32(v) => check_finite(name, shape, v.len(), |i| v[i] as f64)?,

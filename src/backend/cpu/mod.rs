@@ -84,6 +84,10 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, t: &HostTensor) -> Result<CpuWeight> {
+        self.upload_owned(t.clone())
+    }
+
+    fn upload_owned(&self, t: HostTensor) -> Result<CpuWeight> {
         let (rows, cols) = match t.shape.as_slice() {
             [n] => (1, *n),
             [r, c] => (*r, *c),
@@ -91,7 +95,7 @@ impl Backend for CpuBackend {
         };
         let data = match (&t.data, rows) {
             (HostData::Bf16(_) | HostData::Quant(_), 1) => HostData::F32(t.to_f32()),
-            (data, _) => data.clone(),
+            _ => t.data,
         };
         Ok(CpuWeight { rows, cols, data })
     }
