@@ -6,15 +6,30 @@
 # the seeds below (greedy answers, seeded split and initialisation). On the 2-core dev
 # machine: about 15 minutes for the answers and 15 for the features (cached under
 # weights/.cache/features, so a second training run takes seconds).
+#
+# MODEL=FILE.gguf ROUTER=PATH trains the same gate on another LLM's answers and hidden
+# states (e.g. the Q4_K_M file of bench/manifests/grid-q4_k_m-retrained.json) and writes
+# it to PATH instead; its data and fragment go under target/demo-<file stem>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=target/demo/router-data.jsonl
-mkdir -p target/demo
-if [[ ! -s "$data" ]]; then
-    cargo run --release -- router-data --per-task 80 --seed 7 --max-tokens 48 --out "$data" --device cpu
+model_args=()
+dir=target/demo
+router=src/tasks/demo/router.safetensors
+if [[ -n "${MODEL:-}" ]]; then
+    model_args=(--model "$MODEL")
+    stem=$(basename "$MODEL")
+    dir=target/demo-${stem%.*}
+    router=${ROUTER:?ROUTER=PATH names where the router trained on MODEL goes}
 fi
-cargo run --release -- train router --kind hidden-gate --data "$data" \
+data=$dir/router-data.jsonl
+mkdir -p "$dir"
+if [[ ! -s "$data" ]]; then
+    cargo run --release -- router-data "${model_args[@]}" --per-task 80 --seed 7 --max-tokens 48 \
+        --out "$data.part" --device cpu
+    mv "$data.part" "$data"
+fi
+cargo run --release -- train router "${model_args[@]}" --kind hidden-gate --data "$data" \
     --experts dc-power-flow,ac-power-flow --activation softmax --inner 64 \
-    --epochs 40 --batch 64 --lr 1e-3 --seed 1 --out target/demo --name router
-cp target/demo/router.safetensors src/tasks/demo/router.safetensors
-echo "router: src/tasks/demo/router.safetensors (fragment: target/demo/router.json)"
+    --epochs 40 --batch 64 --lr 1e-3 --seed 1 --out "$dir" --name router
+cp "$dir/router.safetensors" "$router"
+echo "router: $router (fragment: $dir/router.json)"
