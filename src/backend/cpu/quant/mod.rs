@@ -17,8 +17,9 @@
 //! m = 1 (decode) streams each weight row once, rayon over chunks of rows. m > 1
 //! gives each task a chunk of weight rows and walks the tokens in blocks of eight
 //! that stay in L1 while the task's rows pass over them: two rows of a 32-weight
-//! type at a time, four tokens per load of their blocks, else one row, eight (or
-//! four) tokens per weight-block load.
+//! type at a time, four tokens per load of their blocks (eight with AVX-512 VNNI,
+//! two blocks per register, but for Q4_1), else one row, eight (or four) tokens per
+//! weight-block load.
 
 pub mod act;
 pub mod reference;
@@ -38,9 +39,10 @@ const ROWS_PER_TASK: usize = 16;
 const TILE: usize = 8;
 
 /// Tokens per weight-block load when two neighbouring rows of one 32-weight type go
-/// together (each activation block then serves both rows; 2 x 4 sums fit AVX2's
-/// registers).
+/// together (each activation block then serves both rows): 2 x 4 sums fit AVX2's 16
+/// registers; with AVX-512's 32, 2 x 8 (each sum a block pair in a zmm).
 const PAIR_TILE: usize = 4;
+const PAIR_TILE_512: usize = 8;
 
 /// Which kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +50,7 @@ pub enum Level {
     /// The scalar definition.
     Scalar,
     Avx2,
-    /// AVX2 with 256-bit AVX-512 VNNI dot products.
+    /// AVX2 with AVX-512 VNNI dot products: 256-bit, and 512-bit for row pairs.
     Vnni,
 }
 
@@ -83,6 +85,7 @@ impl Level {
                 Level::Vnni => {
                     avx2 && is_x86_feature_detected!("avx512f")
                         && is_x86_feature_detected!("avx512vl")
+                        && is_x86_feature_detected!("avx512bw")
                         && is_x86_feature_detected!("avx512vnni")
                 }
             }
@@ -221,6 +224,15 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
         // owns row r writes element (j, r).
         unsafe { o.write(j * n + r, &[v + bias_of(r)]) };
     };
+    // a tile's sums: rows r.., tokens j..
+    #[inline(always)]
+    fn put_rows<const C: usize>(put: &impl Fn(usize, usize, f32), j: usize, r: usize, s: &[[f32; C]]) {
+        for (i, row) in s.iter().enumerate() {
+            for (d, &v) in row.iter().enumerate() {
+                put(j + d, r + i, v);
+            }
+        }
+    }
     (0..n.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|c| {
         let rows_here = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n);
         // (first row, its type and bytes, the next row's bytes where that row is of
@@ -243,15 +255,21 @@ pub fn matmul_at(level: Level, out: &mut [f32], x: &[f32], w: &QuantMatrix, bias
                 let mut j = j0;
                 // SAFETY (all): as for every dot here (above).
                 if let Some(wr2) = wr2 {
+                    #[cfg(target_arch = "x86_64")]
+                    if level == Level::Vnni && ty != QType::Q4_1 {
+                        while j + PAIR_TILE_512 <= j1 {
+                            let s = unsafe {
+                                x86::dot_rows_vnni512::<2, PAIR_TILE_512>(ty, [wr, wr2], tile_at(a, j))
+                            };
+                            put_rows(&put, j, r, &s);
+                            j += PAIR_TILE_512;
+                        }
+                    }
                     while j + PAIR_TILE <= j1 {
                         let s = unsafe {
                             dot_rows_unchecked::<2, PAIR_TILE>(level, ty, [wr, wr2], tile_at(a, j))
                         };
-                        for (i, row) in s.iter().enumerate() {
-                            for (d, &v) in row.iter().enumerate() {
-                                put(j + d, r + i, v);
-                            }
-                        }
+                        put_rows(&put, j, r, &s);
                         j += PAIR_TILE;
                     }
                 }
