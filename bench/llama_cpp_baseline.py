@@ -17,15 +17,19 @@ temporary name, then renamed; reused when present). Each file's tensor types are
 recorded: SmolLM2's 576-wide rows are not a multiple of 256, so most of "Q4_K_M" falls
 back to Q5_0 (with some Q4_K, Q6_K and Q8_0).
 
-Per file, llama.cpp then pimoe (`pimoe bench --model FILE.gguf`, RAYON_NUM_THREADS =
---threads), each `--repeats` times:
+Per file, --repeats rounds, each llama.cpp once then pimoe once (`pimoe bench --model
+FILE.gguf --repeats 1`, RAYON_NUM_THREADS = --threads): these VMs' speed drifts by tens
+of percent within minutes (llama.cpp's Q4_1 decode went from 123 to 89 tok/s in a
+quarter of an hour on one host), so the engines take turns and each round's ratio
+compares two runs a few seconds apart; the ratio reported is the median of the
+rounds' ratios. Each run:
 - decode: greedy at batch 1 after the prompt "The capital of France is": the prompt's
   prefill and one token, then --tokens timed decode steps (llama.cpp: `eval` of one token
   and the argmax of its logits per step);
 - prefill: the first --prefill ids of bench/reference/heldout.txt as llama.cpp tokenizes
   it, from an empty cache, logits of the last token only; pimoe gets the same ids
   (`--prefill-ids`).
-Medians are reported, with every repeat. pimoe's peak resident memory comes from
+Medians are reported, with every round's figure. pimoe's peak resident memory comes from
 `/usr/bin/time -v`. A file pimoe cannot load is recorded with pimoe's error, and the run
 goes on. Finally pimoe on its imported bf16 directory, as a reference point.
 """
@@ -95,11 +99,11 @@ def quantize(src: str, dst: str, ftype_name: str, threads: int) -> None:
     os.rename(tmp, dst)
 
 
-def llama_cpp_rates(path: str, prefill_ids: list, tokens: int, repeats: int, threads: int) -> dict:
+def llama_cpp_model(path: str, prefill_ids: list, tokens: int, threads: int):
     from llama_cpp import Llama
 
     n_batch = max(512, len(prefill_ids))
-    llm = Llama(
+    return Llama(
         model_path=path,
         n_ctx=max(1024, len(prefill_ids) + 16, tokens + 64),
         n_batch=n_batch,
@@ -108,35 +112,30 @@ def llama_cpp_rates(path: str, prefill_ids: list, tokens: int, repeats: int, thr
         n_threads_batch=threads,
         verbose=False,
     )
+
+
+def llama_cpp_round(llm, prefill_ids: list, tokens: int) -> dict:
+    """One decode run and one prefill run of a loaded model, in tok/s."""
     ids = llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
-    decode, prefill = [], []
-    for _ in range(repeats):
-        llm.reset()  # eval then drops the whole KV cache
-        llm.eval(ids)
+    llm.reset()  # eval then drops the whole KV cache
+    llm.eval(ids)
+    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    t = time.perf_counter()
+    for _ in range(tokens):
+        llm.eval([tok])
         tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        t = time.perf_counter()
-        for _ in range(tokens):
-            llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        decode.append(tokens / (time.perf_counter() - t))
-    for _ in range(repeats):
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(prefill_ids)
-        prefill.append(len(prefill_ids) / (time.perf_counter() - t))
-    return {
-        "decode_tok_per_s": statistics.median(decode),
-        "decode_tok_per_s_each": decode,
-        "prefill_tok_per_s": statistics.median(prefill),
-        "prefill_tok_per_s_each": prefill,
-    }
+    decode = tokens / (time.perf_counter() - t)
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(prefill_ids)
+    return {"decode": decode, "prefill": len(prefill_ids) / (time.perf_counter() - t)}
 
 
-def pimoe_rates(pimoe: str, model: str, ids_path: str, n_prefill: int, tokens: int, repeats: int, threads: int) -> dict:
+def pimoe_round(pimoe: str, model: str, ids_path: str, n_prefill: int, tokens: int, threads: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         run = common.run_pimoe(
             pimoe,
-            ["bench", "--model", model, "--tokens", str(tokens), "--repeats", str(repeats), "--prefill",
+            ["bench", "--model", model, "--tokens", str(tokens), "--repeats", "1", "--prefill",
              str(n_prefill), "--prefill-ids", ids_path, "--device", "cpu", "--json", out.name],
             threads,
         )
@@ -145,9 +144,51 @@ def pimoe_rates(pimoe: str, model: str, ids_path: str, n_prefill: int, tokens: i
             return run
         with open(out.name) as fh:
             r = json.load(fh)
-    keep = ["decode_tok_per_s", "decode_tok_per_s_each", "prefill_tok_per_s", "prefill_tok_per_s_each",
-            "threads", "backend", "weight_bytes_per_token", "memory_read_bytes_per_s", "ratio_to_memory_bandwidth"]
-    return {**{k: r.get(k) for k in keep}, **{k: run[k] for k in ("ok", "command", "wall_s", "max_rss_bytes", "max_rss_from")}}
+    keep = ["threads", "backend", "weight_bytes_per_token"]
+    return {"decode": r["decode_tok_per_s"], "prefill": r["prefill_tok_per_s"],
+            "memory_read_bytes_per_s": r["memory_read_bytes_per_s"],
+            "ratio_to_memory_bandwidth": r["ratio_to_memory_bandwidth"],
+            **{k: r.get(k) for k in keep},
+            **{k: run[k] for k in ("ok", "command", "wall_s", "max_rss_bytes", "max_rss_from")}}
+
+
+def summary(rounds: list, extra: tuple = ()) -> dict:
+    """Medians over rounds, with each round's figure."""
+    out = {}
+    for key, name in [("decode", "decode_tok_per_s"), ("prefill", "prefill_tok_per_s"), *extra]:
+        each = [r[key] for r in rounds]
+        out[name], out[name + "_each"] = statistics.median(each), each
+    return out
+
+
+def compare(path: str, ids_path: str, prefill_ids: list, a) -> dict:
+    """--repeats rounds of llama.cpp then pimoe on one file."""
+    llm = llama_cpp_model(path, prefill_ids, a.tokens, a.threads)
+    ours, theirs = [], []
+    for _ in range(a.repeats):
+        theirs.append(llama_cpp_round(llm, prefill_ids, a.tokens))
+        p = pimoe_round(a.pimoe, path, ids_path, a.prefill, a.tokens, a.threads)
+        if not p["ok"]:
+            return {"llama_cpp": summary(theirs), "pimoe": p}
+        ours.append(p)
+    del llm
+    row = {"llama_cpp": summary(theirs)}
+    last = ours[-1]
+    row["pimoe"] = {
+        **summary(ours, (("memory_read_bytes_per_s", "memory_read_bytes_per_s"),
+                         ("ratio_to_memory_bandwidth", "ratio_to_memory_bandwidth"))),
+        **{k: last[k] for k in ("threads", "backend", "weight_bytes_per_token", "ok", "command")},
+        "wall_s": [p["wall_s"] for p in ours],
+        "max_rss_bytes": max(p["max_rss_bytes"] or 0 for p in ours) or None,
+        "max_rss_from": last["max_rss_from"],
+    }
+    row["pimoe_over_llama_cpp"] = {
+        key: statistics.median(p[key] / l[key] for p, l in zip(ours, theirs)) for key in ("decode", "prefill")
+    }
+    row["pimoe_over_llama_cpp"]["each"] = [
+        {key: p[key] / l[key] for key in ("decode", "prefill")} for p, l in zip(ours, theirs)
+    ]
+    return row
 
 
 def main() -> None:
@@ -199,29 +240,28 @@ def main() -> None:
         ids_file.write(" ".join(map(str, prefill_ids)))
         ids_file.flush()
         for name, path in files.items():
-            print(f"{name}: llama.cpp ...", flush=True)
-            row = {"file": {**common.file_info(path), "tensor_types": tensor_types(path)}, "llama_cpp": llama_cpp_rates(path, prefill_ids, a.tokens, a.repeats, a.threads)}
-            print(f"{name}: pimoe ...", flush=True)
-            row["pimoe"] = p = pimoe_rates(a.pimoe, path, ids_file.name, a.prefill, a.tokens, a.repeats, a.threads)
-            if p["ok"]:
-                l = row["llama_cpp"]
-                row["pimoe_over_llama_cpp"] = {
-                    "decode": p["decode_tok_per_s"] / l["decode_tok_per_s"],
-                    "prefill": p["prefill_tok_per_s"] / l["prefill_tok_per_s"],
-                }
+            print(f"{name}: {a.repeats} rounds of llama.cpp then pimoe ...", flush=True)
+            row = {"file": {**common.file_info(path), "tensor_types": tensor_types(path)},
+                   **compare(path, ids_file.name, prefill_ids, a)}
             report["results"][name] = row
         if a.pimoe_dir and os.path.isdir(a.pimoe_dir):
             print("pimoe on its bf16 directory ...", flush=True)
+            rounds = [pimoe_round(a.pimoe, a.pimoe_dir, ids_file.name, a.prefill, a.tokens, a.threads)
+                      for _ in range(a.repeats)]
+            ok = all(r["ok"] for r in rounds)
             report["pimoe_bf16_directory"] = {
                 "model": os.path.relpath(a.pimoe_dir, common.ROOT),
-                "pimoe": pimoe_rates(a.pimoe, a.pimoe_dir, ids_file.name, a.prefill, a.tokens, a.repeats, a.threads),
+                "pimoe": {**summary(rounds, (("ratio_to_memory_bandwidth", "ratio_to_memory_bandwidth"),)), "ok": ok}
+                if ok else next(r for r in rounds if not r["ok"]),
             }
 
     for name, row in report["results"].items():
         l, p = row["llama_cpp"], row["pimoe"]
         ours = (f"pimoe decode {p['decode_tok_per_s']:.1f} prefill {p['prefill_tok_per_s']:.1f}" if p["ok"]
                 else f"pimoe failed: {p.get('error')}")
-        print(f"{name:7} llama.cpp decode {l['decode_tok_per_s']:.1f} prefill {l['prefill_tok_per_s']:.1f} tok/s | {ours}")
+        r = row.get("pimoe_over_llama_cpp")
+        ratio = f" | ratio decode {r['decode']:.2f} prefill {r['prefill']:.2f}" if r else ""
+        print(f"{name:7} llama.cpp decode {l['decode_tok_per_s']:.1f} prefill {l['prefill_tok_per_s']:.1f} tok/s | {ours}{ratio}")
     d = report.get("pimoe_bf16_directory", {}).get("pimoe")
     if d and d["ok"]:
         print(f"pimoe bf16 directory: decode {d['decode_tok_per_s']:.1f} prefill {d['prefill_tok_per_s']:.1f} tok/s")
